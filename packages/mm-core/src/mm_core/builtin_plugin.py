@@ -1,0 +1,25 @@
+"""mm-core's own plugin: the reference kernels and the built-in loss types."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mm_core.hookspecs import hookimpl
+from mm_core.specs import KernelSpec, LossSpec
+
+
+@hookimpl
+def mm_register_kernels(register: Callable[[KernelSpec], None]) -> None:
+    from mm_core.kernels import reference as ref
+
+    for op, fn in (("rms_norm", ref.rms_norm), ("rotary", ref.rotary), ("attention", ref.attention),
+                   ("swiglu", ref.swiglu)):
+        register(KernelSpec(op, "any", "reference", fn, priority=0))
+
+
+@hookimpl
+def mm_register_losses(register: Callable[[LossSpec], None]) -> None:
+    from mm_core.losses import BUILTIN_LOSSES
+
+    for spec in BUILTIN_LOSSES:
+        register(spec)

@@ -1,0 +1,100 @@
+"""What plugins register: one small dataclass per hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model family: how to recognise its HF config and build it (whole or one pipeline stage)."""
+
+    name: str
+    builder: Callable[..., Any]
+    hf_model_types: Sequence[str] = ()
+    hf_architectures: Sequence[str] = ()
+    config_class: Any = None
+    module_groups: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    tp_plan: Callable[..., Any] | None = None
+    pipeline_modules: Sequence[str] = ()
+    converter: str | None = None
+    formatter: str | None = None
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class ConverterSpec:
+    """A checkpoint converter: ``factory()`` returns the object whose methods are the verbs."""
+
+    name: str
+    factory: Callable[[], Any]
+    verbs: Sequence[str] = ("hf_to_mm", "mm_to_hf", "resplit", "hf_to_dcp", "dcp_to_hf")
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class FormatterSpec:
+    """A data formatter keyed by the data config's ``template`` name."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss type keyed by the training config's ``loss_type``.
+
+    A loss is ``sum(w * ce) / D`` over the micro-batch's tokens. ``token_weights(valid,
+    sample_ids)`` gives ``w`` (``[B, T]``; ``sample_ids`` numbers packed samples, -1 = padding) and
+    ``normalize`` says how the engine computes ``D`` from the weights:
+
+    - ``"none"``: D = 1 (the weights already normalise);
+    - ``"micro_batch"``: D = sum(w) of this micro-batch on this rank;
+    - ``"rank_mean"``: D = mean over data-parallel ranks of each rank's sum(w);
+    - ``"rank_mean_window"``: D = mean over ranks of sum(w) over the rank's whole
+      gradient-accumulation window, divided by the number of accumulation steps.
+    """
+
+    name: str
+    token_weights: Callable[..., Any]
+    normalize: str = "micro_batch"
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One implementation of an op for one device type (``"any"`` = the portable reference)."""
+
+    op: str
+    device_type: str
+    name: str
+    fn: Callable[..., Any]
+    priority: int = 0
+    is_available: Callable[[], bool] = _always
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.op, self.device_type, self.name)

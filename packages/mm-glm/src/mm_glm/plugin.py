@@ -1,0 +1,7 @@
+"""mm-glm's hooks: thin on purpose, heavy modules are imported only when used.
+
+GLM-4.1V/GLM-4.5V support lands family piece by family piece (model, converter, formatter); until then this
+plugin registers nothing but still shows up in `mm-run plugins`.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,7 @@
+"""mm-visualglm's hooks: thin on purpose, heavy modules are imported only when used.
+
+VisualGLM-6B support lands family piece by family piece (model, converter, formatter); until then this
+plugin registers nothing but still shows up in `mm-run plugins`.
+"""
+
+from __future__ import annotations
