@@ -1,7 +1,56 @@
-"""mm-qwen's hooks: thin on purpose, heavy modules are imported only when used.
-
-Qwen2.5-VL support lands family piece by family piece (model, converter, formatter); until then this
-plugin registers nothing but still shows up in `mm-run plugins`.
-"""
+"""mm-qwen's hooks: thin on purpose. Each registration names objects in modules that are
+imported only when used (building a model, converting, formatting data)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mm_core.hookspecs import hookimpl
+from mm_core.specs import ConverterSpec, FormatterSpec, ModelSpec
+
+
+def _lazy(module: str, attr: str) -> Callable[..., Any]:
+    """A callable that imports ``module.attr`` on first call and forwards to it."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = f"{module}.{attr}"
+    return call
+
+
+@hookimpl
+def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
+    register(
+        ModelSpec(
+            name="qwen2_5_vl",
+            builder=_lazy("mm_qwen.model", "build_model"),
+            hf_model_types=("qwen2_5_vl",),
+            hf_architectures=("Qwen2_5_VLForConditionalGeneration",),
+            module_groups={
+                "vision_encoder": ("image_encoder.encoder",),
+                "vision_projector": ("image_encoder.projector",),
+                "text_decoder": ("text_decoder",),
+            },
+            tp_plan=_lazy("mm_qwen.parallelize", "tp_plan"),
+            pipeline_modules=("image_encoder", "text_decoder"),
+            converter="Qwen2_5_VLConverter",
+            formatter="qwen2vl",
+            description="Qwen2.5-VL 3B/7B/32B/72B",
+        )
+    )
+
+
+@hookimpl
+def mm_register_converters(register: Callable[[ConverterSpec], None]) -> None:
+    register(ConverterSpec("Qwen2_5_VLConverter", _lazy("mm_qwen.convert", "Qwen2_5_VLConverter"),
+                           description="Qwen2.5-VL: HF <-> mm (tp/pp) <-> DCP"))
+
+
+@hookimpl
+def mm_register_formatters(register: Callable[[FormatterSpec], None]) -> None:
+    register(FormatterSpec("qwen2vl", _lazy("mm_qwen.formatter", "Qwen2VLFormatter"),
+                           description="Qwen2.5-VL chat template and processor"))
