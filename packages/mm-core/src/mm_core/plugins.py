@@ -194,3 +194,6 @@ def reset_plugin_manager(manager: PluginManager | None = None) -> None:
     """Drop (or replace) the cached manager, e.g. after installing a plugin or in tests."""
     global _manager
     _manager = manager
+    from mm_core.kernels.registry import clear_kernel_cache
+
+    clear_kernel_cache()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 from mm_core.errors import UnknownKeyError
 from mm_core.specs import KernelSpec
@@ -34,7 +34,7 @@ def kernel_candidates(op: str, device_type: str) -> list[KernelSpec]:
     return usable
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lookup(op: str, device_type: str) -> Callable:
     found = kernel_candidates(op, device_type)
     if not found:
