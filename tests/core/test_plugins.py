@@ -117,3 +117,16 @@ def test_installed_family_plugins_are_discovered():
     for name in ("mm-core", "mm-convert", "mm-qwen", "mm-glm", "mm-internvl", "mm-visualglm"):
         assert pm.infos[name].status == "ok", pm.infos[name].error
     assert pm.model_for_hf_config({"architectures": ["Qwen2_5_VLForConditionalGeneration"]}).name == "qwen2_5_vl"
+
+
+def test_every_hookspec_is_documented_and_loaded():
+    import inspect
+
+    from mm_core import hookspecs
+    from mm_core.plugins import HOOKS
+
+    specs = {n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("mm_")}
+    assert specs == set(HOOKS)
+    for name in specs:
+        doc = inspect.getdoc(getattr(hookspecs, name))
+        assert doc and "register(" in doc, f"{name} needs a docstring showing the register call"
