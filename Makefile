@@ -11,8 +11,8 @@ setup: $(STAMP)
 
 $(STAMP): requirements/dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/dev.txt $(addprefix -e ,$(PACKAGES))
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -r requirements/dev.txt $(addprefix -e ,$(PACKAGES))
 	touch $(STAMP)
 
 demo: setup
