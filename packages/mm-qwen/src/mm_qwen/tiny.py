@@ -1,0 +1,109 @@
+"""Tiny random Qwen2.5-VL checkpoints in the HF layout, for tests, the demo and benchmarks.
+
+``save_tiny_model`` writes what the Hub ships (``config.json`` + ``model.safetensors``, optionally
+the tokenizer/processor files) from transformers' own ``Qwen2_5_VLForConditionalGeneration``, so
+our model is always compared against the reference implementation's weights and files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Small token ids for tokenizer-free tests; with a tokenizer the real Qwen ids are used.
+SMALL_VOCAB = {"vocab_size": 320, "image_token_id": 300, "video_token_id": 301,
+               "vision_start_token_id": 302, "vision_end_token_id": 303}
+
+
+def tiny_config_dict(*, tied: bool = False, vision_depth: int = 4, text_layers: int = 4, hidden: int = 64,
+                     heads: int = 4, kv_heads: int = 2, vit_hidden: int = 32, vit_heads: int = 2,
+                     patch_size: int = 14, window_size: int = 56, fullatt_block_indexes=(1,),
+                     vocab: dict[str, int] | None = None, **text_overrides: Any) -> dict[str, Any]:
+    """A Qwen2.5-VL config dict with GQA, window attention and a full-attention block."""
+    vocab = dict(vocab or SMALL_VOCAB)
+    head_dim = hidden // heads
+    q = head_dim // 2
+    section = [q - 2 * (q // 3), q // 3, q // 3]  # sums to head_dim / 2, like [16, 24, 24]
+    text = {
+        "vocab_size": vocab.pop("vocab_size"), "hidden_size": hidden, "intermediate_size": 2 * hidden + 8,
+        "num_hidden_layers": text_layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "rms_norm_eps": 1e-6, "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section},
+        "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2,
+    }
+    text.update(text_overrides)
+    vision = {
+        "depth": vision_depth, "hidden_size": vit_hidden, "intermediate_size": 2 * vit_hidden + 8,
+        "num_heads": vit_heads, "patch_size": patch_size, "temporal_patch_size": 2, "spatial_merge_size": 2,
+        "window_size": window_size, "out_hidden_size": hidden, "fullatt_block_indexes": list(fullatt_block_indexes),
+        "tokens_per_second": 2,
+    }
+    return {"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "text_config": text, "vision_config": vision, "tie_word_embeddings": tied, **vocab}
+
+
+def build_hf_model(config: dict[str, Any], *, seed: int = 0, std: float | None = None):
+    """transformers' model with seeded random weights (``std`` overrides ``initializer_range``)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    cfg = Qwen2_5_VLConfig.from_dict(config)
+    if std is not None:
+        cfg.text_config.initializer_range = std
+        cfg.vision_config.initializer_range = std
+        cfg.initializer_range = std
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # norms start at 1 in HF: perturb them so a swapped norm would show in parity
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def save_tiny_model(path: str | Path, *, tied: bool = False, seed: int = 0, with_processor: bool = False,
+                    std: float | None = 0.05, **config_overrides: Any) -> Path:
+    """Write a tiny random HF Qwen2.5-VL directory; ``with_processor`` adds tokenizer + processor
+    files (the real Qwen ids, from ``mm_qwen.tokenizer``) so ``mm-run infer`` can use it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    processor = None
+    if with_processor:
+        processor = tiny_processor(patch_size=config_overrides.get("patch_size", 14))
+        tok = processor.tokenizer
+        config_overrides.setdefault("vocab", {
+            "vocab_size": _round_up(len(tok), 64),
+            "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
+            "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
+            "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
+            "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
+        })
+        end = tok.convert_tokens_to_ids("<|im_end|>")
+        config_overrides.setdefault("eos_token_id", end)
+        config_overrides.setdefault("pad_token_id", tok.pad_token_id if tok.pad_token_id is not None else end)
+        config_overrides.setdefault("bos_token_id", end)
+    model = build_hf_model(tiny_config_dict(tied=tied, **config_overrides), seed=seed, std=std)
+    model.save_pretrained(path)
+    if processor is not None:
+        processor.save_pretrained(path)
+    return path
+
+
+def tiny_processor(*, patch_size: int = 14, max_pixels: int = 112 * 112):
+    """A Qwen2.5-VL processor with the real Qwen tokenizer and small images (few patches)."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from mm_qwen.tokenizer import load_qwen_tokenizer  # written with the data pipeline
+
+    tokenizer = load_qwen_tokenizer()
+    size = {"shortest_edge": 4 * patch_size * patch_size, "longest_edge": max_pixels}
+    image = Qwen2VLImageProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size=size)
+    video = Qwen2VLVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size=size)
+    return Qwen2_5_VLProcessor(image_processor=image, tokenizer=tokenizer, video_processor=video,
+                               chat_template=getattr(tokenizer, "chat_template", None))
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
