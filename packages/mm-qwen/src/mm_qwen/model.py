@@ -113,6 +113,8 @@ class Qwen2_5_VLModel(nn.Module):
             hidden = self._embed(input_ids, features, image_grid_thw, dummy_vision)
         else:
             hidden = prev
+        if dummy_vision is not None and bool(dummy_vision):  # the dummy image has no tokens
+            image_grid_thw = video_grid_thw = second_per_grid_ts = None
         return self._decode(hidden, input_ids, attention_mask, segment_ids, image_grid_thw, video_grid_thw,
                             second_per_grid_ts, cache, return_hidden)
 

@@ -107,3 +107,66 @@ def tiny_processor(*, patch_size: int = 14, max_pixels: int = 112 * 112):
 
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
+
+
+def make_inputs(config: dict[str, Any], rows: list[list[tuple]], *, seed: int = 0, padding: str = "left",
+                pack: bool = False) -> dict[str, torch.Tensor]:
+    """A batch of random tokens and patches in the processor's layout.
+
+    Each row is a list of parts: ``("text", n)``, ``("image", (t, h, w))`` or
+    ``("video", (t, h, w), seconds_per_grid)``; media are wrapped in vision start/end tokens. With
+    ``pack=True`` the rows become the samples of one packed row (``segment_ids``). The result also
+    holds ``mm_token_type_ids``, which transformers' model needs and ours ignores.
+    """
+    g = torch.Generator().manual_seed(seed)
+    vision = config["vision_config"]
+    ids = {k: config[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                  "vision_end_token_id")}
+    low = 3
+    high = min(ids.values())  # random text ids stay below the special ones
+    patch_dim = 3 * vision["temporal_patch_size"] * vision["patch_size"] ** 2
+    merge = vision["spatial_merge_size"] ** 2
+    seqs, images, videos, seconds = [], [], [], []
+    for row in rows:
+        parts = []
+        for part in row:
+            if part[0] == "text":
+                parts.append(torch.randint(low, high, (part[1],), generator=g))
+                continue
+            grid = part[1]
+            token = ids["image_token_id"] if part[0] == "image" else ids["video_token_id"]
+            (images if part[0] == "image" else videos).append(grid)
+            if part[0] == "video":
+                seconds.append(part[2])
+            n = grid[0] * grid[1] * grid[2] // merge
+            parts += [torch.tensor([ids["vision_start_token_id"]]), torch.full((n,), token),
+                      torch.tensor([ids["vision_end_token_id"]])]
+        seqs.append(torch.cat(parts))
+    if pack:
+        seg = torch.cat([torch.full((len(s),), i) for i, s in enumerate(seqs)])[None]
+        seqs = [torch.cat(seqs)]
+    longest = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), longest), config["text_config"].get("pad_token_id") or 0)
+    mask = torch.zeros(len(seqs), longest, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        sl = slice(longest - len(s), longest) if padding == "left" else slice(0, len(s))
+        input_ids[b, sl], mask[b, sl] = s, 1
+    batch: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": mask}
+    if pack:
+        batch["segment_ids"] = seg
+    for key, grids in (("image", images), ("video", videos)):
+        if grids:
+            grid = torch.tensor(grids)
+            pix = torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g)
+            batch["pixel_values" if key == "image" else "pixel_values_videos"] = pix
+            batch[f"{key}_grid_thw"] = grid
+    if seconds:
+        batch["second_per_grid_ts"] = torch.tensor(seconds, dtype=torch.float32)
+    batch["mm_token_type_ids"] = ((input_ids == ids["image_token_id"]).int()
+                                  + 2 * (input_ids == ids["video_token_id"]).int())
+    labels = input_ids.masked_fill(mask == 0, -100)
+    seg = batch.get("segment_ids", torch.where(mask.bool(), 0, -1))
+    first = seg != torch.cat([torch.full_like(seg[:, :1], -2), seg[:, :-1]], 1)
+    labels[first] = -100  # the first token of every sample predicts nothing (batch contract)
+    batch["labels"] = labels
+    return batch

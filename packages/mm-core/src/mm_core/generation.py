@@ -1,0 +1,81 @@
+"""Batched generation with a KV cache: greedy or sampling, stop tokens, left padding.
+
+Works with any model whose forward takes ``input_ids``, ``attention_mask`` (and its media keys) plus
+``cache=KVCache()`` and returns logits ``[B, T, V]`` for the tokens it was given, keeping in the
+cache what the next call needs (keys/values, padding as segment ids, next rotary positions).
+Prompts are left-padded so every row's last prompt token sits in the last column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mm_core.nn.kv_cache import KVCache
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    stop_token_ids: list[int] = field(default_factory=list)
+    pad_token_id: int = 0
+    seed: int | None = None
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask all but the top-k tokens and the smallest set whose probability reaches top-p."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per row from last-position logits ``[B, V]``."""
+    if not cfg.do_sample:
+        return logits.argmax(-1)
+    logits = _filter_logits(logits.float() / max(cfg.temperature, 1e-6), cfg.top_k, cfg.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, inputs: dict[str, Any], cfg: GenerationConfig) -> list[list[int]]:
+    """New token ids per row (stop token included when hit), for a left-padded prompt batch."""
+    input_ids = inputs["input_ids"]
+    bsz = input_ids.shape[0]
+    mask = inputs.get("attention_mask")
+    if mask is not None and bool((mask[:, -1] == 0).any()):
+        raise ValueError("generation needs left-padded prompts (padding_side='left'): a row ends in padding")
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(cfg.seed)
+    cache = KVCache()
+    logits = model(**inputs, cache=cache)[:, -1]
+    stop = torch.tensor(cfg.stop_token_ids or [-1], device=input_ids.device)
+    out: list[list[int]] = [[] for _ in range(bsz)]
+    alive = torch.arange(bsz, device=input_ids.device)  # original row of each cache row
+    for step in range(cfg.max_new_tokens):
+        tokens = next_tokens(logits, cfg, generator)
+        for row, tok in zip(alive.tolist(), tokens.tolist()):
+            out[row].append(tok)
+        done = torch.isin(tokens, stop)
+        if step == cfg.max_new_tokens - 1 or bool(done.all()):
+            break
+        if bool(done.any()):  # drop finished rows from the cache
+            keep = (~done).nonzero().squeeze(-1)
+            cache.select(keep)
+            alive, tokens = alive[keep], tokens[keep]
+        logits = model(input_ids=tokens[:, None], cache=cache)[:, -1]
+    return out
