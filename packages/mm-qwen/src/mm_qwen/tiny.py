@@ -70,7 +70,7 @@ def save_tiny_model(path: str | Path, *, tied: bool = False, seed: int = 0, with
     path.mkdir(parents=True, exist_ok=True)
     processor = None
     if with_processor:
-        processor = tiny_processor(patch_size=config_overrides.get("patch_size", 14))
+        processor = tiny_processor()
         tok = processor.tokenizer
         config_overrides.setdefault("vocab", {
             "vocab_size": _round_up(len(tok), 64),
@@ -90,19 +90,13 @@ def save_tiny_model(path: str | Path, *, tied: bool = False, seed: int = 0, with
     return path
 
 
-def tiny_processor(*, patch_size: int = 14, max_pixels: int = 112 * 112):
+def tiny_processor(*, max_pixels: int = 112 * 112):
     """A Qwen2.5-VL processor with the real Qwen tokenizer and small images (few patches)."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from mm_qwen.tokenizer import build_processor  # the data pipeline's offline processor
 
-    from mm_qwen.tokenizer import load_qwen_tokenizer  # written with the data pipeline
-
-    tokenizer = load_qwen_tokenizer()
-    size = {"shortest_edge": 4 * patch_size * patch_size, "longest_edge": max_pixels}
-    image = Qwen2VLImageProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size=size)
-    video = Qwen2VLVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size=size)
-    return Qwen2_5_VLProcessor(image_processor=image, tokenizer=tokenizer, video_processor=video,
-                               chat_template=getattr(tokenizer, "chat_template", None))
+    low = 4 * 28 * 28
+    return build_processor(image_min_pixels=low, image_max_pixels=max_pixels, video_min_pixels=low,
+                           video_max_pixels=max_pixels)
 
 
 def _round_up(n: int, k: int) -> int:

@@ -1,0 +1,159 @@
+"""Build any registered family's model (or one pipeline stage) and load it from an HF or mm directory.
+
+The family is found from the HF ``config.json`` through the plugin registry; its converter (from
+mm-convert, which every family package depends on) streams each rank's share of an HF checkpoint
+through the conversion rules, or reads the rank's ``mp_rank`` file of an mm checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mm_core.nn.state import CheckpointMismatchError, assign_state
+
+
+def is_mm_dir(path: str | Path) -> bool:
+    return (Path(path) / "latest_checkpointed_iteration.txt").is_file()
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / "config.json").is_file() and any(p.glob("*.safetensors"))
+
+
+def _api():
+    try:
+        from mm_convert import api
+    except ImportError as e:  # pragma: no cover - every family package depends on mm-convert
+        raise ImportError("loading checkpoints needs the mm-convert package: pip install mm-convert") from e
+    return api
+
+
+def _compact(x: Any) -> str:
+    return str(list(x)).replace(" ", "")
+
+
+def layout_flags(tp_size: int, vit_pp_layers: Sequence | None, llm_pp_layers: Sequence | None) -> str:
+    """The ``--cfg.parallel_config.*`` flags of mm-convert for a layout (for error messages)."""
+    flags = [f"--cfg.parallel_config.tp_size {tp_size}"]
+    if llm_pp_layers is not None:
+        flags.append(f"--cfg.parallel_config.llm_pp_layers {_compact(llm_pp_layers)}")
+    if vit_pp_layers is not None:
+        flags.append(f"--cfg.parallel_config.vit_pp_layers {_compact(vit_pp_layers)}")
+    return " ".join(flags)
+
+
+def _rank_and_chunk(stage: int, vit_pp_layers: Sequence | None, llm_pp_layers: Sequence | None
+                    ) -> tuple[int, int | None]:
+    """Flattened stage -> (pp rank, virtual chunk or None): chunk v of rank p is stage ``v * pp + p``."""
+    layers = llm_pp_layers if llm_pp_layers is not None else vit_pp_layers
+    if layers is None or not any(isinstance(x, (list, tuple)) for x in layers):
+        return stage, None
+    pp = len(layers[0])
+    return stage % pp, stage // pp
+
+
+def _flat(x: Sequence) -> list:
+    return [y for item in x for y in (item if isinstance(item, (list, tuple)) else [item])]
+
+
+def load_hf_weights(model: nn.Module, hf_dir: str | Path, converter_name: str, *, tp_size: int = 1, tp_rank: int = 0,
+                    vit_pp_layers: Sequence | None = None, llm_pp_layers: Sequence | None = None,
+                    pp_rank: int = 0) -> None:
+    """Stream this rank's share of an HF checkpoint through the family's converter into ``model``."""
+    from mm_core.plugins import get_plugin_manager
+
+    converter = get_plugin_manager().converter(converter_name).factory()
+    rank, chunk = _rank_and_chunk(pp_rank, vit_pp_layers, llm_pp_layers)
+    state = _api().hf_to_mm_rank(converter, hf_dir, tp_size=tp_size, tp_rank=tp_rank, vit_pp_layers=vit_pp_layers,
+                                 llm_pp_layers=llm_pp_layers, pp_rank=rank)
+    state = state[chunk] if chunk is not None else state
+    assign_state(model, state, source=f"HF checkpoint {hf_dir} (tp rank {tp_rank}/{tp_size}, pp stage {pp_rank})",
+                 fix=f"check that {hf_dir}/config.json belongs to these weights and that the layout "
+                     f"({layout_flags(tp_size, vit_pp_layers, llm_pp_layers)}) matches the model you built")
+
+
+def load_mm_weights(model: nn.Module, mm_dir: str | Path, converter_name: str, *, tp_size: int = 1,
+                    tp_rank: int = 0, vit_pp_layers: Sequence | None = None,
+                    llm_pp_layers: Sequence | None = None, pp_rank: int = 0,
+                    iteration: int | str | None = None) -> None:
+    """Read this rank's ``mp_rank`` file of an mm checkpoint into ``model``."""
+    api = _api()
+    fix = (f"re-split the checkpoint for this layout: mm-convert {converter_name} resplit --cfg.mm_dir {mm_dir} "
+           f"--cfg.save_dir <new mm dir> {layout_flags(tp_size, vit_pp_layers, llm_pp_layers)}")
+    layout = api.read_mm_layout(mm_dir)
+    get = (lambda k: layout.get(k)) if isinstance(layout, Mapping) else (lambda k: getattr(layout, k, None))
+    saved_tp, saved_pp = get("tp_size"), get("pp_size")
+    layers = llm_pp_layers if llm_pp_layers is not None else vit_pp_layers
+    want_pp = len(_flat(layers)) if layers is not None else 1
+    if saved_pp is not None:
+        saved_pp = saved_pp * (get("vpp_size") or 1)  # flattened stages
+    if (saved_tp is not None and saved_tp != tp_size) or (saved_pp is not None and saved_pp != want_pp):
+        raise CheckpointMismatchError(
+            f"{mm_dir} holds a tp={saved_tp}, pp={get('pp_size')} checkpoint but the model is built for "
+            f"tp={tp_size} with {want_pp} pipeline stage(s).\n  fix: {fix}")
+    for key, want in (("vit_pp_layers", vit_pp_layers), ("llm_pp_layers", llm_pp_layers)):
+        saved = get(key)
+        if want is not None and saved is not None and _flat(saved) != _flat(want):
+            raise CheckpointMismatchError(
+                f"{mm_dir} was written with {key}={_compact(saved)} but the model is built with "
+                f"{_compact(want)}.\n  fix: {fix}")
+    rank, chunk = _rank_and_chunk(pp_rank, vit_pp_layers, llm_pp_layers)
+    state, _ = api.read_mm_rank(mm_dir, tp_rank=tp_rank, pp_rank=rank, iteration=iteration)
+    state = state[chunk] if chunk is not None else state
+    assign_state(model, state, source=f"mm checkpoint {mm_dir} (tp rank {tp_rank}, pp stage {pp_rank})", fix=fix)
+
+
+def resolve_hf_config(path: str | Path, hf_config: Any = None) -> dict[str, Any]:
+    """The HF config dict for a model directory: its own config.json, or ``hf_config`` for an mm dir."""
+    path = Path(path)
+    if hf_config is not None and not isinstance(hf_config, dict):
+        hf_config = Path(hf_config)
+        hf_config = hf_config / "config.json" if hf_config.is_dir() else hf_config
+    if isinstance(hf_config, dict):
+        return hf_config
+    if is_mm_dir(path):
+        candidates = [c for c in (hf_config, path / "config.json") if c is not None]
+    elif is_hf_dir(path):
+        candidates = [path / "config.json"]
+    else:
+        raise CheckpointMismatchError(
+            f"{path} is neither an HF model directory (config.json + *.safetensors) nor an mm checkpoint "
+            f"(latest_checkpointed_iteration.txt)")
+    for c in candidates:
+        if c.is_file():
+            return json.loads(c.read_text())
+    raise CheckpointMismatchError(
+        f"{path} is an mm checkpoint without config.json; pass the original HF directory "
+        f"(hf_config=..., or --processor <hf dir> for mm-run infer)")
+
+
+def load_pretrained(path: str | Path, *, hf_config: Any = None, tp_size: int = 1, tp_rank: int = 0,
+                    vit_pp_layers: Sequence | None = None, llm_pp_layers: Sequence | None = None,
+                    pp_rank: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                    iteration: int | str | None = None) -> nn.Module:
+    """Build on meta (never materialising the model twice) and load from an HF dir or an mm dir."""
+    from mm_core.plugins import get_plugin_manager
+
+    config = resolve_hf_config(path, hf_config)
+    spec = get_plugin_manager().model_for_hf_config(config, source=str(path))
+    model = spec.builder(config, vit_pp_layers=vit_pp_layers, llm_pp_layers=llm_pp_layers, pp_rank=pp_rank,
+                         device="meta", dtype=dtype)
+    if spec.converter is None:
+        raise CheckpointMismatchError(f"model '{spec.name}' registers no converter, so it cannot load {path}")
+    if is_mm_dir(path):
+        load_mm_weights(model, path, spec.converter, tp_size=tp_size, tp_rank=tp_rank, vit_pp_layers=vit_pp_layers,
+                        llm_pp_layers=llm_pp_layers, pp_rank=pp_rank, iteration=iteration)
+    else:
+        load_hf_weights(model, path, spec.converter, tp_size=tp_size, tp_rank=tp_rank, vit_pp_layers=vit_pp_layers,
+                        llm_pp_layers=llm_pp_layers, pp_rank=pp_rank)
+    model.to(device=device)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    return model

@@ -1,0 +1,64 @@
+"""Assign a checkpoint's tensors into a (meta-built, possibly tensor-parallel) module, after checking
+that names and shapes match, so a mismatch fails before anything is half-loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from mm_core.errors import MMError
+
+
+class CheckpointMismatchError(MMError):
+    """The checkpoint does not fit the model built for this rank."""
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return hasattr(t, "device_mesh") and hasattr(t, "placements")
+
+
+def check_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, fix: str) -> None:
+    """Raise a ``CheckpointMismatchError`` naming missing, unexpected and mis-shaped keys and the fix."""
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    wrong = []
+    for name in sorted(set(params) & set(state)):
+        p = params[name]
+        local = p.to_local() if _is_dtensor(p) else p
+        if tuple(local.shape) != tuple(state[name].shape):
+            wrong.append(f"{name}: checkpoint {tuple(state[name].shape)} vs model {tuple(local.shape)}")
+    if missing or unexpected or wrong:
+        lines = [f"{source} does not match the model built for this rank:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                shown = ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
+                lines.append(f"  {title} ({len(items)}): {shown}")
+        lines.append(f"  fix: {fix}")
+        raise CheckpointMismatchError("\n".join(lines))
+
+
+def assign_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, fix: str) -> None:
+    """Check, then assign each tensor as the parameter (no second copy of the model).
+
+    A DTensor parameter (after the engine applied a tensor-parallel plan) receives the rank's
+    local tensor with the parameter's mesh and placements: the rank's checkpoint file is its shard.
+    Floating tensors take the parameter's dtype; a meta parameter takes the tensor's device.
+    """
+    check_state(model, state, source=source, fix=fix)
+    params = dict(model.named_parameters())
+    for name, tensor in state.items():
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        old = params[name]
+        device = tensor.device if old.device.type == "meta" else old.device
+        dtype = old.dtype if tensor.dtype.is_floating_point else tensor.dtype
+        tensor = tensor.to(device=device, dtype=dtype)
+        if _is_dtensor(old):
+            from torch.distributed.tensor import DTensor
+
+            tensor = DTensor.from_local(tensor, old.device_mesh, old.placements, run_check=False,
+                                        shape=old.shape, stride=old.stride())
+        setattr(module, attr, nn.Parameter(tensor, requires_grad=old.requires_grad))
