@@ -1,0 +1,169 @@
+"""Training checkpoints with torch.distributed.checkpoint (DCP), reshardable to any layout.
+
+Layout: ``<save>/iter_%07d/`` (DCP files) and ``<save>/latest_checkpointed_iteration.txt``, which
+is replaced (atomically) only after every rank finished writing, so a crash mid-save leaves the
+previous checkpoint as the latest. Keys (DCP flattens nested dicts with dots):
+
+- ``model.<name>``: weights under the WHOLE model's mm names (global layer numbers, full shapes);
+- ``optim.state.<name>.<exp_avg|exp_avg_sq|step>`` and ``optim.param_groups.<name>.<lr|...>``;
+- ``train.step``, ``train.consumed_samples``; ``data.dp<r>`` (loader position per data rank);
+  ``rng.rank<r>`` (torch/cuda RNG states per rank); the data position is stored as JSON text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from mm_core.engine.model_setup import EngineStage
+
+TRACKER = "latest_checkpointed_iteration.txt"
+_OPT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+_PREFIX = "model."
+
+
+def iter_dir(save: str | Path, step: int) -> Path:
+    return Path(save) / f"iter_{step:07d}"
+
+
+def _model_state(stage: EngineStage) -> dict[str, Any]:
+    sd = get_model_state_dict(stage)
+    return {stage.names.to_global(k[len(_PREFIX):]): v for k, v in sd.items()}
+
+
+def _optim_state(stage: EngineStage, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    out = {}
+    for k, v in get_optimizer_state_dict(stage, opt, options=_OPT_OPTIONS).items():
+        section, rest = k.split(".", 1)
+        fqn, leaf = rest.rsplit(".", 1)
+        out[f"{section}.{stage.names.to_global(fqn[len(_PREFIX):])}.{leaf}"] = v
+    return out
+
+
+def _optim_local(stage: EngineStage, flat: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in flat.items():
+        section, rest = k.split(".", 1)
+        name, leaf = rest.rsplit(".", 1)
+        local = stage.names.to_local(name)
+        if local is not None:
+            out[f"{section}.{_PREFIX}{local}.{leaf}"] = v
+    return out
+
+
+def _rng_state() -> bytes:
+    buf = io.BytesIO()
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def _set_rng_state(blob: bytes) -> None:
+    state = torch.load(io.BytesIO(blob), weights_only=True)
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _full_state(stages: list[EngineStage], optimizers: list[torch.optim.Optimizer | None],
+                weights_only: bool) -> dict[str, Any]:
+    model: dict[str, Any] = {}
+    optim: dict[str, Any] = {}
+    for stage, opt in zip(stages, optimizers):
+        model.update(_model_state(stage))
+        if opt is not None and not weights_only:
+            optim.update(_optim_state(stage, opt))
+    state: dict[str, Any] = {"model": model}
+    if optim:
+        state["optim"] = optim
+    return state
+
+
+def save_checkpoint(save: str | Path, step: int, stages: list[EngineStage],
+                    optimizers: list[torch.optim.Optimizer | None], train_state: dict[str, Any],
+                    data_state: dict[str, Any], dp_rank: int, *, weights_only: bool = False,
+                    keep_last: int | None = None, config_yaml: str | None = None) -> Path:
+    """Write one checkpoint collectively; mark it latest only once every rank is done."""
+    path = iter_dir(save, step)
+    state = _full_state(stages, optimizers, weights_only)
+    if not weights_only:
+        state["train"] = dict(train_state)
+        state["data"] = {f"dp{dp_rank}": json.dumps(data_state)}
+        state["rng"] = {f"rank{dist.get_rank()}": _rng_state()}
+    dcp.save(state, checkpoint_id=str(path))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        if config_yaml is not None:
+            (path / "finetune_config.yaml").write_text(config_yaml)
+        tmp = Path(save) / f".{TRACKER}.tmp"
+        tmp.write_text(str(step))
+        os.replace(tmp, Path(save) / TRACKER)
+        if keep_last:
+            _prune(Path(save), keep_last)
+    dist.barrier()
+    return path
+
+
+def _prune(save: Path, keep_last: int) -> None:
+    iters = sorted(int(m.group(1)) for p in save.iterdir() if (m := re.fullmatch(r"iter_(\d{7})", p.name)))
+    for it in iters[:-keep_last]:
+        shutil.rmtree(save / f"iter_{it:07d}", ignore_errors=True)
+
+
+def latest_iteration(load: str | Path) -> int | None:
+    tracker = Path(load) / TRACKER
+    if not tracker.is_file():
+        return None
+    text = tracker.read_text().strip()
+    return None if text == "release" else int(text)
+
+
+def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: list[torch.optim.Optimizer | None],
+                    dp_rank: int, *, load_optim: bool = True) -> dict[str, Any]:
+    """Load weights (and optimizer, train, data and RNG state when present) into this layout.
+
+    Returns ``{"train": ..., "data": ...}`` (empty dicts for a weights-only checkpoint).
+    """
+    meta_keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    has_optim = any(k.startswith("optim.") for k in meta_keys)
+    state = _full_state(stages, optimizers, weights_only=not (load_optim and has_optim))
+    missing = [k for k in state["model"] if f"model.{k}" not in meta_keys]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {path} lacks weights {missing[:5]} (of {len(missing)}); "
+                                "it was saved from another model")
+    if "train.step" in meta_keys:
+        state["train"] = {k.split(".", 1)[1]: 0 for k in meta_keys if k.startswith("train.")}
+    data_key = f"dp{dp_rank}" if any(k.startswith(f"data.dp{dp_rank}.") for k in meta_keys) else "dp0"
+    if f"data.{data_key}" in meta_keys:
+        state["data"] = {data_key: ""}
+    rng_key = f"rank{dist.get_rank()}"
+    if f"rng.{rng_key}" in meta_keys:
+        state["rng"] = {rng_key: b""}
+    dcp.load(state, checkpoint_id=str(path))
+    for stage, opt in zip(stages, optimizers):
+        local = {_PREFIX + k2: v for k, v in state["model"].items() if (k2 := stage.names.to_local(k)) is not None}
+        set_model_state_dict(stage, local, options=StateDictOptions(strict=True))
+        if opt is not None and "optim" in state:
+            set_optimizer_state_dict(stage, opt, _optim_local(stage, state["optim"]), options=_OPT_OPTIONS)
+    if "rng" in state:
+        _set_rng_state(state["rng"][rng_key])
+    data = state.get("data", {}).get(data_key)
+    return {"train": state.get("train", {}), "data": json.loads(data) if data else {}}

@@ -1,0 +1,241 @@
+"""The `mm-run finetune` configuration: five sections, typed, checked before any worker starts.
+
+``parse_finetune_config(argv)`` reads ``--config file.yaml`` plus ``--section.field value``
+overrides; ``validate(cfg, world_size)`` checks the values against each other and against the
+parallel layout and returns the derived sizes (data parallel, accumulation steps).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mm_core.errors import ConfigError
+
+FREEZABLE = ("vision_encoder", "vision_projector", "text_decoder")
+
+
+@dataclass
+class ModelConfig:
+    """Which model, its initial weights, what to freeze and how it is cut into pipeline stages."""
+
+    name: str | None = None  # registered model name, or "package.module:SPEC"; default: from the HF config
+    hf_dir: str | None = None  # HF directory: config (and weights unless random_init)
+    mm_dir: str | None = None  # mm directory (from mm-convert hf_to_mm) to load the weights from
+    hf_config: dict[str, Any] | None = None  # inline HF-style config (tests, tiny models)
+    random_init: bool = False  # initialise weights from the seed instead of loading them
+    freeze: list[str] = field(default_factory=list)  # module groups: vision_encoder, vision_projector, text_decoder
+    vit_pp_layers: list[Any] | None = None  # vision layers per pp stage; nested = virtual chunks
+    llm_pp_layers: list[Any] | None = None  # LLM layers per pp stage; nested = virtual chunks
+
+
+@dataclass
+class DataConfig:
+    """Where micro-batches come from: the mllm data pipeline, or generated data for tests."""
+
+    source: Literal["mllm", "synthetic"] = "mllm"
+    config: dict[str, Any] = field(default_factory=dict)  # the data pipeline's own fields (data.json style)
+    data_json: str | None = None  # a data.json file of the reference system, instead of `config`
+    synthetic_samples: int = 256
+    synthetic_min_len: int = 8
+    synthetic_max_len: int = 32
+    synthetic_image_tokens: int = 4  # image tokens of generated samples (0 = text only)
+    num_workers: int = 0
+    shuffle: bool = True
+
+
+@dataclass
+class ParallelConfig:
+    """Parallel layout; data parallel is what the world size leaves after tp x pp."""
+
+    tp: int = 1
+    pp: int = 1
+    pp_schedule: Literal["1F1B", "Interleaved1F1B", "GPipe"] = "1F1B"
+    device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
+    reshard_after_forward: bool = True
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation: batch sizes, length of training, schedule, precision and the loss."""
+
+    micro_batch_size: int = 1
+    global_batch_size: int = 1
+    seq_length: int = 2048
+    train_iters: int | None = None
+    epochs: int | None = None
+    lr: float = 1e-5
+    min_lr: float = 0.0
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0  # max global grad norm; 0 = no clipping
+    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    seed: int = 42
+    loss_type: str = "default"
+    compute_mode: Literal["default", "chunk", "dynamic_chunk"] = "default"
+    chunk_size: int = 1024
+    router_aux_loss_coef: float = 0.0
+
+
+@dataclass
+class OutputConfig:
+    """Checkpoints and logs."""
+
+    save: str | None = None
+    save_interval: int = 0  # 0 = only at the end
+    keep_last: int | None = None
+    save_weights_only: bool = False
+    load: str | None = None  # a save dir to resume from (its latest, or load_iteration)
+    load_iteration: int | None = None
+    log_interval: int = 1
+    tensorboard_dir: str | None = None
+    metrics_file: str | None = None  # JSONL; default <save>/metrics.jsonl
+    progress_bar: bool = True
+
+
+@dataclass
+class FinetuneConfig:
+    """mm-run finetune: model, data, parallel, training and output sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+@dataclass
+class Layout:
+    """Sizes derived from the config and the world size."""
+
+    world_size: int
+    tp: int
+    pp: int
+    dp: int
+    grad_accum: int
+    virtual: int  # pipeline chunks per pp rank
+    vit_pp_layers: list[int]  # flattened over (chunk, pp rank): stage index v * pp + p
+    llm_pp_layers: list[int]
+
+    @property
+    def num_stages(self) -> int:
+        return self.pp * self.virtual
+
+
+def parse_finetune_config(argv: Sequence[str], prog: str = "mm-run finetune") -> FinetuneConfig:
+    from mm_core.config import parse_config
+
+    return parse_config(FinetuneConfig, argv, prog=prog)
+
+
+def load_hf_config(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The model's HF-style config dict: inline, or the HF directory's config.json."""
+    if cfg.model.hf_config is not None:
+        return dict(cfg.model.hf_config)
+    if cfg.model.hf_dir is None:
+        raise ConfigError("model.hf_dir: required (the HF directory to take the model config from), "
+                          "or give model.hf_config inline")
+    path = Path(cfg.model.hf_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"model.hf_dir: '{path}' does not exist; point it at an HF model directory")
+    return json.loads(path.read_text())
+
+
+def model_layer_counts(hf_config: dict[str, Any]) -> tuple[int, int]:
+    """(vision layers, LLM layers) read from the usual HF keys of vision-language configs."""
+    vc = hf_config.get("vision_config") or {}
+    tc = hf_config.get("text_config") or hf_config.get("llm_config") or {}
+    vit = vc.get("depth", vc.get("num_hidden_layers", 0))
+    llm = tc.get("num_hidden_layers", hf_config.get("num_hidden_layers", 0))
+    return int(vit), int(llm)
+
+
+def _flatten_layers(name: str, value: list[Any] | None, pp: int, total: int) -> tuple[list[int], int]:
+    if value is None:
+        if pp == 1:
+            return [total], 1
+        raise ConfigError(f"model.{name}: required when parallel.pp = {pp} (one layer count per stage)")
+    nested = bool(value) and isinstance(value[0], (list, tuple))
+    chunks = [list(v) for v in value] if nested else [list(value)]
+    for c in chunks:
+        if len(c) != pp:
+            raise ConfigError(f"model.{name}: {value} has {len(c)} entries per chunk, parallel.pp is {pp}")
+        if any((not isinstance(n, int)) or n < 0 for n in c):
+            raise ConfigError(f"model.{name}: {value} must hold non-negative integers")
+    flat = [n for c in chunks for n in c]
+    if sum(flat) != total:
+        raise ConfigError(f"model.{name}: {value} sums to {sum(flat)}, the model has {total} layers")
+    return flat, len(chunks)
+
+
+def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | None = None) -> Layout:
+    """Check the config; raise ConfigError naming the field. Never starts anything."""
+    from mm_core.plugins import get_plugin_manager
+
+    p, t, m, o = cfg.parallel, cfg.training, cfg.model, cfg.output
+    for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp), ("training.micro_batch_size", t.micro_batch_size),
+                        ("training.global_batch_size", t.global_batch_size), ("training.seq_length", t.seq_length),
+                        ("training.chunk_size", t.chunk_size), ("output.log_interval", o.log_interval)):
+        if value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
+    if world_size % (p.tp * p.pp):
+        raise ConfigError(f"parallel: tp x pp = {p.tp} x {p.pp} = {p.tp * p.pp} does not divide the world size "
+                          f"{world_size}; change parallel.tp/parallel.pp or the number of processes")
+    dp = world_size // (p.tp * p.pp)
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(f"training.global_batch_size: {t.global_batch_size} is not a multiple of "
+                          f"micro_batch_size x data parallel = {t.micro_batch_size} x {dp}")
+    ga = t.global_batch_size // (t.micro_batch_size * dp)
+    if (t.train_iters is None) == (t.epochs is None):
+        raise ConfigError("training: give exactly one of training.train_iters and training.epochs")
+    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
+        raise ConfigError(f"training.lr/min_lr: need 0 <= min_lr <= lr and lr > 0, got lr={t.lr} min_lr={t.min_lr}")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        raise ConfigError(f"training.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    pm = get_plugin_manager()
+    try:
+        pm.loss(t.loss_type)
+    except Exception as e:
+        raise ConfigError(f"training.loss_type: {e}") from None
+    for g in m.freeze:
+        if g not in FREEZABLE:
+            raise ConfigError(f"model.freeze: unknown module group '{g}'; valid: {', '.join(FREEZABLE)}")
+    if not m.random_init and m.hf_dir is None and m.mm_dir is None:
+        raise ConfigError("model: give model.hf_dir or model.mm_dir to load weights from, or set model.random_init")
+    if o.save_interval < 0 or (o.keep_last is not None and o.keep_last < 1):
+        raise ConfigError("output.save_interval must be >= 0 and output.keep_last >= 1")
+    if o.save_interval and not o.save:
+        raise ConfigError("output.save_interval: set output.save (the checkpoint directory) too")
+    if o.load is not None and not Path(o.load).is_dir():
+        raise ConfigError(f"output.load: '{o.load}' is not a directory")
+    if cfg.data.source == "mllm" and not cfg.data.config and not cfg.data.data_json:
+        raise ConfigError("data: give data.config (the data pipeline's fields) or data.data_json")
+    if p.pp == 1 and p.pp_schedule == "Interleaved1F1B":
+        raise ConfigError("parallel.pp_schedule: Interleaved1F1B needs parallel.pp > 1")
+    hf_config = hf_config if hf_config is not None else load_hf_config(cfg)
+    vit_total, llm_total = model_layer_counts(hf_config)
+    vit, v1 = _flatten_layers("vit_pp_layers", m.vit_pp_layers, p.pp, vit_total)
+    llm, v2 = _flatten_layers("llm_pp_layers", m.llm_pp_layers, p.pp, llm_total)
+    if v1 != v2:
+        raise ConfigError(f"model.vit_pp_layers/llm_pp_layers: {v1} vs {v2} virtual chunks; give both the same nesting")
+    last_vit = max((i for i, n in enumerate(vit) if n), default=-1)
+    first_llm = min((i for i, n in enumerate(llm) if n), default=len(llm))
+    if first_llm < last_vit:
+        raise ConfigError(f"model.llm_pp_layers: the LLM starts on stage {first_llm} but vision layers remain on "
+                          f"stage {last_vit} ({m.vit_pp_layers}); the vision encoder must finish first")
+    if any(vit[i] == 0 and llm[i] == 0 for i in range(len(vit))):
+        raise ConfigError(f"model.vit_pp_layers/llm_pp_layers: a pipeline stage has no layers "
+                          f"(vit {m.vit_pp_layers}, llm {m.llm_pp_layers})")
+    if v1 > 1 and p.pp_schedule != "Interleaved1F1B":
+        raise ConfigError("parallel.pp_schedule: nested layer lists (virtual chunks) need Interleaved1F1B")
+    if p.pp > 1 and ga < 1:
+        raise ConfigError("training: pipeline parallel needs at least one micro-batch per step")
+    return Layout(world_size, p.tp, p.pp, dp, ga, v1, vit, llm)

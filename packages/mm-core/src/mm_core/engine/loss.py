@@ -1,0 +1,94 @@
+"""Loss of one micro-batch with the global token counting of each loss type.
+
+Before a step runs, ``prepare_window`` computes for every micro-batch of the accumulation window
+its shifted targets, token weights (from the loss type) and the denominator D (its
+``normalize`` rule: counted across accumulation steps and data-parallel ranks with one
+all-reduce). A micro-batch contributes ``sum(w * ce) / D / GA``; data parallel averages the
+gradients, so the step optimises the mean over ranks and accumulation steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mm_core.engine.model_setup import output_weight
+from mm_core.losses.cross_entropy import sample_ids_for, shift_labels, weighted_ce_sum
+from mm_core.specs import LossSpec
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch plus what its loss needs; ``stats`` collects detached values for logging."""
+
+    batch: dict[str, Any]
+    targets: torch.Tensor
+    weights: torch.Tensor
+    denominator: float
+    scale: float  # 1 / grad_accum
+    valid_tokens: int
+    samples: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def prepare_window(window: list[Mapping[str, Any]], spec: LossSpec, device: torch.device,
+                   dp_group: dist.ProcessGroup | None, dp: int) -> list[MicroBatch]:
+    """Targets, weights and denominators of every micro-batch of this rank's window."""
+    ga = len(window)
+    prepared = []
+    for b in window:
+        targets = shift_labels(b["labels"])
+        valid = targets != -100
+        seg = b.get("segment_ids")
+        if seg is not None:  # a target belongs to the sample of the position that predicts it
+            valid = valid & (seg >= 0)
+        weights = spec.token_weights(valid, sample_ids_for(targets, seg))
+        samples = int(b["num_samples"]) if "num_samples" in b else int(targets.shape[0])
+        prepared.append((b, targets, weights.float(), int(valid.sum()), samples))
+    sums = torch.tensor([p[2].sum().item() for p in prepared], dtype=torch.float64)
+    if spec.normalize in ("rank_mean", "rank_mean_window") and dp > 1:
+        dist.all_reduce(sums, group=dp_group)  # gloo and nccl both take float64 sums
+        sums = sums / dp
+    elif spec.normalize in ("rank_mean", "rank_mean_window"):
+        sums = sums.clone()
+    if spec.normalize == "none":
+        denoms = [1.0] * ga
+    elif spec.normalize == "rank_mean_window":
+        denoms = [float(sums.sum()) / ga] * ga
+    elif spec.normalize in ("micro_batch", "rank_mean"):
+        denoms = [float(s) for s in sums]
+    else:
+        raise ValueError(f"loss type '{spec.name}': unknown normalize rule '{spec.normalize}'")
+    out = []
+    for (b, targets, weights, n_valid, samples), denom in zip(prepared, denoms):
+        out.append(MicroBatch(_to(b, device), targets.to(device), weights.to(device), denom, 1.0 / ga,
+                              n_valid, samples))
+    return out
+
+
+class LossComputer:
+    """The last stage's loss: LM head applied (full or chunked) inside the stage's forward."""
+
+    def __init__(self, compute_mode: str, chunk_size: int, router_aux_loss_coef: float = 0.0):
+        self.compute_mode, self.chunk_size = compute_mode, chunk_size
+        self.router_aux_loss_coef = router_aux_loss_coef
+
+    def __call__(self, hidden: torch.Tensor, mb: MicroBatch, model: nn.Module) -> torch.Tensor:
+        w = output_weight(model)
+        total = weighted_ce_sum(hidden, w, mb.targets, mb.weights.to(torch.float32),
+                                compute_mode=self.compute_mode, chunk_size=self.chunk_size)
+        loss = total / mb.denominator if mb.denominator > 0 else total * 0.0
+        mb.stats["loss"] = float(loss.detach()) * mb.scale
+        aux = getattr(model, "router_aux_loss", None)
+        if self.router_aux_loss_coef and aux is not None:
+            loss = loss + self.router_aux_loss_coef * aux
+        return loss * mb.scale

@@ -1,0 +1,89 @@
+"""Process group and one DeviceMesh with (pp, dp, tp) dimensions, on cpu/gloo, cuda/nccl or npu/hccl.
+
+torch_npu is imported only when the device is ``npu``: importing it on a machine without the
+Ascend toolkit breaks ``import torch``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+
+
+def resolve_device(name: str) -> str:
+    """The device type to run on; ``auto`` prefers cuda, then npu, then cpu."""
+    if name == "npu" or name == "auto" and os.environ.get("MM_TRY_NPU") == "1":
+        try:
+            import torch_npu  # noqa: F401
+        except ImportError as e:
+            if name == "npu":
+                raise RuntimeError("parallel.device is 'npu' but torch_npu cannot be imported; install "
+                                   "the mm-core[npu] extra on a machine with the Ascend toolkit") from e
+        else:
+            return "npu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("parallel.device is 'cuda' but no CUDA device is visible")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@dataclass
+class Parallel:
+    """Where this process sits: mesh, ranks and sizes."""
+
+    mesh: DeviceMesh
+    device: torch.device
+    rank: int
+    world_size: int
+    pp: int
+    dp: int
+    tp: int
+    pp_rank: int
+    dp_rank: int
+    tp_rank: int
+
+    @property
+    def is_last_stage_rank(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+    def group(self, dim: str) -> dist.ProcessGroup:
+        return self.mesh.get_group(dim)
+
+
+def init_distributed(device_name: str) -> tuple[str, int, int]:
+    """Initialise the default process group (a 1-process group when not launched by torchrun)."""
+    device_type = resolve_device(device_name)
+    if dist.is_initialized():
+        return device_type, dist.get_rank(), dist.get_world_size()
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    elif device_type == "npu":
+        torch.npu.set_device(local_rank)  # type: ignore[attr-defined]
+    backend = BACKENDS[device_type]
+    if "MASTER_ADDR" in os.environ:
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    else:  # a plain single process: an in-memory store is enough
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return device_type, rank, world
+
+
+def build_mesh(device_type: str, pp: int, tp: int) -> Parallel:
+    """One mesh ``(pp, dp, tp)``: tp innermost (fastest links), pp outermost."""
+    world = dist.get_world_size()
+    dp = world // (pp * tp)
+    mesh = init_device_mesh(device_type, (pp, dp, tp), mesh_dim_names=("pp", "dp", "tp"))
+    coords = mesh.get_coordinate()
+    assert coords is not None
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(device_type, local) if device_type != "cpu" else torch.device("cpu")
+    return Parallel(mesh, device, dist.get_rank(), world, pp, dp, tp, coords[0], coords[1], coords[2])

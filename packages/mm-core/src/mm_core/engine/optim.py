@@ -1,0 +1,90 @@
+"""AdamW over trainable parameters only, a warmup + decay schedule, and global grad-norm clipping."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from mm_core.engine.config import TrainingConfig
+
+
+def build_optimizer(module: nn.Module, t: TrainingConfig) -> torch.optim.Optimizer | None:
+    """AdamW on the trainable parameters (none for a fully frozen stage: no optimizer state at all)."""
+    decay, no_decay = [], []
+    for _, p in module.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)  # norms and biases get no weight decay
+    if not decay and not no_decay:
+        return None
+    groups = [g for g in ({"params": decay, "weight_decay": t.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, foreach=True)
+
+
+class LRSchedule:
+    """Linear warmup to ``lr``, then cosine/linear decay to ``min_lr`` (or constant)."""
+
+    def __init__(self, t: TrainingConfig, total_steps: int):
+        self.t, self.total = t, max(1, total_steps)
+        self.warmup = t.warmup_iters or int(t.warmup_ratio * self.total)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based)."""
+        t = self.t
+        if self.warmup and step < self.warmup:
+            return t.lr * (step + 1) / self.warmup
+        if t.lr_schedule == "constant":
+            return t.lr
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        if t.lr_schedule == "linear":
+            return t.min_lr + (t.lr - t.min_lr) * (1.0 - progress)
+        return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def apply(self, optimizers: list[torch.optim.Optimizer | None], step: int) -> float:
+        lr = self.lr_at(step)
+        for opt in optimizers:
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr
+        return lr
+
+
+def _norm_sq(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of squares of the gradients over this pipeline stage (DTensors reduced over their mesh)."""
+    by_layout: dict[object, list[torch.Tensor]] = defaultdict(list)
+    plain = []
+    for g in grads:
+        if isinstance(g, DTensor):
+            by_layout[(g.device_mesh, g.placements)].append(g)
+        else:
+            plain.append(g)
+    total = torch.zeros((), dtype=torch.float64)
+    for group in by_layout.values():
+        n = torch.nn.utils.get_total_norm(group, norm_type=2.0, foreach=True)
+        n = n.full_tensor() if isinstance(n, DTensor) else n
+        total = total + n.double().cpu() ** 2
+    if plain:
+        total = total + torch.nn.utils.get_total_norm(plain, 2.0, foreach=True).double().cpu() ** 2
+    return total
+
+
+def clip_grad_norm(modules: list[nn.Module], max_norm: float, pp_group: dist.ProcessGroup | None,
+                   device: torch.device) -> float:
+    """Global grad norm over all stages (and shards); clip to ``max_norm`` when it is > 0."""
+    params = [p for m in modules for p in m.parameters() if p.grad is not None]
+    sq = _norm_sq([p.grad for p in params])
+    if pp_group is not None and dist.get_world_size(pp_group) > 1:
+        t = sq.to(device=device, dtype=torch.float64 if device.type == "cpu" else torch.float32)
+        dist.all_reduce(t, group=pp_group)
+        sq = t.double().cpu()
+    norm = float(sq.sqrt())
+    if max_norm > 0 and params and norm > max_norm:
+        coef = max_norm / (norm + 1e-6)
+        for p in params:
+            p.grad.mul_(coef)
+    return norm

@@ -1,0 +1,156 @@
+"""The training loop: one process or tp x pp x dp, gradient accumulation, clipping, checkpoints."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mm_core.engine.checkpoint import iter_dir, latest_iteration, load_checkpoint, save_checkpoint
+from mm_core.engine.config import FinetuneConfig, load_hf_config, validate
+from mm_core.engine.data import build_data
+from mm_core.engine.loss import LossComputer, prepare_window
+from mm_core.engine.mesh import build_mesh, init_distributed
+from mm_core.engine.metrics import MetricsLogger, peak_flops, peak_memory_gb
+from mm_core.engine.model_setup import build_stages, resolve_spec
+from mm_core.engine.optim import LRSchedule, build_optimizer, clip_grad_norm
+from mm_core.engine.pipeline import PipelineRunner
+
+
+def _resume_path(cfg: FinetuneConfig) -> Path | None:
+    o = cfg.output
+    if o.load is None:
+        return None
+    it = o.load_iteration if o.load_iteration is not None else latest_iteration(o.load)
+    if it is None:
+        return None  # nothing saved yet: a fresh start
+    path = iter_dir(o.load, it)
+    if not path.is_dir():
+        raise FileNotFoundError(f"output.load: checkpoint '{path}' does not exist")
+    return path
+
+
+class Trainer:
+    """Holds everything of one run; ``train()`` returns the per-step records."""
+
+    def __init__(self, cfg: FinetuneConfig, config_yaml: str | None = None):
+        self.cfg, self.config_yaml = cfg, config_yaml
+        t = cfg.training
+        device_type, _, world = init_distributed(cfg.parallel.device)
+        self.hf_config = load_hf_config(cfg)
+        self.layout = validate(cfg, world, self.hf_config)
+        self.par = build_mesh(device_type, self.layout.pp, self.layout.tp)
+        torch.manual_seed(t.seed)
+        self.spec = resolve_spec(cfg, self.hf_config)
+        self.stages = build_stages(cfg, self.layout, self.par, self.spec, self.hf_config)
+        from mm_core.plugins import get_plugin_manager
+
+        self.loss_spec = get_plugin_manager().loss(t.loss_type)
+        computer = LossComputer(t.compute_mode, t.chunk_size, t.router_aux_loss_coef)
+        for m in self.stages.modules:
+            m.loss_fn = computer
+        self.optimizers = [build_optimizer(m, t) for m in self.stages.modules]
+        self.data = build_data(cfg, self.layout, self.par.dp_rank, self.hf_config)
+        self.total_steps = t.train_iters if t.train_iters is not None else t.epochs * self.data.steps_per_epoch()
+        self.schedule = LRSchedule(t, self.total_steps)
+        self.step = 0
+        path = _resume_path(cfg)
+        if path is not None:
+            state = load_checkpoint(path, self.stages.modules, self.optimizers, self.par.dp_rank)
+            self.step = int(state["train"].get("step", 0))
+            if state["data"]:
+                self.data.load_state_dict(state["data"])
+        self.runner = None
+        if self.layout.pp > 1:
+            self.runner = PipelineRunner(self.stages.modules, self.stages.indices, self.layout.num_stages,
+                                         self.par, cfg.parallel.pp_schedule, self.layout.grad_accum)
+        self.n_params = sum(p.numel() for m in self.stages.modules for p in m.parameters())
+
+    def _forward_backward(self, mbs: list) -> None:
+        for m in self.stages.modules:
+            m.set_feed(mbs)
+        if self.runner is not None:
+            self.runner.step()
+            return
+        stage = self.stages.modules[0]
+        for i in range(len(mbs)):
+            stage.set_requires_gradient_sync(i == len(mbs) - 1)  # reduce-scatter once, after the last
+            loss = stage(torch.tensor([float(i)]))
+            if loss.requires_grad:
+                loss.sum().backward()
+
+    def _reduce(self, values: list[float]) -> list[float]:
+        """Sums over all ranks (the loss lives on the last stage; tp ranks hold copies)."""
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.par.world_size > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def train_step(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        window = self.data.next_window()
+        mbs = prepare_window(window, self.loss_spec, self.par.device, self.par.group("dp"), self.par.dp)
+        lr = self.schedule.apply(self.optimizers, self.step)
+        self._forward_backward(mbs)
+        grad_norm = clip_grad_norm(self.stages.modules, self.cfg.training.clip_grad,
+                                   self.par.group("pp") if self.par.pp > 1 else None, self.par.device)
+        for opt in self.optimizers:
+            if opt is not None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        last = self.par.is_last_stage_rank
+        loss = sum(mb.stats.get("loss", 0.0) for mb in mbs) if last else 0.0
+        first_tp = self.par.tp_rank == 0 and last
+        tokens = sum(mb.valid_tokens for mb in mbs) if first_tp else 0
+        samples = sum(mb.samples for mb in mbs) if first_tp else 0
+        loss, tokens, samples = self._reduce([loss, float(tokens), float(samples)])
+        loss /= self.par.dp * self.par.tp
+        self.step += 1
+        dt = time.perf_counter() - t0
+        rec = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_time_s": dt,
+               "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
+               "tokens_per_s_per_device": tokens / dt / self.par.world_size,
+               "valid_tokens": int(tokens), "peak_memory_gb": peak_memory_gb(self.par.device)}
+        peak = peak_flops(self.par.device)
+        if peak:
+            rec["mfu"] = 6.0 * self.n_params * self.par.pp * self.par.tp * tokens / dt / (peak * self.par.world_size)
+        return rec
+
+    def save(self) -> None:
+        o = self.cfg.output
+        save_checkpoint(o.save, self.step, self.stages.modules, self.optimizers,
+                        {"step": self.step, "consumed_samples": self.data.state_dict().get("consumed_samples", 0)},
+                        self.data.state_dict(), self.par.dp_rank, weights_only=o.save_weights_only,
+                        keep_last=o.keep_last, config_yaml=self.config_yaml)
+
+    def train(self, on_step: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Run to the last step; ``on_step(step)`` is called after each step (and its save)."""
+        o = self.cfg.output
+        jsonl = o.metrics_file or (str(Path(o.save) / "metrics.jsonl") if o.save else None)
+        logger = MetricsLogger(enabled=self.par.rank == 0, total_steps=self.total_steps, start_step=self.step,
+                               log_interval=o.log_interval, jsonl=jsonl, tensorboard_dir=o.tensorboard_dir,
+                               progress_bar=o.progress_bar, world_size=self.par.world_size)
+        records = []
+        try:
+            while self.step < self.total_steps:
+                rec = self.train_step()
+                records.append({"step": self.step, **rec})
+                logger.log(self.step, rec)
+                if o.save and o.save_interval and self.step % o.save_interval == 0:
+                    self.save()
+                if on_step is not None:
+                    on_step(self.step)
+            if o.save and (not o.save_interval or self.step % o.save_interval):
+                self.save()
+        finally:
+            logger.close()
+        return records
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,96 @@
+"""Weighted cross entropy from final hidden states and the LM head weight, full or chunked.
+
+``compute_mode="chunk"`` never materialises the ``[N, V]`` logits: it walks ``chunk_size`` tokens
+at a time and, inside the forward, computes that chunk's loss and its gradients with respect to
+the hidden states and the head weight; backward only scales the stored gradients. At vocabulary
+151936 the full fp32 logits of 8192 tokens take 5 GB; a 1024-token chunk takes 0.6 GB.
+Only tokens with a non-zero weight are computed at all (prompt tokens cost nothing).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mm_core.batch import IGNORE_INDEX
+
+DYNAMIC_CHUNK_ELEMENTS = 1 << 26  # logits elements of one chunk in dynamic_chunk mode (256 MiB fp32)
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Targets aligned with the positions that predict them: position t predicts labels[t + 1]."""
+    pad = torch.full_like(labels[..., :1], IGNORE_INDEX)
+    return torch.cat([labels[..., 1:], pad], dim=-1)
+
+
+def sample_ids_for(targets: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
+    """Unique sample numbers across the micro-batch (rows x packed segments), -1 on padding."""
+    b, t = targets.shape
+    if segment_ids is None:
+        return torch.arange(b, device=targets.device).unsqueeze(1).expand(b, t).clone()
+    seg = segment_ids.long()
+    per_row = seg.max(dim=1).values.clamp(min=-1) + 1  # samples in each row
+    offsets = torch.cumsum(per_row, 0) - per_row
+    return torch.where(seg >= 0, seg + offsets.unsqueeze(1), torch.full_like(seg, -1))
+
+
+class _ChunkedCE(torch.autograd.Function):
+    """sum_i w_i * CE(h_i @ W^T, y_i) with gradients computed chunk by chunk in the forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                weights: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start:start + chunk_size]
+            y = targets[start:start + chunk_size]
+            w = weights[start:start + chunk_size].float()
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+            total += ((lse - picked) * w).sum()
+            if need_h or need_w:
+                g = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
+                g.mul_(w.unsqueeze(1))
+                g.scatter_add_(1, y.unsqueeze(1), -w.unsqueeze(1))
+                g = g.to(hidden.dtype)
+                if need_h:
+                    grad_h[start:start + chunk_size] = g @ weight
+                if need_w:
+                    grad_w.addmm_(g.t().float(), h.float())
+            del logits
+        ctx.save_for_backward(grad_h if need_h else None, grad_w.to(weight.dtype) if need_w else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
+        return gh, gw, None, None, None
+
+
+def weighted_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                    *, compute_mode: str = "default", chunk_size: int = 1024) -> torch.Tensor:
+    """sum over tokens of ``weights * CE`` (fp32 scalar); tokens with weight 0 are skipped.
+
+    ``hidden`` is ``[..., H]``, ``targets``/``weights`` ``[...]`` (targets already shifted; -100 =
+    no loss), ``weight`` is the LM head ``[V, H]``.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    y = targets.reshape(-1)
+    w = weights.reshape(-1)
+    keep = (w != 0) & (y != IGNORE_INDEX)
+    idx = keep.nonzero().squeeze(1)
+    h, y, w = h.index_select(0, idx), y.index_select(0, idx), w.index_select(0, idx)
+    if compute_mode == "default":
+        ce = F.cross_entropy((h @ weight.t()).float(), y, reduction="none")
+        return (ce * w.float()).sum()
+    if compute_mode == "dynamic_chunk":
+        chunk_size = max(1, DYNAMIC_CHUNK_ELEMENTS // weight.shape[0])
+    elif compute_mode != "chunk":
+        raise ValueError(f"training.compute_mode: unknown '{compute_mode}'; valid: default, chunk, dynamic_chunk")
+    return _ChunkedCE.apply(h, weight, y, w, chunk_size)

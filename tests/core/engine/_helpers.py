@@ -1,0 +1,81 @@
+"""Helpers for engine tests: a tiny toy-model config, in-process and torchrun launches."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).parent
+WORKER = HERE / "_worker.py"
+
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location("engine_test_worker", WORKER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+worker = _load_worker()
+
+
+def base_config(**overrides) -> dict:
+    from mm_core.engine.toy_model import DEFAULT_CONFIG
+
+    cfg = {
+        "model": {"name": "mm_core.engine.toy_model:TOY_SPEC", "hf_config": DEFAULT_CONFIG, "random_init": True},
+        "data": {"source": "synthetic", "synthetic_samples": 32, "synthetic_min_len": 6, "synthetic_max_len": 20},
+        "parallel": {"device": "cpu"},
+        "training": {"micro_batch_size": 1, "global_batch_size": 4, "seq_length": 32, "train_iters": 3,
+                     "lr": 3e-3, "lr_schedule": "constant", "clip_grad": 0.5, "dtype": "fp32",
+                     "loss_type": "per_token_loss", "seed": 7,
+                     "adam_eps": 1e-4},  # k biases get ~0 gradients: keep Adam from amplifying noise
+        "output": {"progress_bar": False, "log_interval": 100},
+    }
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        cfg[section][key] = value
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_inprocess(tmp: Path, name: str, cfg: dict, *extra: str):
+    out = tmp / name
+    cfg_file = write_config(tmp / f"{name}.yaml", cfg)
+    records = worker.run(["--config", str(cfg_file), *extra], out)
+    return records, worker.merged_weights(out)
+
+
+def run_torchrun(tmp: Path, name: str, nproc: int, cfg: dict, *extra: str, kill_after: int | None = None,
+                 timeout: int = 240):
+    out = tmp / name
+    cfg_file = write_config(tmp / f"{name}.yaml", cfg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(WORKER), str(out)]
+    if kill_after is not None:
+        cmd += ["--kill-after", str(kill_after)]
+    cmd += ["--config", str(cfg_file), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return proc, out
+
+
+def read_records(out: Path) -> list[dict]:
+    import json
+
+    return json.loads((out / "records.json").read_text())
+
+
+
+def load_helpers():
+    """This module, loaded by path (tests are not a package under --import-mode=importlib)."""
+    return sys.modules[__name__]

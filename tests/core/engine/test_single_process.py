@@ -1,0 +1,105 @@
+"""Single-process engine behaviour: learning, accumulation, freezing, resume, config errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mm_core.cli.finetune import main as finetune_main
+
+_spec = importlib.util.spec_from_file_location("engine_helpers", Path(__file__).with_name("_helpers.py"))
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+WORKER, base_config, run_inprocess, write_config = (helpers.WORKER, helpers.base_config, helpers.run_inprocess,
+                                                    helpers.write_config)
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_loss_goes_down(tmp):
+    cfg = base_config(**{"training.train_iters": 24, "data.synthetic_samples": 8, "training.lr": 1e-2,
+                         "training.global_batch_size": 8, "training.micro_batch_size": 4,
+                         "training.clip_grad": 1.0})
+    records, _ = run_inprocess(tmp, "learn", cfg)
+    losses = [r["loss"] for r in records]
+    assert len(losses) == 24
+    assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4, losses
+    assert all(r["tokens_per_s"] > 0 and r["grad_norm"] > 0 for r in records)
+
+
+def test_grad_accumulation_equals_bigger_micro_batch(tmp):
+    ga, _ = run_inprocess(tmp, "ga2", base_config(**{"training.micro_batch_size": 2}))
+    big, wbig = run_inprocess(tmp, "mbs4", base_config(**{"training.micro_batch_size": 4}))
+    _, wga = run_inprocess(tmp, "ga2b", base_config(**{"training.micro_batch_size": 2}))
+    assert [r["loss"] for r in ga] == pytest.approx([r["loss"] for r in big], rel=1e-5)
+    for k in wbig:
+        torch.testing.assert_close(wga[k], wbig[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_frozen_vision_encoder_gets_no_grad_and_no_optimizer_state(tmp):
+    from mm_core.engine.trainer import Trainer, shutdown
+
+    cfg_file = write_config(tmp / "frozen.yaml", base_config(**{"model.freeze": ["vision_encoder"],
+                                                                "training.train_iters": 1}))
+    from mm_core.engine.config import parse_finetune_config
+
+    trainer = Trainer(parse_finetune_config(["--config", str(cfg_file)]))
+    try:
+        before = {n: p.detach().clone() for n, p in trainer.stages.modules[0].named_parameters()}
+        trainer.train_step()
+        stage = trainer.stages.modules[0]
+        opt = trainer.optimizers[0]
+        state_ids = {id(p) for p in opt.state}
+        for name, p in stage.named_parameters():
+            frozen = name.startswith("model.image_encoder.encoder.")
+            assert (p.grad is None) if frozen else True, name
+            assert (id(p) in state_ids) != frozen, name
+            changed = not torch.equal(p.detach(), before[name])
+            assert changed != frozen, name
+    finally:
+        shutdown()
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp):
+    cfg = base_config(**{"training.train_iters": 6, "training.lr_schedule": "cosine", "training.warmup_iters": 2,
+                         "output.save": str(tmp / "ckpt"), "output.save_interval": 3, "output.keep_last": 1})
+    full, _ = run_inprocess(tmp, "full", {**cfg, "output": {**cfg["output"], "save": str(tmp / "ckpt_full")}})
+    cfg_file = write_config(tmp / "killed.yaml", cfg)
+    proc = subprocess.run([sys.executable, str(WORKER), str(tmp / "killed"), "--kill-after", "3",
+                           "--config", str(cfg_file)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (tmp / "ckpt" / "latest_checkpointed_iteration.txt").read_text() == "3"
+    resumed, _ = run_inprocess(tmp, "resumed", {**cfg, "output": {**cfg["output"], "load": str(tmp / "ckpt")}})
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full[3:]]
+    assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in full[3:]]
+    # keep_last 1: only the final checkpoint remains
+    assert sorted(p.name for p in (tmp / "ckpt").glob("iter_*")) == ["iter_0000006"]
+    lines = (tmp / "ckpt" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["step"] == 1
+
+
+@pytest.mark.parametrize("override,message", [
+    (["--parallel.tp", "3"], "does not divide the world size"),
+    (["--model.llm_pp_layers", "[1,1]", "--model.vit_pp_layers", "[1,1]", "--parallel.pp", "2"],
+     "vision encoder must finish first"),
+    (["--training.global_batch_size", "3"], "not a multiple"),
+    (["--training.loss_type", "nope"], "training.loss_type"),
+    (["--model.freeze", "[vision]"], "unknown module group"),
+    (["--training.lr_schedule", "wavy"], "lr_schedule"),
+])
+def test_config_errors_before_workers_start(tmp, capsys, override, message):
+    cfg_file = write_config(tmp / "bad.yaml", base_config(**{"output.save": str(tmp / "never")}))
+    rc = finetune_main(["--nproc-per-node", "2", "--config", str(cfg_file), *override])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp / "never").exists()
