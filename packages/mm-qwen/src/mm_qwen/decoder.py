@@ -112,4 +112,10 @@ class TextDecoder(nn.Module):
             return hidden
         if hasattr(self, "output_layer"):
             return self.output_layer(hidden)
-        return F.linear(hidden, self.output_weight())
+        weight = self.output_weight()
+        if hasattr(weight, "device_mesh"):  # tied to a vocab-parallel embedding: gather the vocab shards
+            from torch.distributed.tensor import DTensor, Shard
+
+            local = F.linear(hidden, weight.to_local())
+            return DTensor.from_local(local, weight.device_mesh, [Shard(-1)]).full_tensor()
+        return F.linear(hidden, weight)

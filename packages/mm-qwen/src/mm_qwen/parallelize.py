@@ -1,0 +1,95 @@
+"""Tensor-parallel plan (DTensor) for Qwen2.5-VL, consistent with mm-format's tp split.
+
+Column-parallel (``Shard(0)``): ``linear_qkv`` (whole GQA groups / whole ViT heads per rank, thanks
+to the interleaved layouts), the projector's ``linear_fc1``, the word embedding (vocab rows) and the
+output layer. Row-parallel (``Shard(1)``): ``linear_proj`` and ``linear_fc2`` (their biases
+replicated). Norms and the patch embedding stay replicated (not in the plan).
+
+Gated ``linear_fc1`` (``[gate; up]``): rank r must compute ``[gate_r; up_r]`` (mm-format's gated
+column split), which plain ``Shard(0)`` of ``[gate; up]`` would not give. ``GatedColwiseParallel``
+reorders the rows to ``[gate_0; up_0; gate_1; up_1; ...]`` before sharding, so each rank's local
+tensor is exactly its mm rank file's ``linear_fc1``. Consequence: the DTensor's *global* view of a
+gated ``linear_fc1`` under tp > 1 is that rank-blocked order; use ``unblock_gated_rows`` to get the
+``[gate; up]`` order (e.g. before writing an HF checkpoint from a gathered tp state).
+
+Usage: ``parallelize_module(model, tp_mesh, tp_plan(model))`` on the (meta or loaded) full-size
+stage; then load a rank's mm file with ``mm_qwen.loading`` or keep the distributed full weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def block_gated_rows(t: torch.Tensor, tp: int) -> torch.Tensor:
+    """``[gate; up]`` rows -> ``[gate_0; up_0; gate_1; up_1; ...]`` for ``tp`` ranks."""
+    gate, up = t.chunk(2, dim=0)
+    return torch.cat([torch.cat([g, u]) for g, u in zip(gate.chunk(tp), up.chunk(tp))])
+
+
+def unblock_gated_rows(t: torch.Tensor, tp: int) -> torch.Tensor:
+    """Inverse of ``block_gated_rows``."""
+    pieces = [p.chunk(2, dim=0) for p in t.chunk(tp)]
+    return torch.cat([p[0] for p in pieces] + [p[1] for p in pieces])
+
+
+def _gated_colwise():
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor.parallel import ColwiseParallel
+
+    class GatedColwiseParallel(ColwiseParallel):
+        """Column-parallel for a fused ``[gate; up]`` linear: each rank gets ``[gate_r; up_r]``."""
+
+        def _partition_linear_fn(self, name, module, device_mesh):
+            tp = device_mesh.size()
+            for pname, param in list(module.named_parameters(recurse=False)):
+                if param.shape[0] % (2 * tp):
+                    raise ValueError(f"{name}.{pname}: {param.shape[0] // 2} gate rows do not split over tp={tp}")
+                rows = block_gated_rows(param.detach(), tp)
+                dist = nn.Parameter(distribute_tensor(rows, device_mesh, [Shard(0)], src_data_rank=self.src_data_rank),
+                                    requires_grad=param.requires_grad)
+                module.register_parameter(pname, dist)
+
+    return GatedColwiseParallel
+
+
+def tp_plan(model: nn.Module, *, loss_parallel: bool = False) -> dict[str, Any]:
+    """``{module path: ParallelStyle}`` for this stage's modules.
+
+    ``loss_parallel=True`` leaves the logits sharded over the vocabulary (``Shard(-1)`` DTensor) for
+    a vocab-parallel cross-entropy; otherwise they are gathered (``Replicate``) as plain tensors.
+    """
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    gated = _gated_colwise()
+    plan: dict[str, Any] = {}
+    enc = getattr(model, "image_encoder", None)
+    if enc is not None:
+        for i in range(len(enc.encoder.blocks.layers)):
+            p = f"image_encoder.encoder.blocks.layers.{i}"
+            plan[f"{p}.self_attention.linear_qkv"] = ColwiseParallel()
+            plan[f"{p}.self_attention.linear_proj"] = RowwiseParallel()
+            plan[f"{p}.mlp.linear_fc1"] = gated()
+            plan[f"{p}.mlp.linear_fc2"] = RowwiseParallel()
+        if hasattr(enc, "projector"):
+            plan["image_encoder.projector.encoder.linear_fc1"] = ColwiseParallel()
+            plan["image_encoder.projector.encoder.linear_fc2"] = RowwiseParallel()
+    dec = getattr(model, "text_decoder", None)
+    if dec is not None:
+        if hasattr(dec, "embedding"):
+            plan["text_decoder.embedding.word_embeddings"] = RowwiseParallel(input_layouts=Replicate())
+        for i in range(len(dec.decoder.layers)):
+            p = f"text_decoder.decoder.layers.{i}"
+            plan[f"{p}.self_attention.linear_qkv"] = ColwiseParallel()
+            plan[f"{p}.self_attention.linear_proj"] = RowwiseParallel()
+            plan[f"{p}.mlp.linear_fc1"] = gated()
+            plan[f"{p}.mlp.linear_fc2"] = RowwiseParallel()
+        if hasattr(dec, "output_layer"):
+            plan["text_decoder.output_layer"] = (
+                ColwiseParallel(output_layouts=Shard(-1), use_local_output=False) if loss_parallel
+                else ColwiseParallel(output_layouts=Replicate()))
+    return plan
