@@ -1,0 +1,109 @@
+"""In-process API for models and the training engine: one rank's weights, streamed.
+
+- :func:`hf_to_mm_rank` reads from an HF directory only what one (tp rank, pp rank) needs and
+  returns that rank's mm-named state dict (local layer numbers), with no conversion step.
+- :func:`read_mm_rank` / :func:`read_mm_layout` read an mm directory written by ``mm-convert``
+  (or a MindSpeed-MM one, whose layout is inferred from its rank files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mm_convert.converter import Converter
+from mm_convert.errors import ConfigError
+from mm_convert.hf import HFReader, load_hf_config
+from mm_convert.layout import Layout
+from mm_convert.mm_dir import RankFile, rank_dir_name, rank_dirs, read_layout, resolve_iteration_dir
+from mm_convert.rules import check_keys
+from mm_convert.sources import HFSource, check_shapes
+
+StateDict = dict[str, torch.Tensor]
+
+
+def get_converter(converter: str | Converter) -> Converter:
+    """A converter object from its registered name (``Qwen2_5_VLConverter``) or as is."""
+    if isinstance(converter, str):
+        from mm_core.plugins import get_plugin_manager
+
+        return get_plugin_manager().converter(converter).factory()
+    return converter
+
+
+def hf_to_mm_rank(converter: str | Converter, hf_dir: str | Path, *, tp_size: int = 1, tp_rank: int = 0,
+                  vit_pp_layers: Sequence | None = None, llm_pp_layers: Sequence | None = None,
+                  pp_rank: int = 0) -> StateDict | list[StateDict]:
+    """One rank's mm state dict, streamed from an HF safetensors directory.
+
+    Reads only the tensors this (``tp_rank``, ``pp_rank``) needs (and for plain column-split
+    tensors such as the word embedding, only its rows). Keys are mm names with layers numbered
+    from 0 on each stage, exactly what ``mm-convert ... hf_to_mm`` writes to that rank's file.
+    ``vit_pp_layers`` / ``llm_pp_layers``: per-stage layer counts as in the CLI; nested lists are
+    virtual pipeline chunks and then a list with one dict per chunk is returned (chunk v of pp
+    rank p is flattened stage ``v * pp + p``). Without them: the whole model on one stage.
+    The whole layout is validated first (ConfigError / KeyMismatchError naming the field or key).
+    """
+    conv = get_converter(converter)
+    hf_config = load_hf_config(hf_dir)
+    reader = HFReader(hf_dir, conv.hf_aliases)
+    placement = conv.placement(hf_config, tp_size, {"vit": vit_pp_layers, "llm": llm_pp_layers})
+    if not 0 <= tp_rank < placement.tp_size:
+        raise ConfigError(f"tp_rank {tp_rank} is out of range for tp_size {placement.tp_size}")
+    if not 0 <= pp_rank < placement.pp:
+        raise ConfigError(f"pp_rank {pp_rank} is out of range for a {placement.pp}-stage pipeline")
+    plan = conv.plan(hf_config, placement, present_hf=reader.keys())
+    check_keys(plan, reader.keys(), str(hf_dir))
+    source = HFSource(reader)
+    check_shapes(plan, source, placement.tp_size)
+    chunks: list[StateDict] = []
+    for v in range(placement.vpp):
+        stage = placement.stage_of(pp_rank, v)
+        items = source.order(plan.stage_items(stage))
+        chunks.append({it.local_key: source.piece(it, placement.tp_size, tp_rank) for it in items})
+    return chunks if placement.nested else chunks[0]
+
+
+def read_mm_layout(mm_dir: str | Path, iteration: int | str | None = None,
+                   converter: str | Converter | None = None) -> Layout:
+    """The layout of an mm directory: ``tp_size``, ``pp_size``, ``vpp_size``, ``vit_pp_layers``,
+    ``llm_pp_layers`` (as given at conversion; nested when virtual chunks were used).
+
+    Read from ``mm_layout.json`` (written by ``mm-convert``); for MindSpeed-MM directories it is
+    inferred from the rank files (the layer lists need ``converter``, else they stay None).
+    """
+    prefixes = None
+    if converter is not None:
+        conv = get_converter(converter)
+        cfg_path = Path(mm_dir) / "config.json"
+        if cfg_path.is_file():
+            prefixes = conv.layer_prefixes(load_hf_config(mm_dir))
+    return read_layout(mm_dir, iteration, prefixes)
+
+
+def read_mm_rank(mm_dir: str | Path, *, tp_rank: int = 0, pp_rank: int = 0, iteration: int | str | None = None
+                 ) -> tuple[StateDict | list[StateDict], Layout]:
+    """``(state, layout)`` of one rank of an mm directory.
+
+    ``state`` is that rank's mm-named dict (local layer numbers), or a list of dicts, one per
+    virtual chunk, when the checkpoint was written with nested layer lists. ``iteration``:
+    ``"release"``, an iteration number or ``iter_%07d``; default: the latest. Accepts our
+    safetensors rank files and MindSpeed-MM ``model_optim_rng.pt`` (read with weights_only=True).
+    """
+    it_dir = resolve_iteration_dir(mm_dir, iteration)
+    layout = read_layout(mm_dir, iteration)
+    ranks = rank_dirs(it_dir)
+    key = (tp_rank, pp_rank)
+    if key not in ranks:
+        raise ConfigError(f"{it_dir} has no {rank_dir_name(tp_rank, pp_rank, layout.pp_size)} "
+                          f"(layout tp {layout.tp_size}, pp {layout.pp_size})")
+    f = RankFile(ranks[key])
+    states = [f.state(v) for v in range(f.chunks)]
+    return (states if f.nested else states[0]), layout
+
+
+def _describe(x: Any) -> str:  # pragma: no cover - debugging aid
+    return str(x)

@@ -1,0 +1,106 @@
+"""DCP (torch.distributed.checkpoint) reading and writing, one process, tensor by tensor.
+
+Key convention (what the training engine saves and loads): the model state is stored under
+``model.<mm name>`` with *global* layer numbers and full (unsplit) tensors, i.e. the state dict of
+the whole model on one process (DTensor shards are saved as their full logical tensor by DCP), so
+a checkpoint can be loaded by any tp/pp layout. With tied embeddings no ``output_layer`` is
+stored (one written by a pipeline's last stage is ignored). Readers also accept the same names
+without the ``model.`` prefix.
+
+Writing streams: a custom save planner fills each tensor only when the writer asks for it.
+Reading loads one tensor per ``dcp.load`` call into a preallocated buffer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from mm_convert.errors import ConversionError
+from mm_convert.mm_dir import LATEST, iteration_dir_name
+from mm_convert.output import Progress
+from mm_convert.rules import Item, Plan
+from mm_convert.sources import Source, StateSource
+
+if TYPE_CHECKING:
+    from mm_convert.converter import Converter
+
+MODEL_PREFIX = "model."
+
+
+class _LazyPlanner(DefaultSavePlanner):
+    """Plans from meta tensors and makes each real tensor on demand (bounded memory)."""
+
+    def __init__(self, make: dict[str, Any], bar: Progress):
+        super().__init__()
+        self._make, self._bar = make, bar
+
+    def resolve_data(self, write_item: Any) -> Any:
+        fqn = write_item.index.fqn
+        if fqn in self._make:
+            t = self._make[fqn]()
+            self._bar.update(t.numel() * t.element_size())
+            return t
+        return super().resolve_data(write_item)
+
+
+def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True) -> None:
+    items = [it for it in plan.items if not it.tied_copy]
+    metas = {MODEL_PREFIX + it.mm_key: source.meta(it) for it in items}
+    make = {MODEL_PREFIX + it.mm_key: (lambda it=it: source.full(it)) for it in items}
+    total = sum(m.numel() * m.element_size() for m in metas.values())
+    bar = Progress(total, "write dcp", progress)
+    out.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no process group: running as a single process"
+        dcp.save(metas, storage_writer=dcp.FileSystemWriter(str(out), thread_count=1, single_file_per_rank=True),
+                 planner=_LazyPlanner(make, bar), no_dist=True)
+    bar.close()
+
+
+def resolve_dcp_dir(path: str | Path) -> Path:
+    """A directory holding ``.metadata``: given directly, or via ``latest_checkpointed_iteration.txt``."""
+    p = Path(path)
+    if (p / ".metadata").is_file():
+        return p
+    latest = p / LATEST
+    if latest.is_file():
+        sub = p / iteration_dir_name(latest.read_text().strip())
+        if (sub / ".metadata").is_file():
+            return sub
+    raise ConversionError(f"{p} is not a DCP checkpoint (no .metadata) nor a save dir whose {LATEST} names one")
+
+
+def dcp_source(conv: Converter, plan: Plan, dcp_dir: str | Path) -> Source:
+    d = resolve_dcp_dir(dcp_dir)
+    md = dcp.FileSystemReader(str(d)).read_metadata()
+    tensors = {k: v for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+    want = {it.mm_key for it in plan.items if not it.tied_copy}
+    prefix = MODEL_PREFIX if any(k.startswith(MODEL_PREFIX) and k[len(MODEL_PREFIX):] in want for k in tensors) else ""
+    metas = {k[len(prefix):]: torch.empty(v.size, dtype=v.properties.dtype, device="meta")
+             for k, v in tensors.items() if k.startswith(prefix)}
+    if prefix:  # other training state (optimizer, ...) lives beside model.*
+        metas = {k: v for k, v in metas.items() if k in want or not k.startswith(("optim", "state", "param_groups"))}
+    ignore = {it.mm_key for it in plan.items if it.rule.tied_to is not None}
+    first_names = {it.mm_key.split(".", 1)[0] for it in plan.items}
+    metas = {k: v for k, v in metas.items() if k.split(".", 1)[0] in first_names}
+
+    def load(key: str) -> torch.Tensor:
+        m = metas[key]
+        buf = {prefix + key: torch.empty(m.shape, dtype=m.dtype)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.load(buf, storage_reader=dcp.FileSystemReader(str(d)), no_dist=True)
+        return buf[prefix + key]
+
+    return StateSource(metas, load, plan, str(d), ignore)
+
+
+def _unused(item: Item) -> None:  # pragma: no cover
+    pass

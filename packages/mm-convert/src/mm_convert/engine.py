@@ -1,0 +1,253 @@
+"""The verbs: a source and a sink over the items of a plan, validated first, written atomically.
+
+Order of work in every verb: read headers and configs, build the plan(s), check keys, run all
+ops on meta tensors (shapes, tp divisibility), refuse a non-empty target, and only then stream
+tensor by tensor into a temporary directory that is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mm_convert.config import DcpToHfConfig, HfToDcpConfig, HfToMmConfig, MmToHfConfig, ResplitConfig
+from mm_convert.errors import ConfigError, ConversionError
+from mm_convert.hf import HFReader, HFWriter, copy_aux_files, from_canonical, load_hf_config
+from mm_convert.layout import LAYOUT_FILE, Layout, Placement
+from mm_convert.mm_dir import (
+    chunk_file_name,
+    rank_dir_name,
+    read_layout,
+    resolve_iteration_dir,
+    write_latest,
+)
+from mm_convert.output import Progress, atomic_dir, check_target
+from mm_convert.rules import Plan, check_keys
+from mm_convert.safetensors_io import StreamingWriter, nbytes_of
+from mm_convert.sources import HFSource, MMSource, Source, check_shapes
+
+if TYPE_CHECKING:
+    from mm_convert.converter import Converter
+
+Spec = tuple[tuple[int, ...], torch.dtype]
+
+
+def _log(msg: str) -> None:
+    print(f"[mm-convert] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# planning helpers
+
+
+def hf_plan(conv: Converter, hf_dir: str | Path, tp_size: int, layers: Mapping[str, Any]
+            ) -> tuple[dict[str, Any], HFReader, Placement, Plan, HFSource]:
+    hf_config = load_hf_config(hf_dir)
+    reader = HFReader(hf_dir, conv.hf_aliases)
+    placement = conv.placement(hf_config, tp_size, layers)
+    plan = conv.plan(hf_config, placement, present_hf=reader.keys())
+    check_keys(plan, reader.keys(), str(hf_dir))
+    source = HFSource(reader)
+    check_shapes(plan, source, tp_size)
+    return hf_config, reader, placement, plan, source
+
+
+def mm_plan(conv: Converter, mm_dir: str | Path, iteration: str | None, hf_dir: str | None
+            ) -> tuple[dict[str, Any], Layout, Plan, MMSource]:
+    """The plan of an mm checkpoint in the layout it was saved in (recorded, else inferred)."""
+    it_dir = resolve_iteration_dir(mm_dir, iteration)
+    cfg_dir = _config_dir(mm_dir, it_dir, hf_dir)
+    hf_config = load_hf_config(cfg_dir)
+    layout = read_layout(mm_dir, iteration, conv.layer_prefixes(hf_config))
+    layers = {"vit": layout.vit_pp_layers, "llm": layout.llm_pp_layers}
+    layers.update({k[: -len("_pp_layers")]: v for k, v in layout.extra.items() if k.endswith("_pp_layers")})
+    layers = {m: v for m, v in layers.items() if m in conv.modules}
+    placement = conv.placement(hf_config, layout.tp_size, layers)
+    if placement.pp != layout.pp_size:
+        raise ConversionError(f"{it_dir}: the layer lists describe {placement.pp} pp stages, the rank directories "
+                              f"{layout.pp_size}")
+    plan = conv.plan(hf_config, placement, present_hf=None)
+    tied_keys = {it.local_key for it in plan.items if it.rule.tied_to is not None}
+    source = MMSource(it_dir, plan, layout.tp_size, tied_keys if conv.tied(hf_config) else set())
+    check_shapes(plan, source, layout.tp_size)
+    return hf_config, layout, plan, source
+
+
+def _config_dir(mm_dir: str | Path, it_dir: Path, hf_dir: str | None) -> Path:
+    for d in (Path(mm_dir), it_dir, it_dir.parent):
+        if (d / "config.json").is_file():
+            return d
+    if hf_dir:
+        return Path(hf_dir)
+    raise ConfigError(f"{mm_dir} has no config.json (not written by mm-convert): pass the original HF directory "
+                      f"with --cfg.hf_config.hf_dir")
+
+
+def _layer_args(parallel: Any, modules: tuple[str, ...]) -> dict[str, Any]:
+    return {m: getattr(parallel, f"{m}_pp_layers", None) for m in modules}
+
+
+# ---------------------------------------------------------------------------------------------
+# sinks
+
+
+def write_mm(plan: Plan, source: Source, out: Path, layout: Layout, *, progress: bool = True,
+             iteration: str | None = None) -> int:
+    """Every rank file of ``plan`` under ``out/<release|iter>``, tensor by tensor."""
+    pl = plan.placement
+    tp = pl.tp_size
+    it_name = "release" if iteration is None else iteration
+    specs: dict[tuple[int, int, int], dict[str, Spec]] = {}
+    metas: dict[str, list[torch.Tensor]] = {}
+    for it in plan.items:
+        pieces = it.tp.split(source.meta(it), tp)
+        metas[it.mm_key] = pieces
+        p, v = pl.rank_of(it.stage)
+        for t in range(tp):
+            specs.setdefault((t, p, v), {})[it.local_key] = (tuple(pieces[t].shape), pieces[t].dtype)
+    writers: dict[tuple[int, int, int], StreamingWriter] = {}
+    it_dir = out / it_name
+    for t in range(tp):
+        for p in range(pl.pp):
+            d = it_dir / rank_dir_name(t, p, pl.pp)
+            d.mkdir(parents=True)
+            for v in range(pl.vpp):
+                meta = {"format": "pt", "tp_rank": str(t), "pp_rank": str(p), "vpp_chunk": str(v),
+                        "stage": str(pl.stage_of(p, v)), "converter": layout.converter or ""}
+                writers[(t, p, v)] = StreamingWriter(d / chunk_file_name(v, pl.nested), specs.get((t, p, v), {}), meta)
+    total = sum(nbytes_of(*s) for f in specs.values() for s in f.values())
+    bar = Progress(total, f"write mm (tp {tp}, pp {pl.pp})", progress)
+    try:
+        for it in source.order(plan.items):
+            full = source.full(it)
+            pieces = it.tp.split(full, tp)
+            p, v = pl.rank_of(it.stage)
+            for t in range(tp):
+                bar.update(writers[(t, p, v)].write(it.local_key, pieces[t]))
+            del full, pieces
+        for w in writers.values():
+            w.close()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    secs = bar.close()
+    (it_dir / LAYOUT_FILE).write_text(layout.as_json() + "\n")
+    (out / LAYOUT_FILE).write_text(layout.as_json() + "\n")
+    write_latest(out, it_name)
+    if progress:
+        _log(f"wrote {total / 1e9:.3f} GB in {secs:.2f} s ({total / 1e9 / max(secs, 1e-9):.2f} GB/s)")
+    return total
+
+
+def write_hf(plan: Plan, source: Source, out: Path, *, key_style: str, aliases: tuple[tuple[str, str], ...],
+             max_shard_bytes: int, progress: bool = True) -> int:
+    """HF shards (+ fresh index) from the full mm tensors of ``plan``."""
+    items = [it for it in plan.items if not it.tied_copy]
+    specs: dict[str, Spec] = {}
+    for it in items:
+        for k, m in zip(it.hf_keys, it.rule.op.inverse(source.meta(it))):
+            specs[k] = (tuple(m.shape), m.dtype)
+
+    def name(k: str) -> str:
+        return from_canonical(k, aliases) if key_style == "new" else k
+
+    writer = HFWriter(out, {name(k): v for k, v in specs.items()}, max_shard_bytes)
+    bar = Progress(writer.total, "write hf", progress)
+    try:
+        for it in source.order(items):
+            for k, t in zip(it.hf_keys, it.rule.op.inverse(source.full(it))):
+                bar.update(writer.write(name(k), t))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    secs = bar.close()
+    if progress:
+        _log(f"wrote {writer.total / 1e9:.3f} GB in {secs:.2f} s ({writer.total / 1e9 / max(secs, 1e-9):.2f} GB/s)")
+    return writer.total
+
+
+def _copy_config(src_dir: Path, out: Path) -> None:
+    for name in ("config.json",):
+        if (src_dir / name).is_file():
+            shutil.copy2(src_dir / name, out / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# verbs
+
+
+def hf_to_mm(conv: Converter, cfg: HfToMmConfig, progress: bool = True) -> None:
+    hf_dir = cfg.hf_config.hf_dir
+    if not hf_dir:
+        raise ConfigError("--cfg.hf_config.hf_dir is required for hf_to_mm")
+    par = cfg.parallel_config
+    _, reader, placement, plan, source = hf_plan(conv, hf_dir, par.tp_size, _layer_args(par, conv.modules))
+    layout = placement.layout(converter=conv.name, hf_key_style=reader.key_style)
+    with atomic_dir(cfg.mm_dir, cfg.overwrite) as tmp:
+        copy_aux_files(hf_dir, tmp)  # config.json and tokenizer files: the mm dir stands on its own
+        write_mm(plan, source, tmp, layout, progress=progress)
+
+
+def mm_to_hf(conv: Converter, cfg: MmToHfConfig, progress: bool = True) -> None:
+    hf_config, layout, plan, source = mm_plan(conv, cfg.mm_dir, cfg.iteration, cfg.hf_config.hf_dir)
+    check_target(cfg.save_hf_dir, cfg.overwrite, "--cfg.overwrite")
+    with atomic_dir(cfg.save_hf_dir, cfg.overwrite) as tmp:
+        aux_src = Path(cfg.hf_config.hf_dir) if cfg.hf_config.hf_dir else Path(cfg.mm_dir)
+        copy_aux_files(aux_src, tmp)
+        write_hf(plan, source, tmp, key_style=layout.hf_key_style or "old", aliases=conv.hf_aliases,
+                 max_shard_bytes=int(cfg.max_shard_size_gb * 1024**3), progress=progress)
+
+
+def resplit(conv: Converter, cfg: ResplitConfig, progress: bool = True) -> None:
+    hf_config, layout, src_plan, source = mm_plan(conv, cfg.mm_dir, cfg.iteration, cfg.hf_config.hf_dir)
+    par = cfg.parallel_config
+    placement = conv.placement(hf_config, par.tp_size, _layer_args(par, conv.modules))
+    plan = conv.plan(hf_config, placement, present_hf=None)
+    missing = sorted({it.mm_key for it in plan.items if not it.tied_copy} - set(source.by_key))
+    if missing:
+        raise ConversionError(f"{cfg.mm_dir} lacks tensors the new layout needs: {missing[:6]}")
+    check_shapes(plan, source, par.tp_size)
+    new_layout = placement.layout(converter=conv.name, hf_key_style=layout.hf_key_style)
+    with atomic_dir(cfg.save_dir, cfg.overwrite) as tmp:
+        src_root = Path(cfg.mm_dir)
+        aux = src_root if (src_root / "config.json").is_file() else Path(cfg.hf_config.hf_dir or src_root)
+        copy_aux_files(aux, tmp)
+        write_mm(plan, source, tmp, new_layout, progress=progress)
+
+
+def hf_to_dcp(conv: Converter, cfg: HfToDcpConfig, progress: bool = True) -> None:
+    from mm_convert import dcp
+
+    _, reader, placement, plan, source = hf_plan(conv, cfg.hf_dir, 1, {})
+    with atomic_dir(cfg.save_dir, cfg.overwrite, "--overwrite") as tmp:
+        dcp.write_dcp(plan, source, tmp / "release", progress=progress)
+        write_latest(tmp, "release")
+        (tmp / "mm_dcp.json").write_text(json.dumps({"converter": conv.name, "hf_key_style": reader.key_style,
+                                                     "key_prefix": dcp.MODEL_PREFIX}, indent=1) + "\n")
+
+
+def dcp_to_hf(conv: Converter, cfg: DcpToHfConfig, progress: bool = True) -> None:
+    from mm_convert import dcp
+
+    hf_config = load_hf_config(cfg.hf_dir)
+    placement = conv.placement(hf_config, 1, {})
+    plan = conv.plan(hf_config, placement, present_hf=None)
+    source = dcp.dcp_source(conv, plan, cfg.dcp_dir)
+    check_shapes(plan, source, 1)
+    reader_style = "old"
+    try:
+        reader_style = HFReader(cfg.hf_dir, conv.hf_aliases).key_style
+    except ConversionError:
+        pass  # an HF dir with config and tokenizer only is fine
+    check_target(cfg.save_dir, cfg.overwrite, "--overwrite")
+    with atomic_dir(cfg.save_dir, cfg.overwrite, "--overwrite") as tmp:
+        copy_aux_files(cfg.hf_dir, tmp)
+        write_hf(plan, source, tmp, key_style=reader_style, aliases=conv.hf_aliases,
+                 max_shard_bytes=int(cfg.max_shard_size_gb * 1024**3), progress=progress)

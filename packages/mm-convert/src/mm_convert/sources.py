@@ -1,0 +1,175 @@
+"""Where full (unsplit, globally numbered) mm tensors come from: an HF dir, an mm dir or DCP.
+
+Every verb is a source plus a sink over the items of a plan. A source gives each item's
+meta tensor (shape and dtype, for validation and planning output files), its full tensor, and a
+single tensor-parallel piece (read as little as possible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mm_convert.errors import ConfigError, ConversionError, KeyMismatchError
+from mm_convert.hf import HFReader
+from mm_convert.mm_dir import RankFile, rank_dir_name, rank_dirs
+from mm_convert.ops import IDENTITY, Split
+from mm_convert.rules import Item, Plan
+
+
+class Source:
+    def meta(self, item: Item) -> torch.Tensor:
+        raise NotImplementedError
+
+    def full(self, item: Item) -> torch.Tensor:
+        raise NotImplementedError
+
+    def piece(self, item: Item, tp: int, rank: int) -> torch.Tensor:
+        t = item.tp.piece(self.full(item), tp, rank)
+        return t.clone() if tp > 1 and not item.tp.replicated else t
+
+    def order(self, items: list[Item]) -> list[Item]:
+        """A read-friendly order (file order for HF)."""
+        return items
+
+
+class HFSource(Source):
+    def __init__(self, reader: HFReader):
+        self.reader = reader
+        self._pos = {k: i for i, k in enumerate(reader.order)}
+
+    def meta(self, item: Item) -> torch.Tensor:
+        return item.rule.op.forward([self.reader.meta(k) for k in item.hf_keys])
+
+    def full(self, item: Item) -> torch.Tensor:
+        return item.rule.op.forward([self.reader.read(k) for k in item.hf_keys])
+
+    def piece(self, item: Item, tp: int, rank: int) -> torch.Tensor:
+        split = item.tp
+        if tp > 1 and item.rule.op is IDENTITY and isinstance(split, Split) and split.dim == 0 and split.parts == 1:
+            (key,) = item.hf_keys
+            rows = split.rows_of_rank(self.reader.infos[key].shape[0], tp, rank)
+            return self.reader.read(key, rows)  # only this rank's rows leave the disk
+        return super().piece(item, tp, rank)
+
+    def order(self, items: list[Item]) -> list[Item]:
+        return sorted(items, key=lambda it: min(self._pos.get(k, 1 << 60) for k in it.hf_keys))
+
+
+class MMSource(Source):
+    """The rank files of one mm iteration directory, for the plan of the layout they were saved in."""
+
+    def __init__(self, it_dir: Path, plan: Plan, tp_size: int, tied_keys: set[str]):
+        self.dir, self.plan, self.tp = it_dir, plan, tp_size
+        pl = plan.placement
+        found = rank_dirs(it_dir)
+        want = {(t, p) for t in range(tp_size) for p in range(pl.pp)}
+        if set(found) != want:
+            missing = sorted(rank_dir_name(t, p, pl.pp) for t, p in want - set(found))
+            extra = sorted(found[k].name for k in set(found) - want)
+            raise ConversionError(f"{it_dir} does not match its layout (tp {tp_size}, pp {pl.pp}): missing "
+                                  f"{missing}, unexpected {extra}")
+        self.files = {k: RankFile(v) for k, v in found.items()}
+        self.by_key = plan.by_mm_key()
+        self._check(tied_keys)
+
+    def _check(self, tied_keys: set[str]) -> None:
+        pl = self.plan.placement
+        problems = []
+        for (_t, p), f in sorted(self.files.items()):
+            if f.chunks != pl.vpp:
+                problems.append(f"{f.dir}: {f.chunks} virtual chunk(s), layout has {pl.vpp}")
+                continue
+            for v in range(pl.vpp):
+                stage = pl.stage_of(p, v)
+                want = {it.local_key for it in self.plan.stage_items(stage)}
+                have = f.keys(v)
+                tied_here = {k for k in have - want if k in tied_keys}
+                missing, unexpected = sorted(want - have), sorted(have - want - tied_here)
+                where = f"{f.dir}" + (f" chunk {v}" if pl.vpp > 1 else "") + f" (stage {stage})"
+                if missing:
+                    problems.append(f"{where}: missing {missing[:6]}" + (f" (+{len(missing) - 6})" if len(missing) > 6 else ""))
+                if unexpected:
+                    problems.append(f"{where}: unexpected {unexpected[:6]}"
+                                    + (f" (+{len(unexpected) - 6})" if len(unexpected) > 6 else ""))
+        if problems:
+            raise KeyMismatchError("the mm checkpoint does not match its layout and config.json:\n  "
+                                   + "\n  ".join(problems[:20]))
+
+    def _src(self, item: Item) -> Item:
+        src = self.by_key.get(item.mm_key)
+        if src is None and item.tied_copy:  # the source tied to its own embedding on that stage
+            src = next(it for it in self.plan.items if item.rule.tied_to in it.hf_keys and not it.tied_copy)
+        if src is None:
+            raise ConversionError(f"{item.mm_key} is in no rank file of {self.dir}")
+        return src
+
+    def _read(self, src: Item, t: int, meta: bool) -> torch.Tensor:
+        p, v = self.plan.placement.rank_of(src.stage)
+        f = self.files[(t, p)]
+        return f.meta(src.local_key, v) if meta else f.read(src.local_key, v)
+
+    def _gather(self, item: Item, meta: bool) -> torch.Tensor:
+        src = self._src(item)
+        if src.tp.replicated:
+            return self._read(src, 0, meta)
+        return src.tp.merge([self._read(src, t, meta) for t in range(self.tp)])
+
+    def meta(self, item: Item) -> torch.Tensor:
+        return self._gather(item, meta=True)
+
+    def full(self, item: Item) -> torch.Tensor:
+        return self._gather(item, meta=False)
+
+    def order(self, items: list[Item]) -> list[Item]:
+        return sorted(items, key=lambda it: self._src(it).stage)
+
+
+class StateSource(Source):
+    """Full tensors by global mm name (a DCP checkpoint's model state, or a dict in tests)."""
+
+    def __init__(self, metas: Mapping[str, torch.Tensor], load: Any, plan: Plan, where: str, ignore: set[str]):
+        self.metas, self.load, self.plan = metas, load, plan
+        want = {it.mm_key for it in plan.items if not it.tied_copy}
+        missing = sorted(want - set(metas))
+        unexpected = sorted(set(metas) - want - ignore)
+        if missing or unexpected:
+            lines = [f"{where} does not hold the model this converter expects:"]
+            for title, keys in (("missing", missing), ("unexpected", unexpected)):
+                if keys:
+                    lines.append(f"  {title} ({len(keys)}): {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else ""))
+            raise KeyMismatchError("\n".join(lines))
+        self._embedding = {it.rule.tied_to: it.mm_key for it in plan.items if it.tied_copy}
+
+    def _key(self, item: Item) -> str:
+        if item.tied_copy:
+            src = next(it for it in self.plan.items if item.rule.tied_to in it.hf_keys and not it.tied_copy)
+            return src.mm_key
+        return item.mm_key
+
+    def meta(self, item: Item) -> torch.Tensor:
+        m = self.metas[self._key(item)]
+        return torch.empty(m.shape, dtype=m.dtype, device="meta")
+
+    def full(self, item: Item) -> torch.Tensor:
+        return self.load(self._key(item))
+
+
+def check_shapes(plan: Plan, source: Source, tp_size: int, items: list[Item] | None = None) -> None:
+    """Run every item's ops on meta tensors: wrong head counts, shapes that do not split over
+    ``tp_size`` and the like fail here, naming the key, before any output exists."""
+    problems = []
+    for it in items if items is not None else plan.items:
+        try:
+            m = source.meta(it)
+            it.tp.sizes(tuple(m.shape), tp_size, it.mm_key)
+        except ConfigError as e:
+            problems.append(str(e))
+        except (RuntimeError, ValueError) as e:
+            problems.append(f"{it.mm_key} (from {', '.join(it.hf_keys)}): {e}")
+    if problems:
+        more = f"\n  (+{len(problems) - 12} more)" if len(problems) > 12 else ""
+        raise ConfigError("the checkpoint cannot be converted to this layout:\n  " + "\n  ".join(problems[:12]) + more)

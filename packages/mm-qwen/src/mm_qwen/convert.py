@@ -1,0 +1,130 @@
+"""Qwen2.5-VL <-> mm: the rule table of mm-format.md on top of the mm-convert engine.
+
+Vision QKV is stored ``[Q; K; V]`` by HF and interleaved per head in mm; the LLM's separate
+q/k/v are interleaved per GQA group; gated MLPs concatenate ``[gate; up]``. The 3B model ties its
+word embeddings (no ``lm_head`` in the files; the last pipeline stage gets a copy when it is not
+the embedding's stage), the 7B and larger do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mm_convert.converter import Converter
+from mm_convert.errors import ConfigError
+from mm_convert.layout import Placement
+from mm_convert.ops import (
+    COLUMN,
+    GATED_COLUMN,
+    REPLICATED,
+    ROW,
+    VOCAB,
+    Concat,
+    GroupInterleave,
+    HeadInterleave,
+    Split,
+)
+from mm_convert.rules import Rule
+
+VIT = "image_encoder.encoder.blocks.layers.{layer}."
+HF_VIT = "visual.blocks.{layer}."
+LLM = "text_decoder.decoder.layers.{layer}."
+HF_LLM = "model.layers.{layer}."
+EMBED = "model.embed_tokens.weight"
+
+
+def text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """Text fields: nested ``text_config`` (transformers >= 4.5x) over the flat Hub layout."""
+    return {**{k: v for k, v in hf.items() if k not in ("text_config", "vision_config")}, **(hf.get("text_config") or {})}
+
+
+def vision_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    v = hf.get("vision_config")
+    if not v:
+        raise ConfigError("config.json has no vision_config; is this a Qwen2.5-VL checkpoint?")
+    return dict(v)
+
+
+class Qwen2_5_VLConverter(Converter):
+    """Qwen2.5-VL (3B tied, 7B/32B/72B untied): HF <-> mm (tp/pp) <-> DCP."""
+
+    modules = ("vit", "llm")
+    # transformers' in-memory names -> the names the Hub's files use
+    hf_aliases = (("model.visual.", "visual."), ("model.language_model.", "model."))
+
+    def depths(self, hf: Mapping[str, Any]) -> dict[str, int]:
+        return {"vit": int(vision_config(hf)["depth"]), "llm": int(text_config(hf)["num_hidden_layers"])}
+
+    def tied(self, hf: Mapping[str, Any]) -> bool:
+        return bool(hf.get("tie_word_embeddings", text_config(hf).get("tie_word_embeddings", False)))
+
+    def check(self, hf: Mapping[str, Any], placement: Placement) -> None:
+        tp = placement.tp_size
+        kv = int(text_config(hf).get("num_key_value_heads") or text_config(hf)["num_attention_heads"])
+        if kv % tp:
+            raise ConfigError(f"parallel_config.tp_size {tp} does not divide num_key_value_heads {kv} of config.json; "
+                              f"choose a tp_size that divides {kv}")
+        vh = int(vision_config(hf)["num_heads"])
+        if vh % tp:
+            raise ConfigError(f"parallel_config.tp_size {tp} does not divide vision_config.num_heads {vh}")
+
+    def rules(self, hf: Mapping[str, Any]) -> list[Rule]:
+        t, v = text_config(hf), vision_config(hf)
+        heads, kv = int(t["num_attention_heads"]), int(t.get("num_key_value_heads") or t["num_attention_heads"])
+        hd = int(t.get("head_dim") or int(t["hidden_size"]) // heads)
+        vheads = int(v["num_heads"])
+        vhd = int(v["hidden_size"]) // vheads
+        qkv = GroupInterleave(groups=kv, q_rows=hd * heads // kv, kv_rows=hd)
+        qkv_split = Split(dim=0, unit=hd * (heads // kv + 2), what="num_key_value_heads")
+        vqkv_split = Split(dim=0, unit=3 * vhd, what="vision_config.num_heads")
+        gate_up = Concat(parts=2)
+
+        def vit(mm: str, hf_: str | tuple[str, ...], **kw: Any) -> Rule:
+            hf_t = tuple(HF_VIT + h for h in ((hf_,) if isinstance(hf_, str) else hf_))
+            return Rule(VIT + mm, hf_t, "vit", **kw)
+
+        def llm(mm: str, hf_: str | tuple[str, ...], **kw: Any) -> Rule:
+            hf_t = tuple(HF_LLM + h for h in ((hf_,) if isinstance(hf_, str) else hf_))
+            return Rule(LLM + mm, hf_t, "llm", **kw)
+
+        rules = [Rule("image_encoder.encoder.patch_embed.proj.weight", ("visual.patch_embed.proj.weight",), "vit",
+                      place="first")]
+        rules += [
+            vit("input_layernorm.weight", "norm1.weight"),
+            vit("pre_mlp_layernorm.weight", "norm2.weight"),
+            vit("self_attention.linear_proj.weight", "attn.proj.weight", tp=ROW),
+            vit("self_attention.linear_proj.bias", "attn.proj.bias"),
+            vit("mlp.linear_fc2.weight", "mlp.down_proj.weight", tp=ROW),
+            vit("mlp.linear_fc2.bias", "mlp.down_proj.bias"),
+        ]
+        for p in ("weight", "bias"):
+            rules.append(vit(f"self_attention.linear_qkv.{p}", f"attn.qkv.{p}", op=HeadInterleave(vheads, vhd),
+                             tp=vqkv_split))
+            rules.append(vit(f"mlp.linear_fc1.{p}", (f"mlp.gate_proj.{p}", f"mlp.up_proj.{p}"), op=gate_up,
+                             tp=GATED_COLUMN))
+        rules += [
+            Rule("image_encoder.projector.layernorm.weight", ("visual.merger.ln_q.weight",), "vit", place="last"),
+            Rule("image_encoder.projector.encoder.linear_fc1.weight", ("visual.merger.mlp.0.weight",), "vit",
+                 place="last", tp=COLUMN),
+            Rule("image_encoder.projector.encoder.linear_fc1.bias", ("visual.merger.mlp.0.bias",), "vit",
+                 place="last", tp=COLUMN),
+            Rule("image_encoder.projector.encoder.linear_fc2.weight", ("visual.merger.mlp.2.weight",), "vit",
+                 place="last", tp=ROW),
+            Rule("image_encoder.projector.encoder.linear_fc2.bias", ("visual.merger.mlp.2.bias",), "vit",
+                 place="last", tp=REPLICATED),
+            Rule("text_decoder.embedding.word_embeddings.weight", (EMBED,), "llm", place="first", tp=VOCAB),
+        ]
+        for p in ("weight", "bias"):
+            rules.append(llm(f"self_attention.linear_qkv.{p}",
+                             tuple(f"self_attn.{x}_proj.{p}" for x in "qkv"), op=qkv, tp=qkv_split))
+        rules += [
+            llm("self_attention.linear_proj.weight", "self_attn.o_proj.weight", tp=ROW),
+            llm("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), op=gate_up, tp=GATED_COLUMN),
+            llm("mlp.linear_fc2.weight", "mlp.down_proj.weight", tp=ROW),
+            llm("input_layernorm.weight", "input_layernorm.weight"),
+            llm("pre_mlp_layernorm.weight", "post_attention_layernorm.weight"),
+            Rule("text_decoder.decoder.final_layernorm.weight", ("model.norm.weight",), "llm", place="last"),
+            Rule("text_decoder.output_layer.weight", ("lm_head.weight",), "llm", place="last", tp=VOCAB, tied_to=EMBED),
+        ]
+        return rules
