@@ -3,7 +3,7 @@ attention (full attention in ``fullatt_block_indexes``), and the 2x2 patch-mergi
 
 Numerics follow transformers' ``Qwen2_5_VisionTransformerPretrainedModel``. Tokens run through the
 blocks in *window order* (merge units grouped window by window, as in HF); attention windows and
-full-attention frames are expressed as segment ids for the registry's attention kernel. A pipeline
+full-attention frames are laid out as a padded batch of segments for the registry's attention kernel. A pipeline
 stage holding some of the blocks receives and returns hidden states in that window order.
 """
 
@@ -25,10 +25,34 @@ class VisionGeometry:
 
     window_index: torch.Tensor  # [n_units] merge-unit order used inside the blocks
     reverse_index: torch.Tensor  # inverse permutation, applied after the projector
-    window_segments: torch.Tensor  # [1, N] window id of each token (window order)
-    frame_segments: torch.Tensor  # [1, N] frame id of each token (full-attention blocks)
     cos: torch.Tensor  # [N, head_dim] rotary tables in window order
     sin: torch.Tensor
+    window_batch: SegmentBatch  # windows (window-attention blocks)
+    frame_batch: SegmentBatch  # frames (full-attention blocks)
+
+
+@dataclass
+class SegmentBatch:
+    """Contiguous segments (windows or frames) laid out as a padded batch ``[S, L]``, so attention
+    costs sum(len^2) instead of N^2 with a block-diagonal mask."""
+
+    gather: torch.Tensor  # [S, L] token index per slot (0 on padding slots)
+    valid: torch.Tensor  # [S, L] bool
+    segment_ids: torch.Tensor | None  # [S, L]: 0 real, -1 padding; None when no padding
+
+    @classmethod
+    def from_ids(cls, ids: torch.Tensor) -> SegmentBatch:
+        _, lengths = torch.unique_consecutive(ids, return_counts=True)
+        starts = torch.cumsum(lengths, 0) - lengths
+        slots = torch.arange(int(lengths.max()))
+        valid = slots[None] < lengths[:, None]
+        gather = torch.where(valid, starts[:, None] + slots[None], 0)
+        seg = None if bool(valid.all()) else torch.where(valid, 0, -1)
+        return cls(gather, valid, seg)
+
+    def to(self, device: torch.device) -> SegmentBatch:
+        seg = self.segment_ids.to(device) if self.segment_ids is not None else None
+        return SegmentBatch(self.gather.to(device), self.valid.to(device), seg)
 
 
 def vision_geometry(grid_thw: torch.Tensor, cfg: VisionConfig, device: torch.device) -> VisionGeometry:
@@ -68,10 +92,10 @@ def vision_geometry(grid_thw: torch.Tensor, cfg: VisionConfig, device: torch.dev
     return VisionGeometry(
         window_index=index.to(device),
         reverse_index=torch.argsort(index).to(device),
-        window_segments=win[None].to(device),
-        frame_segments=frame[None].to(device),
         cos=emb.cos().to(device),
         sin=emb.sin().to(device),
+        window_batch=SegmentBatch.from_ids(win).to(device),
+        frame_batch=SegmentBatch.from_ids(frame).to(device),
     )
 
 
@@ -98,14 +122,18 @@ class VisionAttention(nn.Module):
         self.linear_qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, device=device, dtype=dtype)
         self.linear_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=True, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, geo: VisionGeometry, segments: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, geo: VisionGeometry, segments: SegmentBatch) -> torch.Tensor:
         n = x.shape[0]
         qkv = self.linear_qkv(x).view(n, -1, 3, self.head_dim)  # heads local to this tp rank
-        q, k, v = (qkv[:, :, i].transpose(0, 1).unsqueeze(0) for i in range(3))  # [1, H, N, D]
-        q = apply_rotary(q, geo.cos, geo.sin)
-        k = apply_rotary(k, geo.cos, geo.sin)
-        out = attention(q, k, v, causal=False, segment_ids=segments, scale=self.head_dim**-0.5)
-        return self.linear_proj(out.squeeze(0).transpose(0, 1).reshape(n, -1))
+        q, k, v = qkv.unbind(2)  # [N, H, D]
+        cos, sin = geo.cos.unsqueeze(1), geo.sin.unsqueeze(1)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
+        # windows (or frames) as a padded batch [S, H, L, D]: attention never crosses them
+        q, k, v = (t[segments.gather].transpose(1, 2) for t in (q, k, v))
+        out = attention(q, k, v, causal=False, segment_ids=segments.segment_ids, scale=self.head_dim**-0.5)
+        out = out.transpose(1, 2)[segments.valid]  # [N, H, D] in window order
+        return self.linear_proj(out.reshape(n, -1))
 
 
 class VisionBlock(nn.Module):
@@ -118,7 +146,7 @@ class VisionBlock(nn.Module):
         self.mlp = SwiGLUMLP(cfg.hidden_size, cfg.intermediate_size, bias=True, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, geo: VisionGeometry) -> torch.Tensor:
-        segments = geo.frame_segments if self.full_attention else geo.window_segments
+        segments = geo.frame_batch if self.full_attention else geo.window_batch
         x = x + self.self_attention(self.input_layernorm(x), geo, segments)
         return x + self.mlp(self.pre_mlp_layernorm(x))
 
