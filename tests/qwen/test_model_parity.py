@@ -1,0 +1,85 @@
+"""Our Qwen2.5-VL against transformers' on tiny random checkpoints: same weights (loaded from the
+transformers-saved directory through the converter), fp32 logits within 1e-4, loss within 1e-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mm_qwen.loading import load_model
+from mm_qwen.tiny import make_inputs, save_tiny_model, tiny_config_dict
+
+CASES = {
+    "text_only": [[("text", 11)], [("text", 6)]],
+    "one_image": [[("text", 4), ("image", (1, 8, 12)), ("text", 5)]],
+    "two_images_of_different_sizes": [[("text", 3), ("image", (1, 8, 8)), ("text", 2), ("image", (1, 10, 6)),
+                                       ("text", 4)]],
+    "one_video": [[("text", 3), ("video", (4, 8, 6), 1.5), ("text", 4)]],
+    "left_padded_mixed_batch": [[("text", 2), ("image", (1, 6, 6)), ("text", 3)],
+                                [("text", 5), ("video", (2, 4, 8), 0.5), ("text", 1), ("image", (1, 4, 4))]],
+}
+
+
+@pytest.fixture(scope="module", params=["untied", "tied"])
+def pair(request, tmp_path_factory):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.set_num_threads(1)
+    tied = request.param == "tied"
+    # GQA (4 q / 2 kv heads), window attention with a full-attention block (index 1 of 4)
+    hf_dir = save_tiny_model(tmp_path_factory.mktemp(request.param), tied=tied, seed=1 if tied else 0)
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    ours = load_model(hf_dir, device="cpu").eval()
+    return hf, ours, tiny_config_dict(tied=tied), tied
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_and_loss_match_transformers(pair, case):
+    hf, ours, config, tied = pair
+    if tied and case not in ("text_only", "one_image"):
+        pytest.skip("the tied checkpoint is checked on two cases to keep the suite fast")
+    batch = make_inputs(config, CASES[case], seed=len(case))
+    with torch.no_grad():
+        ref = hf(**batch)
+        out = ours(**batch)
+    valid = batch["attention_mask"].bool()
+    assert out.shape == ref.logits.shape
+    assert (out - ref.logits)[valid].abs().max().item() <= 1e-4
+    assert abs(_loss(out, batch["labels"]).item() - ref.loss.item()) <= 1e-5
+
+
+def test_tied_model_has_no_separate_output_layer(pair):
+    _, ours, _, tied = pair
+    names = set(ours.state_dict())
+    assert ("text_decoder.output_layer.weight" in names) != tied
+    assert ours.output_weight().shape == (ours.config.text.vocab_size, ours.config.text.hidden_size)
+
+
+def test_return_hidden_times_output_weight_gives_the_logits(pair):
+    _, ours, config, _ = pair
+    batch = make_inputs(config, CASES["one_image"])
+    with torch.no_grad():
+        hidden = ours(**batch, return_hidden=True)
+        torch.testing.assert_close(hidden @ ours.output_weight().t(), ours(**batch))
+
+
+def test_dummy_vision_runs_the_encoder_and_adds_exactly_zero(pair):
+    _, ours, config, _ = pair
+    text = make_inputs(config, CASES["text_only"])
+    dummy = make_inputs(config, [[("image", (1, 4, 4))]], seed=3)
+    batch = {**text, "pixel_values": dummy["pixel_values"], "image_grid_thw": dummy["image_grid_thw"],
+             "dummy_vision": torch.tensor(True)}
+    ours.zero_grad()
+    out = ours(**batch)
+    with torch.no_grad():
+        assert torch.equal(out, ours(**text))
+    out.sum().backward()
+    grads = [p.grad for n, p in ours.named_parameters() if n.startswith("image_encoder.")]
+    assert all(g is not None for g in grads)  # the encoder took part in the graph ...
+    assert all(torch.count_nonzero(g) == 0 for g in grads)  # ... and contributed nothing
+    ours.zero_grad()
