@@ -86,7 +86,10 @@ def parse_config(hf_config: dict[str, Any] | str | Path) -> QwenVLConfig:
     raw, source = load_hf_config(hf_config)
     if raw.get("model_type") not in (None, "qwen2_5_vl"):
         raise ConfigError(f"{source}: model_type is '{raw.get('model_type')}', expected 'qwen2_5_vl'")
-    cfg = Qwen2_5_VLConfig.from_dict({k: v for k, v in raw.items() if k != "transformers_version"})
+    try:
+        cfg = Qwen2_5_VLConfig.from_dict({k: v for k, v in raw.items() if k != "transformers_version"})
+    except Exception as e:  # transformers validates strictly (its own error types)
+        raise ConfigError(f"{source}: not a valid Qwen2.5-VL config: {e}") from e
     v, t = cfg.vision_config, cfg.text_config
     rope = dict(t.rope_parameters or {})
     vis_rope = dict(v.rope_parameters or {})

@@ -110,28 +110,27 @@ def load_mm_weights(model: nn.Module, mm_dir: str | Path, converter_name: str, *
     assign_state(model, state, source=f"mm checkpoint {mm_dir} (tp rank {tp_rank}, pp stage {pp_rank})", fix=fix)
 
 
-def resolve_hf_config(path: str | Path, hf_config: Any = None) -> dict[str, Any]:
-    """The HF config dict for a model directory: its own config.json, or ``hf_config`` for an mm dir."""
+def resolve_hf_config(path: str | Path, hf_config: Any = None) -> tuple[dict[str, Any], Path | None]:
+    """The HF config dict for a model directory and the file it came from (None for a dict):
+    ``hf_config`` when given (a dict, a config.json or an HF dir), else the directory's config.json."""
     path = Path(path)
-    if hf_config is not None and not isinstance(hf_config, dict):
-        hf_config = Path(hf_config)
-        hf_config = hf_config / "config.json" if hf_config.is_dir() else hf_config
-    if isinstance(hf_config, dict):
-        return hf_config
-    if is_mm_dir(path):
-        candidates = [c for c in (hf_config, path / "config.json") if c is not None]
-    elif is_hf_dir(path):
-        candidates = [path / "config.json"]
-    else:
+    if not (is_mm_dir(path) or is_hf_dir(path)):
         raise CheckpointMismatchError(
             f"{path} is neither an HF model directory (config.json + *.safetensors) nor an mm checkpoint "
             f"(latest_checkpointed_iteration.txt)")
-    for c in candidates:
-        if c.is_file():
-            return json.loads(c.read_text())
-    raise CheckpointMismatchError(
-        f"{path} is an mm checkpoint without config.json; pass the original HF directory "
-        f"(hf_config=..., or --processor <hf dir> for mm-run infer)")
+    if isinstance(hf_config, dict):
+        return hf_config, None
+    if hf_config is not None:
+        file = Path(hf_config) / "config.json" if Path(hf_config).is_dir() else Path(hf_config)
+        if not file.is_file():
+            raise CheckpointMismatchError(f"hf_config {hf_config}: no config.json there")
+    else:
+        file = path / "config.json"
+        if not file.is_file():
+            raise CheckpointMismatchError(
+                f"{path} is an mm checkpoint without config.json; pass the original HF directory "
+                f"(hf_config=..., or --processor <hf dir> for mm-run infer)")
+    return json.loads(file.read_text()), file
 
 
 def load_pretrained(path: str | Path, *, hf_config: Any = None, tp_size: int = 1, tp_rank: int = 0,
@@ -141,9 +140,9 @@ def load_pretrained(path: str | Path, *, hf_config: Any = None, tp_size: int = 1
     """Build on meta (never materialising the model twice) and load from an HF dir or an mm dir."""
     from mm_core.plugins import get_plugin_manager
 
-    config = resolve_hf_config(path, hf_config)
-    spec = get_plugin_manager().model_for_hf_config(config, source=str(path))
-    model = spec.builder(config, vit_pp_layers=vit_pp_layers, llm_pp_layers=llm_pp_layers, pp_rank=pp_rank,
+    config, config_file = resolve_hf_config(path, hf_config)
+    spec = get_plugin_manager().model_for_hf_config(config, source=str(config_file or path))
+    model = spec.builder(config_file or config, vit_pp_layers=vit_pp_layers, llm_pp_layers=llm_pp_layers, pp_rank=pp_rank,
                          device="meta", dtype=dtype)
     if spec.converter is None:
         raise CheckpointMismatchError(f"model '{spec.name}' registers no converter, so it cannot load {path}")
