@@ -1,57 +1,32 @@
-"""Tiny Qwen2.5-VL checkpoints saved by transformers (tied and untied), built once per session."""
+"""Fixtures: tiny Qwen2.5-VL checkpoints saved by transformers (see tiny_qwen.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-SMALL = {"vocab_size": 320, "image_token_id": 300, "video_token_id": 301,
-         "vision_start_token_id": 302, "vision_end_token_id": 303}
+
+def load_helpers():
+    spec = importlib.util.spec_from_file_location("mm_convert_tiny_qwen", Path(__file__).with_name("tiny_qwen.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def tiny_qwen_config(*, tied: bool, vocab_size: int = 320, vision_depth: int = 4, text_layers: int = 4,
-                     kv_heads: int = 2) -> dict:
-    """Vision depth 4 (window + full attention blocks), LLM 4 layers, GQA 4 heads / 2 kv heads."""
-    text = {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": text_layers,
-            "num_attention_heads": 4, "num_key_value_heads": kv_heads, "max_position_embeddings": 512,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-            "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2, "tie_word_embeddings": tied}
-    vision = {"depth": vision_depth, "hidden_size": 32, "intermediate_size": 48, "num_heads": 4,
-              "out_hidden_size": 64, "fullatt_block_indexes": [1, 3], "window_size": 28, "patch_size": 14,
-              "spatial_merge_size": 2, "temporal_patch_size": 2}
-    extra = dict(SMALL, vocab_size=vocab_size)
-    extra.pop("vocab_size")
-    return {"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-            "text_config": text, "vision_config": vision, "tie_word_embeddings": tied, **extra}
-
-
-def save_tiny_qwen(path: Path, *, tied: bool, dtype: torch.dtype = torch.float32, seed: int = 0,
-                   max_shard_size: str | None = None, **kw) -> Path:
-    """``save_pretrained`` of a random tiny model, plus a fake tokenizer file to check copying."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    cfg = Qwen2_5_VLConfig.from_dict(tiny_qwen_config(tied=tied, **kw))
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
-    with torch.no_grad():  # distinct values everywhere (norms start at 1, biases at 0)
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p))
-    extra = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    model.save_pretrained(path, **extra)
-    (path / "tokenizer_config.json").write_text('{"model_max_length": 128}\n')
-    return path
+tiny = load_helpers()
 
 
 @pytest.fixture(scope="session")
 def qwen_untied(tmp_path_factory) -> Path:
-    return save_tiny_qwen(tmp_path_factory.mktemp("hf") / "untied", tied=False)
+    return tiny.cached(tmp_path_factory, "untied", tied=False)
 
 
 @pytest.fixture(scope="session")
 def qwen_tied(tmp_path_factory) -> Path:
-    return save_tiny_qwen(tmp_path_factory.mktemp("hf") / "tied", tied=True, dtype=torch.bfloat16)
+    return tiny.cached(tmp_path_factory, "tied", tied=True, dtype=torch.bfloat16)
 
 
 @pytest.fixture(params=["untied", "tied"])

@@ -87,7 +87,7 @@ def dcp_source(conv: Converter, plan: Plan, dcp_dir: str | Path) -> Source:
              for k, v in tensors.items() if k.startswith(prefix)}
     if prefix:  # other training state (optimizer, ...) lives beside model.*
         metas = {k: v for k, v in metas.items() if k in want or not k.startswith(("optim", "state", "param_groups"))}
-    ignore = {it.mm_key for it in plan.items if it.rule.tied_to is not None}
+    ignore = plan.tied_keys
     first_names = {it.mm_key.split(".", 1)[0] for it in plan.items}
     metas = {k: v for k, v in metas.items() if k.split(".", 1)[0] in first_names}
 

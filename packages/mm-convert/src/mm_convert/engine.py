@@ -21,6 +21,7 @@ from mm_convert.hf import HFReader, HFWriter, copy_aux_files, from_canonical, lo
 from mm_convert.layout import LAYOUT_FILE, Layout, Placement
 from mm_convert.mm_dir import (
     chunk_file_name,
+    iteration_dir_name,
     rank_dir_name,
     read_layout,
     resolve_iteration_dir,
@@ -72,8 +73,7 @@ def mm_plan(conv: Converter, mm_dir: str | Path, iteration: str | None, hf_dir: 
         raise ConversionError(f"{it_dir}: the layer lists describe {placement.pp} pp stages, the rank directories "
                               f"{layout.pp_size}")
     plan = conv.plan(hf_config, placement, present_hf=None)
-    tied_keys = {it.local_key for it in plan.items if it.rule.tied_to is not None}
-    source = MMSource(it_dir, plan, layout.tp_size, tied_keys if conv.tied(hf_config) else set())
+    source = MMSource(it_dir, plan, layout.tp_size, plan.tied_keys)
     check_shapes(plan, source, layout.tp_size)
     return hf_config, layout, plan, source
 
@@ -195,7 +195,24 @@ def hf_to_mm(conv: Converter, cfg: HfToMmConfig, progress: bool = True) -> None:
         write_mm(plan, source, tmp, layout, progress=progress)
 
 
+def _dcp_dir_of(mm_dir: str | Path, iteration: str | None) -> Path | None:
+    """The DCP directory when ``mm_dir`` is a training save dir or one of its iterations."""
+    from mm_convert.dcp import resolve_dcp_dir
+
+    d = Path(mm_dir)
+    try:
+        return resolve_dcp_dir(d / iteration_dir_name(iteration) if iteration is not None else d)
+    except ConversionError:
+        return None
+
+
 def mm_to_hf(conv: Converter, cfg: MmToHfConfig, progress: bool = True) -> None:
+    dcp_dir = _dcp_dir_of(cfg.mm_dir, cfg.iteration)
+    if dcp_dir is not None:  # a training checkpoint (save/iter_0000100): same as dcp_to_hf
+        hf_dir = cfg.hf_config.hf_dir or str(_config_dir(cfg.mm_dir, dcp_dir, None))
+        dcp_to_hf(conv, DcpToHfConfig(hf_dir=hf_dir, dcp_dir=str(dcp_dir), save_dir=cfg.save_hf_dir,
+                                      overwrite=cfg.overwrite, max_shard_size_gb=cfg.max_shard_size_gb), progress)
+        return
     hf_config, layout, plan, source = mm_plan(conv, cfg.mm_dir, cfg.iteration, cfg.hf_config.hf_dir)
     check_target(cfg.save_hf_dir, cfg.overwrite, "--cfg.overwrite")
     with atomic_dir(cfg.save_hf_dir, cfg.overwrite) as tmp:

@@ -40,7 +40,7 @@ class Layout:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        return "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in asdict(self).items()) + "\n}"
 
     @classmethod
     def from_json(cls, path: Path) -> Layout:

@@ -75,6 +75,7 @@ class Plan:
     items: list[Item]
     tied: bool
     consumed_only: set[str] = field(default_factory=set)  # HF keys read but not converted (tied lm_head)
+    tied_keys: set[str] = field(default_factory=set)  # mm keys (global and local) of tied copies: tolerated
 
     def hf_keys(self) -> set[str]:
         return {k for it in self.items if not it.tied_copy for k in it.hf_keys}
@@ -99,6 +100,7 @@ def expand(rules: list[Rule], depths: Mapping[str, int], placement: Placement, *
     """
     items: list[Item] = []
     consumed: set[str] = set()
+    tied_keys: set[str] = set()
     for rule in rules:
         if rule.module not in depths:
             raise ValueError(f"rule {rule.mm} names module '{rule.module}'; known: {list(depths)}")
@@ -115,6 +117,7 @@ def expand(rules: list[Rule], depths: Mapping[str, int], placement: Placement, *
             local_key = _fmt(rule.mm, local)
             if rule.tied_to is not None and tied:
                 consumed.update(k for k in hf_keys if present_hf is not None and k in present_hf)
+                tied_keys.update((mm_key, local_key))
                 source = next((it for it in items if rule.tied_to in it.hf_keys), None)
                 if source is None:
                     raise ValueError(f"rule {rule.mm}: tied_to {rule.tied_to} must come from an earlier rule")
@@ -125,7 +128,7 @@ def expand(rules: list[Rule], depths: Mapping[str, int], placement: Placement, *
             if rule.optional and present_hf is not None and not all(k in present_hf for k in hf_keys):
                 continue
             items.append(Item(rule, layer, hf_keys, mm_key, stage, local_key))
-    return Plan(placement, items, tied, consumed)
+    return Plan(placement, items, tied, consumed, tied_keys)
 
 
 def check_keys(plan: Plan, present: set[str], where: str) -> None:
