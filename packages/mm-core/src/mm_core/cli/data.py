@@ -1,11 +1,97 @@
-"""`mm-run data`: not yet available (lands with the data pipeline)."""
+"""`mm-run data`: prepare and inspect data.
+
+- ``mm-run data llava-to-mllm --input llava.json --image-dir COCO/train2017 --output mllm.json``
+- ``mm-run data inspect data.yaml [--seq-len 4096] [--json]``: counts, token-length histogram,
+  vision tokens and bad records, without training. The file is a data config (the reference's
+  ``data.json`` fields) or a training config with a ``data`` section.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from mm_core.errors import MMError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mm-run data", description="prepare and inspect data")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    c = sub.add_parser("llava-to-mllm", help="convert LLaVA-Instruct JSON into the mllm format")
+    c.add_argument("--input", required=True, help="LLaVA JSON list (e.g. llava_instruct_150k.json)")
+    c.add_argument("--image-dir", required=True, help="folder the records' 'image' names are relative to")
+    c.add_argument("--output", required=True, help="mllm JSON to write (never overwritten)")
+    i = sub.add_parser("inspect", help="summarise what a data config yields")
+    i.add_argument("config", help="YAML/JSON data config, or a training config with a 'data' section")
+    i.add_argument("--seq-len", type=int, default=None, help="count samples longer than this as too_long")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return p
+
+
+def load_data_config(path: str):
+    """A :class:`DataConfig` from a data-config file or a training config's ``data`` section."""
+    from mm_core.config import parse_config
+    from mm_core.data.config import DataConfig
+    from mm_core.errors import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(raw["data"], f)
+        try:
+            return parse_config(DataConfig, ["--config", f.name], prog="mm-run data inspect")
+        except ConfigError as e:
+            raise ConfigError(f"{path} (section 'data'): {e}".replace(f.name + ": ", "")) from None
+        finally:
+            Path(f.name).unlink(missing_ok=True)
+    return parse_config(DataConfig, ["--config", path], prog="mm-run data inspect")
+
+
+def _print_summary(s: dict) -> None:
+    print(f"records: {s['records']}  usable: {s['usable']}  tokens: {s['tokens']}  "
+          f"images: {s['images']}  videos: {s['videos']}  vision tokens: {s['vision_tokens']}")
+    ln = s["length"]
+    print(f"length: min {ln['min']}  mean {ln['mean']:.1f}  max {ln['max']}")
+    top = max((h["count"] for h in s["histogram"]), default=1) or 1
+    for h in s["histogram"]:
+        print(f"  {h['from']:>7}-{h['to']:<7} {h['count']:>8} {'#' * round(40 * h['count'] / top)}")
+    if "packing_efficiency" in s:
+        print(f"packing efficiency at this sequence length: {s['packing_efficiency']:.1%}")
+    if s["bad_records"]:
+        print("bad records: " + ", ".join(f"{k}={v}" for k, v in s["bad_records"].items()))
+        for examples in s["bad_examples"].values():
+            for e in examples[:2]:
+                print(f"  {e}")
+    else:
+        print("bad records: none")
 
 
 def main(argv: Sequence[str]) -> int:
-    print("mm-run data is not yet available in this version (it lands with the data pipeline).", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(list(argv))
+    try:
+        if args.verb == "llava-to-mllm":
+            from mm_core.data.llava import convert_llava
+
+            counts = convert_llava(args.input, args.image_dir, args.output)
+            print(f"wrote {counts['converted']} records to {args.output}; skipped {counts['missing_image']} with a "
+                  f"missing image and {counts['bad_format']} malformed")
+            return 0
+        from mm_core.data.inspect import inspect_data
+        from mm_core.plugins import get_plugin_manager
+
+        cfg = load_data_config(args.config)
+        formatter = get_plugin_manager().formatter(cfg.basic_parameters.template).factory(cfg)
+        summary = inspect_data(cfg, formatter, seq_len=args.seq_len)
+        print(json.dumps(summary, indent=1)) if args.json else _print_summary(summary)
+        return 0
+    except MMError as e:
+        print(f"mm-run data {args.verb}: error: {e}", file=sys.stderr)
+        return 1

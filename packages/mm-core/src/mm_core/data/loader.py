@@ -1,0 +1,362 @@
+"""The training engine's entry point: records -> model-ready micro-batches, resumable exactly.
+
+Two modes share the formatter, the collator and the packer:
+
+- map-style (default): a pre-pass (cached, see :mod:`mm_core.data.index`) gives every record's
+  length; each epoch's plan (shuffle with ``seed + epoch``, pack, cut into micro-batches, deal
+  micro-batch ``m`` to rank ``m % dp_size``) is computed up front, so every rank gets the same
+  number of micro-batches and the state is just ``(epoch, position)``. DataLoader workers encode
+  and collate whole micro-batches.
+- streaming (``basic_parameters.streaming``): no pass over the data at start-up. Records are
+  dealt to ``dp_size * workers`` shards (record ``i`` to shard ``i % n``); workers encode, the
+  main process packs ``pack_buffer`` samples at a time. The state is each shard's position,
+  whose turn is next, and how many micro-batches of the current buffer were already used.
+
+Either way ``state_dict()`` describes exactly the micro-batches handed out so far (read-ahead
+ones excluded), and a loader built with the same settings continues with the next one after
+``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from mm_core.batch import Batch
+from mm_core.data.bad_records import BadRecord, BadRecordStats
+from mm_core.data.collate import collate
+from mm_core.data.config import DataConfig
+from mm_core.data.index import build_index
+from mm_core.data.packing import group, pack_rows
+from mm_core.data.records import (
+    RawRecord,
+    dataset_files,
+    iter_all_raw_records,
+    iter_raw_records,
+    parse_record,
+)
+from mm_core.errors import ConfigError
+
+logger = logging.getLogger("mm.data")
+MAP_PACK_WINDOW = 4096  # map-style: samples packed together (lengths are known, pixels are not held)
+STATE_VERSION = 1
+
+# one produced item: (batch or None, loader state after it, bad records found with it)
+Item = tuple[Batch | None, dict[str, Any], list[BadRecord]]
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _encode(raw: RawRecord, config: DataConfig, formatter: Any) -> dict[str, Any]:
+    return formatter.encode(parse_record(raw, config.attr, config.basic_parameters.dataset_dir))
+
+
+class _MapMicroBatches(Dataset):
+    """Item ``k`` of the rank's plan: encode its records and collate them into one micro-batch."""
+
+    def __init__(self, raws: list[RawRecord], plan: list[list[list[int]]], config: DataConfig, formatter: Any):
+        self.raws, self.plan, self.config, self.formatter = raws, plan, config, formatter
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, k: int) -> tuple[int, Batch | None, list[BadRecord]]:
+        samples: list[dict[str, Any]] = []
+        rows: list[list[int]] = []
+        bads: list[BadRecord] = []
+        for planned in self.plan[k]:
+            row = []
+            for rec in planned:
+                try:
+                    samples.append(_encode(self.raws[rec], self.config, self.formatter))
+                    row.append(len(samples) - 1)
+                except BadRecord as e:  # e.g. an image whose header was fine but whose pixels are not
+                    bads.append(e)
+            if row:
+                rows.append(row)
+        batch = _collate(samples, rows, self.formatter) if rows else None
+        return k, batch, bads
+
+
+class _StreamShards(IterableDataset):
+    """Each DataLoader worker reads its logical shard(s) from its saved position, epoch after epoch."""
+
+    def __init__(self, config: DataConfig, formatter: Any, positions: list[list[int]], rotation: int,
+                 dp_rank: int, dp_size: int, num_epochs: int | None):
+        self.config, self.formatter = config, formatter
+        self.positions, self.rotation = positions, rotation
+        self.dp_rank, self.dp_size, self.num_epochs = dp_rank, dp_size, num_epochs
+
+    def __iter__(self) -> Iterator[tuple[int, str, Any, list[int]]]:
+        info = get_worker_info()
+        n_logical = len(self.positions)
+        physical, n_physical = (info.id, info.num_workers) if info else (0, 1)
+        assert n_physical == n_logical or n_physical == 1
+        if n_physical == 1:  # in-process: interleave every logical shard round-robin
+            its = [self._shard((w + self.rotation) % n_logical) for w in range(n_logical)]
+            live = deque(its)
+            while live:
+                it = live.popleft()
+                item = next(it, None)
+                if item is not None:
+                    yield item
+                    live.append(it)
+            return
+        yield from self._shard((physical + self.rotation) % n_logical)
+
+    def _shard(self, logical: int) -> Iterator[tuple[int, str, Any, list[int]]]:
+        n_shards = self.dp_size * len(self.positions)
+        shard = self.dp_rank * len(self.positions) + logical
+        epoch, pos = self.positions[logical]
+        while self.num_epochs is None or epoch < self.num_epochs:
+            for i, raw in enumerate(iter_all_raw_records(self.config.basic_parameters)):
+                if i < pos or i % n_shards != shard:
+                    continue
+                try:
+                    payload: Any = _encode(raw, self.config, self.formatter)
+                except BadRecord as e:
+                    payload = e
+                yield logical, raw.where, payload, [epoch, i + 1]
+            epoch, pos = epoch + 1, 0
+
+
+def _collate(samples: list[dict[str, Any]], rows: list[list[int]], formatter: Any) -> Batch:
+    return collate(samples, rows, pad_token_id=formatter.pad_token_id, dummy_vision=formatter.dummy_vision())
+
+
+class MMDataLoader:
+    """Iterator of micro-batches with exact resume and bounded read-ahead. See :func:`build_dataloader`."""
+
+    def __init__(self, config: DataConfig, formatter: Any, *, seq_len: int, micro_batch_size: int,
+                 dp_rank: int = 0, dp_size: int = 1, seed: int = 0, packing: bool | None = None,
+                 num_epochs: int | None = None):
+        if seq_len <= 0 or micro_batch_size <= 0 or not 0 <= dp_rank < dp_size:
+            raise ConfigError(f"bad loader layout: seq_len={seq_len}, micro_batch_size={micro_batch_size}, "
+                              f"dp_rank={dp_rank}, dp_size={dp_size}")
+        self.config, self.formatter = config, formatter
+        self.seq_len, self.micro_batch_size = seq_len, micro_batch_size
+        self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
+        self.packing = config.basic_parameters.packing if packing is None else packing
+        self.num_epochs = num_epochs
+        self.streaming = config.basic_parameters.streaming
+        self.num_workers = config.dataloader_param.num_workers
+        self.stats = BadRecordStats()
+        self._buffer: deque[Item] = deque()
+        self._source: Iterator[Item] | None = None
+        if self.streaming:
+            dataset_files(config.basic_parameters)  # fail early on a missing file
+            self._state: dict[str, Any] = {"mode": "streaming", "positions": [[0, 0]] * max(1, self.num_workers),
+                                           "rotation": 0, "skip": 0}
+        else:
+            self._raws = list(iter_all_raw_records(config.basic_parameters))
+            self.index = build_index(self._raws, config, formatter)
+            for bad in self.index.bad_records():
+                self.stats.add(bad, strict=config.basic_parameters.strict)
+            self._good = []
+            for i, n in enumerate(self.index.lengths):
+                if n > seq_len:
+                    self.stats.add(BadRecord("too_long", self.index.wheres[i],
+                                             f"{n} tokens > sequence length {seq_len}"),
+                                   strict=config.basic_parameters.strict)
+                elif n >= 0:
+                    self._good.append(i)
+            self._state = {"mode": "map", "epoch": 0, "position": 0}
+            if not self._good:
+                raise ConfigError(f"no usable records in {config.basic_parameters.dataset}: {self.stats.summary()}")
+            self._plans: dict[int, list[list[list[int]]]] = {}
+
+    # -- map-style ---------------------------------------------------------------------------
+
+    def plan(self, epoch: int) -> list[list[list[int]]]:
+        """This rank's micro-batches of ``epoch``: lists of rows, each a list of record numbers."""
+        if epoch in self._plans:
+            return self._plans[epoch]
+        order = list(self._good)
+        dl = self.config.dataloader_param
+        if dl.shuffle and dl.sampler_type == "random":
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
+        elif dl.sampler_type not in ("random", "sequential"):
+            raise ConfigError(f"dataloader_param.sampler_type '{dl.sampler_type}': use 'random' or 'sequential'")
+        if self.packing:
+            rows: list[list[int]] = []
+            for w in range(0, len(order), MAP_PACK_WINDOW):
+                window = order[w:w + MAP_PACK_WINDOW]
+                rows += [[window[i] for i in r] for r in pack_rows([self.index.lengths[j] for j in window], self.seq_len)]
+        else:
+            rows = [[i] for i in order]
+        mbs = group(rows, self.micro_batch_size, drop_last=dl.drop_last)
+        mbs = mbs[: len(mbs) - len(mbs) % self.dp_size]  # every rank gets the same number of steps
+        if not mbs:
+            raise ConfigError(f"too few usable records ({len(self._good)}) for micro_batch_size="
+                              f"{self.micro_batch_size} x dp_size={self.dp_size}")
+        self._plans = {epoch: mbs[self.dp_rank::self.dp_size]}
+        return self._plans[epoch]
+
+    def _map_items(self, state: dict[str, Any]) -> Iterator[Item]:
+        epoch, position = state["epoch"], state["position"]
+        while self.num_epochs is None or epoch < self.num_epochs:
+            plan = self.plan(epoch)
+            loader = self._torch_loader(_MapMicroBatches(self._raws, plan, self.config, self.formatter),
+                                        sampler=range(position, len(plan)))
+            for k, batch, bads in loader:
+                yield batch, {"mode": "map", "epoch": epoch, "position": k + 1}, bads
+            logger.info("data epoch %d done on dp rank %d: %s", epoch, self.dp_rank, self.stats.summary())
+            epoch, position = epoch + 1, 0
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def _stream_items(self, state: dict[str, Any]) -> Iterator[Item]:
+        n_logical = max(1, self.num_workers)
+        if len(state["positions"]) != n_logical:
+            raise ConfigError(f"streaming state was saved with {len(state['positions'])} workers; "
+                              f"set dataloader_param.num_workers={len(state['positions'])} to resume it")
+        positions, rotation = [list(p) for p in state["positions"]], state["rotation"]
+        skip = state["skip"]
+        shards = _StreamShards(self.config, self.formatter, positions, rotation, self.dp_rank, self.dp_size,
+                               self.num_epochs)
+        it = iter(self._torch_loader(shards))
+        chunk_n = self.config.basic_parameters.pack_buffer if self.packing else self.micro_batch_size
+        chunk_n = max(chunk_n, self.micro_batch_size)
+        while True:
+            start = {"positions": copy.deepcopy(positions), "rotation": rotation}
+            samples, bads, ended = [], [], False
+            while len(samples) < chunk_n:
+                item = next(it, None)
+                if item is None:
+                    ended = True
+                    break
+                logical, where, payload, next_pos = item
+                positions[logical] = next_pos
+                rotation = (logical + 1) % n_logical
+                if isinstance(payload, BadRecord):
+                    bads.append(payload)
+                elif len(payload["input_ids"]) > self.seq_len:
+                    bads.append(BadRecord("too_long", where, f"{len(payload['input_ids'])} tokens > "
+                                                           f"sequence length {self.seq_len}"))
+                else:
+                    samples.append(payload)
+            end = {"mode": "streaming", "positions": copy.deepcopy(positions), "rotation": rotation, "skip": 0}
+            if self.packing and samples:
+                rows = pack_rows([len(s["input_ids"]) for s in samples], self.seq_len)
+            else:
+                rows = [[i] for i in range(len(samples))]
+            groups = group(rows, self.micro_batch_size, drop_last=False)
+            if not groups and bads and skip == 0:
+                yield None, end, bads
+            for j, g in enumerate(groups):
+                if j < skip:
+                    continue
+                after = end if j + 1 == len(groups) else {"mode": "streaming", **start, "skip": j + 1}
+                yield _collate(samples, g, self.formatter), after, (bads if j == 0 else [])
+            skip = 0
+            if ended:
+                return
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def _torch_loader(self, dataset: Dataset, sampler: Any = None) -> DataLoader:
+        dl = self.config.dataloader_param
+        kw: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kw = {"prefetch_factor": dl.prefetch_factor, "worker_init_fn": _worker_init}
+        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=_identity, pin_memory=dl.pin_memory, **kw)
+
+    def _items(self) -> Iterator[Item]:
+        state = copy.deepcopy(self._state)
+        return self._stream_items(state) if self.streaming else self._map_items(state)
+
+    def _pull(self) -> Item:
+        if self._buffer:
+            return self._buffer.popleft()
+        if self._source is None:
+            self._source = self._items()
+        return next(self._source)  # StopIteration ends the iteration
+
+    def __iter__(self) -> MMDataLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        while True:
+            batch, state, bads = self._pull()
+            for bad in bads:
+                self.stats.add(bad, strict=self.config.basic_parameters.strict)
+            self._state = state
+            if batch is not None:
+                return batch
+
+    def read_ahead(self, k: int) -> list[Batch]:
+        """The next ``k`` micro-batches without consuming them (``next`` returns them afterwards).
+
+        For ``per_token_loss``: count a gradient-accumulation window's tokens before its first step.
+        Fewer than ``k`` come back only at the end of the data.
+        """
+        if self._source is None:
+            self._source = self._items()
+        while sum(1 for b, _, _ in self._buffer if b is not None) < k:
+            try:
+                self._buffer.append(next(self._source))
+            except StopIteration:
+                break
+        return [b for b, _, _ in self._buffer if b is not None][:k]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position after the last micro-batch returned by ``next`` (plus bad-record counts)."""
+        return {"version": STATE_VERSION, "position": copy.deepcopy(self._state), "bad_records": self.stats.state_dict(),
+                "layout": {"dp_rank": self.dp_rank, "dp_size": self.dp_size, "seed": self.seed,
+                           "micro_batch_size": self.micro_batch_size, "seq_len": self.seq_len,
+                           "packing": self.packing, "streaming": self.streaming}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the saved position; the layout (ranks, seed, batch, packing) must match."""
+        mine = self.state_dict()["layout"]
+        saved = state.get("layout", {})
+        diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+        if diff:
+            raise ConfigError("data loader state does not match this run's layout "
+                              + ", ".join(f"{k}: saved {a} vs now {b}" for k, (a, b) in diff.items()))
+        self._state = copy.deepcopy(state["position"])
+        self.stats.load_state_dict(state.get("bad_records", {}))
+        self._buffer.clear()
+        self._source = None
+
+
+def build_dataloader(config: DataConfig, formatter: Any = None, *, seq_len: int, micro_batch_size: int,
+                     dp_rank: int = 0, dp_size: int = 1, seed: int = 0, packing: bool | None = None,
+                     num_epochs: int | None = None) -> MMDataLoader:
+    """Micro-batches of the batch contract (:mod:`mm_core.batch`) for one data-parallel rank.
+
+    - ``formatter``: the family formatter (``None``: the one registered under
+      ``basic_parameters.template``, built with ``config``).
+    - ``seq_len``: longest sample / packed row; longer samples are skipped as ``too_long``.
+    - ``micro_batch_size``: rows per micro-batch (a row holds several samples when packing).
+    - ``packing``: overrides ``basic_parameters.packing``.
+    - ``num_epochs``: ``None`` loops forever (the engine stops at its step count).
+
+    The result iterates micro-batches (``next``), pre-reads with ``read_ahead(k)`` (for
+    ``per_token_loss``), and saves/restores its position with ``state_dict()`` /
+    ``load_state_dict()`` (store it in the checkpoint; resume on the same dp layout).
+    Bad records are skipped and counted in ``.stats`` (``strict`` makes the first one an error).
+    """
+    if formatter is None:
+        from mm_core.plugins import get_plugin_manager
+
+        formatter = get_plugin_manager().formatter(config.basic_parameters.template).factory(config)
+    return MMDataLoader(config, formatter, seq_len=seq_len, micro_batch_size=micro_batch_size, dp_rank=dp_rank,
+                        dp_size=dp_size, seed=seed, packing=packing, num_epochs=num_epochs)
+
+
+__all__ = ["MMDataLoader", "build_dataloader", "iter_raw_records"]

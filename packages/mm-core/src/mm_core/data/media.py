@@ -1,0 +1,109 @@
+"""Opening images and decoding videos: each file is opened once, errors become bad records.
+
+Video frames follow the reference rule: ``n = min(total frames, video_maxlen, floor(duration *
+video_fps))`` (at least 1) frame indices spread evenly over the clip with ``linspace``; an odd
+count is padded by repeating the last frame (Qwen2.5-VL's temporal patch is 2 frames). decord is
+used when installed, PyAV otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mm_core.data.bad_records import BadRecord
+
+
+@dataclass
+class Video:
+    """Sampled frames ``[T, H, W, 3]`` uint8 and the rate they represent."""
+
+    frames: np.ndarray
+    sample_fps: float  # sampled (unpadded) frames per second of video
+    total_frames: int
+    duration: float
+
+
+def load_image(path: str, where: str = "?"):
+    """The image as RGB ``PIL.Image``, fully decoded (a truncated file is a bad record, not a crash)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise BadRecord("unreadable_media", where, f"cannot read image '{path}': {e}") from None
+
+
+def image_size(path: str, where: str = "?") -> tuple[int, int]:
+    """``(height, width)`` from the header only (cheap: used to count vision tokens before decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as e:
+        raise BadRecord("unreadable_media", where, f"cannot read image '{path}': {e}") from None
+
+
+def sample_indices(total_frames: int, duration: float, video_fps: float, video_maxlen: int) -> np.ndarray:
+    """Evenly spread frame indices: count = min(total, maxlen, floor(duration * fps)), at least 1."""
+    n = max(1, min(total_frames, video_maxlen, math.floor(duration * video_fps)))
+    return np.linspace(0, total_frames - 1, n).astype(np.int64)
+
+
+def _pad_even(frames: np.ndarray) -> np.ndarray:
+    if len(frames) % 2:
+        frames = np.concatenate([frames, frames[-1:]], axis=0)
+    return frames
+
+
+def _decord_available() -> bool:
+    try:
+        import decord  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _load_decord(path: str, video_fps: float, video_maxlen: int) -> Video:
+    import decord
+
+    vr = decord.VideoReader(path, num_threads=1)
+    total = len(vr)
+    fps = float(vr.get_avg_fps()) or 1.0
+    duration = total / fps
+    idx = sample_indices(total, duration, video_fps, video_maxlen)
+    frames = vr.get_batch(idx.tolist()).asnumpy()
+    return Video(_pad_even(frames), len(idx) / duration, total, duration)
+
+
+def _load_pyav(path: str, video_fps: float, video_maxlen: int) -> Video:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        rate = float(stream.average_rate or 0) or 1.0
+    total = len(decoded)
+    if total == 0:
+        raise ValueError("no frames")
+    duration = total / rate
+    idx = sample_indices(total, duration, video_fps, video_maxlen)
+    frames = np.stack([decoded[i] for i in idx])
+    return Video(_pad_even(frames), len(idx) / duration, total, duration)
+
+
+def load_video(path: str, video_fps: float, video_maxlen: int, where: str = "?", backend: str | None = None) -> Video:
+    """Sampled frames of a video file; ``backend`` ``"decord"``/``"pyav"`` forces one (tests)."""
+    backend = backend or ("decord" if _decord_available() else "pyav")
+    try:
+        if backend == "decord":
+            return _load_decord(path, video_fps, video_maxlen)
+        return _load_pyav(path, video_fps, video_maxlen)
+    except BadRecord:
+        raise
+    except Exception as e:
+        raise BadRecord("unreadable_media", where, f"cannot decode video '{path}' ({backend}): {e}") from None

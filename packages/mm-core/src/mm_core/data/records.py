@@ -1,0 +1,161 @@
+"""Readers for the mllm record format (JSON list or JSONL) with the ``attr`` column/role mapping.
+
+A record becomes a :class:`Sample`: normalised roles (``system``/``user``/``assistant``), string
+contents that keep their ``<image>``/``<video>`` placeholders, and absolute media paths. Problems
+are raised as :class:`BadRecord` with the file and line, never as a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mm_core.data.bad_records import BadRecord, DataError
+from mm_core.data.config import AttrParameters, BasicParameters
+
+IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
+
+
+@dataclass
+class Sample:
+    """One conversation ready for a formatter."""
+
+    messages: list[dict[str, str]]  # {"role": "user"|"assistant", "content": str}
+    images: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+    system: str | None = None
+    where: str = "?"
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record as read: a parsed object, or the raw text of a JSONL line (parsed later)."""
+
+    where: str
+    value: Any  # dict (JSON list item) or str (JSONL line)
+
+
+def dataset_files(basic: BasicParameters) -> list[Path]:
+    """The files named by ``dataset`` (comma-separated, relative to ``dataset_dir``), checked to exist."""
+    names = [n.strip() for n in basic.dataset.split(",") if n.strip()]
+    if not names:
+        raise DataError("basic_parameters.dataset is empty: give one or more .json/.jsonl files, comma-separated")
+    files = []
+    for name in names:
+        path = Path(name) if os.path.isabs(name) else Path(basic.dataset_dir) / name
+        if not path.is_file():
+            raise DataError(f"basic_parameters.dataset: file '{path}' does not exist "
+                            f"(dataset_dir='{basic.dataset_dir}')")
+        files.append(path)
+    return files
+
+
+def _is_jsonl(path: Path) -> bool:
+    if path.suffix == ".jsonl":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    return not head.startswith(b"[")
+
+
+def iter_raw_records(path: Path) -> Iterator[RawRecord]:
+    """Records of one file in order; JSONL lines stay unparsed so a broken line is one bad record."""
+    if _is_jsonl(path):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    yield RawRecord(f"{path}:{lineno}", line)
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            items = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e}); a JSON file must hold one list of records "
+                        "(use .jsonl for one record per line)") from None
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(items).__name__}")
+    for i, item in enumerate(items):
+        yield RawRecord(f"{path}[{i}]", item)
+
+
+def iter_all_raw_records(basic: BasicParameters) -> Iterator[RawRecord]:
+    """Every file's records in order, stopping at ``max_samples``."""
+    n = 0
+    for path in dataset_files(basic):
+        for raw in iter_raw_records(path):
+            if basic.max_samples is not None and n >= basic.max_samples:
+                return
+            n += 1
+            yield raw
+
+
+def _media_list(value: Any, key: str, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise BadRecord("bad_format", where, f"'{key}' must be a path or a list of paths")
+
+
+def _resolve(path: str, dataset_dir: str, where: str) -> str:
+    full = path if os.path.isabs(path) else os.path.join(dataset_dir, path)
+    if not os.path.isfile(full):
+        raise BadRecord("missing_media", where, f"file '{full}' does not exist")
+    return full
+
+
+def parse_record(raw: RawRecord, attr: AttrParameters, dataset_dir: str) -> Sample:
+    """Normalise one raw record (the ``attr`` mapping), or raise :class:`BadRecord`."""
+    where, value = raw.where, raw.value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise BadRecord("malformed_json", where, str(e)) from None
+    if not isinstance(value, dict):
+        raise BadRecord("malformed_json", where, f"expected a JSON object, got {type(value).__name__}")
+    turns = value.get(attr.messages)
+    if not isinstance(turns, list) or not turns:
+        raise BadRecord("bad_format", where, f"no '{attr.messages}' list")
+    roles = {attr.user_tag: "user", attr.assistant_tag: "assistant", attr.system_tag: "system"}
+    system = value.get(attr.system) if isinstance(value.get(attr.system), str) else None
+    messages: list[dict[str, str]] = []
+    for turn in turns:
+        if not isinstance(turn, dict) or turn.get(attr.role_tag) not in roles:
+            raise BadRecord("bad_format", where, f"turn {turn!r:.80} has no role among {sorted(roles)} "
+                                                 f"(attr.role_tag='{attr.role_tag}')")
+        content = turn.get(attr.content_tag)
+        if not isinstance(content, str):
+            raise BadRecord("bad_format", where, f"turn content '{attr.content_tag}' is not a string")
+        role = roles[turn[attr.role_tag]]
+        if role == "system":
+            if messages:
+                raise BadRecord("bad_format", where, "a system turn must come first")
+            system = content
+            continue
+        messages.append({"role": role, "content": content})
+    while messages and messages[-1]["role"] != "assistant":
+        messages.pop()  # a trailing question has no answer to learn from
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadRecord("no_assistant", where, "no assistant turn")
+    for i, m in enumerate(messages):
+        if m["role"] == ("user" if i % 2 == 0 else "assistant"):
+            continue
+        raise BadRecord("bad_format", where, "turns must alternate user, assistant, user, ...")
+    images = _media_list(value.get(attr.images), attr.images, where)
+    videos = _media_list(value.get(attr.videos), attr.videos, where)
+    text = "".join(m["content"] for m in messages)
+    for tag, media in ((IMAGE_PLACEHOLDER, images), (VIDEO_PLACEHOLDER, videos)):
+        if text.count(tag) != len(media):
+            raise BadRecord("placeholder_mismatch", where,
+                            f"{text.count(tag)} {tag} placeholder(s) but {len(media)} file(s)")
+    images = [_resolve(p, dataset_dir, where) for p in images]
+    videos = [_resolve(p, dataset_dir, where) for p in videos]
+    return Sample(messages, images, videos, system, where)

@@ -1,0 +1,196 @@
+"""Qwen2.5-VL data formatter: one mllm record -> input_ids, labels, pixel tensors and grids.
+
+The text follows the Qwen2.5-VL chat template; each ``<image>``/``<video>`` becomes
+``<|vision_start|>`` + ``<|image_pad|>`` x (t*h*w / merge_size^2) + ``<|vision_end|>``. Pixels come
+from the HF processor loaded from ``model_name_or_path`` (its own resizing and normalisation),
+so token ids equal ``processor.apply_chat_template`` + ``processor(...)`` for the same
+conversation. Labels are taken by character span: the whole text is tokenised once (exactly as
+the processor does) and a token is a label when it starts inside an assistant reply
+(``reply<|im_end|>\\n``), so no token boundary can differ from the processor's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mm_core.batch import IGNORE_INDEX
+from mm_core.data.bad_records import BadRecord
+from mm_core.data.config import DataConfig
+from mm_core.data.media import image_size, load_image, load_video
+from mm_core.data.records import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Sample
+from mm_core.errors import ConfigError
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+IMAGE_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO_SPAN = "<|vision_start|><|video_pad|><|vision_end|>"
+FORMATTER_VERSION = "qwen2vl-1"
+_FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
+                      "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+
+
+class Qwen2VLFormatter:
+    """Turns a :class:`~mm_core.data.records.Sample` into Qwen2.5-VL model inputs.
+
+    The processor is loaded lazily and dropped when pickled, so DataLoader workers each load
+    their own copy instead of receiving a large pickled tokenizer.
+    """
+
+    template = "qwen2vl"
+
+    def __init__(self, data_config: DataConfig):
+        self.config = data_config
+        pre = data_config.preprocess_parameters
+        if not pre.model_name_or_path:
+            raise ConfigError("preprocess_parameters.model_name_or_path is empty: give the HF model directory "
+                              "that holds the tokenizer and processor files")
+        if not Path(pre.model_name_or_path).is_dir():
+            raise ConfigError(f"preprocess_parameters.model_name_or_path: '{pre.model_name_or_path}' is not a directory")
+        self._processor: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "_processor": None}
+
+    # -- processor ---------------------------------------------------------------------------
+
+    @property
+    def processor(self) -> Any:
+        if self._processor is None:
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self.config.preprocess_parameters.model_name_or_path,
+                                                            trust_remote_code=False)
+        return self._processor
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+
+    @property
+    def video_token_id(self) -> int:
+        return int(self.tokenizer.convert_tokens_to_ids("<|video_pad|>"))
+
+    def fingerprint(self) -> str:
+        """Changes whenever tokenizer, processor, template or settings change (cache key part)."""
+        h = hashlib.sha256(FORMATTER_VERSION.encode())
+        root = Path(self.config.preprocess_parameters.model_name_or_path)
+        for name in _FINGERPRINT_FILES:
+            if (root / name).is_file():
+                h.update(name.encode() + (root / name).read_bytes())
+        settings = {"pre": vars(self.config.preprocess_parameters) | {"model_name_or_path": ""},
+                    "train_on_prompt": self.config.basic_parameters.train_on_prompt,
+                    "mask_history": self.config.basic_parameters.mask_history}
+        h.update(json.dumps(settings, sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    # -- text --------------------------------------------------------------------------------
+
+    def _text_and_label_spans(self, sample: Sample) -> tuple[str, list[tuple[int, int]]]:
+        basic = self.config.basic_parameters
+        parts: list[tuple[str, bool]] = [
+            (f"<|im_start|>system\n{sample.system if sample.system is not None else DEFAULT_SYSTEM}<|im_end|>\n", False)
+        ]
+        last_assistant = max(i for i, m in enumerate(sample.messages) if m["role"] == "assistant")
+        for i, m in enumerate(sample.messages):
+            content = m["content"].replace(IMAGE_PLACEHOLDER, IMAGE_SPAN).replace(VIDEO_PLACEHOLDER, VIDEO_SPAN)
+            if m["role"] == "user":
+                parts.append((f"<|im_start|>user\n{content}<|im_end|>\n", False))
+            else:
+                trained = not basic.mask_history or i == last_assistant
+                parts.append(("<|im_start|>assistant\n", False))
+                parts.append((f"{content}<|im_end|>\n", trained))
+        text, spans, pos = "", [], 0
+        for piece, is_label in parts:
+            if is_label or basic.train_on_prompt:
+                spans.append((pos, pos + len(piece)))
+            text += piece
+            pos += len(piece)
+        return text, spans
+
+    # -- media -------------------------------------------------------------------------------
+
+    def _image_kwargs(self) -> dict[str, Any]:
+        pre = self.config.preprocess_parameters
+        return {"size": {"shortest_edge": pre.image_min_pixels, "longest_edge": pre.image_max_pixels}}
+
+    def _video_kwargs(self) -> dict[str, Any]:
+        pre = self.config.preprocess_parameters
+        return {"size": {"shortest_edge": pre.video_min_pixels, "longest_edge": pre.video_max_pixels},
+                "do_sample_frames": False, "cap_pixels_per_frame": False}
+
+    def _vision(self, sample: Sample, pixels: bool) -> dict[str, Any]:
+        pre = self.config.preprocess_parameters
+        out: dict[str, Any] = {}
+        ip, vp = self.processor.image_processor, self.processor.video_processor
+        if sample.images:
+            if pixels:
+                images = [load_image(p, sample.where) for p in sample.images]
+                res = ip(images=images, return_tensors="pt", **self._image_kwargs())
+                out["pixel_values"] = res["pixel_values"]
+                out["image_grid_thw"] = res["image_grid_thw"].long()
+                out["image_tokens"] = (res["image_grid_thw"].prod(-1) // ip.merge_size**2).tolist()
+            else:
+                kw = {"min_pixels": pre.image_min_pixels, "max_pixels": pre.image_max_pixels}
+                out["image_tokens"] = [ip.get_number_of_image_patches(*image_size(p, sample.where), kw) // ip.merge_size**2
+                                       for p in sample.images]
+        if sample.videos:  # frame counts need decoding, so videos are always processed
+            videos = [load_video(p, pre.video_fps, pre.video_maxlen, sample.where) for p in sample.videos]
+            res = vp(videos=[v.frames for v in videos], return_tensors="pt", **self._video_kwargs())
+            out["pixel_values_videos"] = res["pixel_values_videos"]
+            out["video_grid_thw"] = res["video_grid_thw"].long()
+            out["second_per_grid_ts"] = torch.tensor([vp.temporal_patch_size / v.sample_fps for v in videos],
+                                                     dtype=torch.float32)
+            out["video_tokens"] = (res["video_grid_thw"].prod(-1) // vp.merge_size**2).tolist()
+        return out
+
+    # -- public ------------------------------------------------------------------------------
+
+    def encode(self, sample: Sample, *, pixels: bool = True) -> dict[str, Any]:
+        """``input_ids``/``labels`` (lists of int) and, with ``pixels``, the processor's tensors.
+
+        ``pixels=False`` counts vision tokens from image headers only (the length pre-pass).
+        Raises :class:`BadRecord` for unreadable media.
+        """
+        text, spans = self._text_and_label_spans(sample)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = enc["input_ids"]
+        offsets = enc["offset_mapping"]
+        vision = self._vision(sample, pixels)
+        counts = {self.image_token_id: iter(vision.pop("image_tokens", [])),
+                  self.video_token_id: iter(vision.pop("video_tokens", []))}
+        out_ids: list[int] = []
+        labels: list[int] = []
+        span_i = 0
+        for tok, (start, _end) in zip(ids, offsets):
+            while span_i < len(spans) and start >= spans[span_i][1]:
+                span_i += 1
+            in_label = span_i < len(spans) and spans[span_i][0] <= start < spans[span_i][1]
+            if tok in counts:
+                n = next(counts[tok], None)
+                if n is None:
+                    raise BadRecord("placeholder_mismatch", sample.where, "more vision placeholders than media")
+                out_ids.extend([tok] * n)
+                labels.extend([IGNORE_INDEX] * n)  # vision positions never carry a label
+                continue
+            out_ids.append(tok)
+            labels.append(tok if in_label else IGNORE_INDEX)
+        return {"input_ids": out_ids, "labels": labels, **vision}
+
+    def dummy_vision(self) -> dict[str, torch.Tensor]:
+        """One 2x2-patch black image (one merged token): what a text-only micro-batch feeds the ViT."""
+        ip = self.processor.image_processor
+        dim = 3 * ip.temporal_patch_size * ip.patch_size**2
+        m = ip.merge_size
+        return {"pixel_values": torch.zeros(m * m, dim), "image_grid_thw": torch.tensor([[1, m, m]], dtype=torch.long)}
