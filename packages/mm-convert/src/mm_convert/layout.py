@@ -77,12 +77,14 @@ class Placement:
         if unknown:
             raise ConfigError(f"layer lists given for unknown module(s) {sorted(unknown)}; known: {list(self.modules)}")
         shapes = {m: self._shape(m, v) for m, v in given.items() if v is not None}
-        if len({s for s in shapes.values()}) > 1:
-            desc = ", ".join(f"{m}_pp_layers has {p} stage(s) x {v} chunk(s)" for m, (v, p) in shapes.items())
+        nesting = {m: isinstance(v[0], list) for m, v in given.items() if v}
+        if len(set(shapes.values())) > 1 or len(set(nesting.values())) > 1:
+            desc = ", ".join(f"{m}_pp_layers has {p} stage(s)" + (f" x {v} virtual chunk(s)" if nesting[m] else "")
+                             for m, (v, p) in shapes.items())
             raise ConfigError(f"the layer lists disagree on the pipeline shape: {desc}; give one count per "
-                              f"stage (the same nesting) in each")
+                              f"stage in each, nested the same way")
         self.vpp, self.pp = next(iter(shapes.values())) if shapes else (1, 1)
-        self.nested = any(isinstance(v, list) and v and isinstance(v[0], list) for v in given.values() if v)
+        self.nested = any(nesting.values())
         n = self.vpp * self.pp
         names = list(self.modules)
         self.counts: dict[str, list[int]] = {}
