@@ -33,6 +33,19 @@ _FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.
                       "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
 
 
+_PROCESSORS: dict[tuple[str, float], Any] = {}
+
+
+def _load_processor(path: str) -> Any:
+    """One processor per directory (and its modification time) per process: loading takes seconds."""
+    key = (str(Path(path).resolve()), Path(path).stat().st_mtime)
+    if key not in _PROCESSORS:
+        from transformers import AutoProcessor
+
+        _PROCESSORS[key] = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+    return _PROCESSORS[key]
+
+
 class Qwen2VLFormatter:
     """Turns a :class:`~mm_core.data.records.Sample` into Qwen2.5-VL model inputs.
 
@@ -60,10 +73,7 @@ class Qwen2VLFormatter:
     @property
     def processor(self) -> Any:
         if self._processor is None:
-            from transformers import AutoProcessor
-
-            self._processor = AutoProcessor.from_pretrained(self.config.preprocess_parameters.model_name_or_path,
-                                                            trust_remote_code=False)
+            self._processor = _load_processor(self.config.preprocess_parameters.model_name_or_path)
         return self._processor
 
     @property
