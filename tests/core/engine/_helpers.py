@@ -24,11 +24,24 @@ def _load_worker():
 worker = _load_worker()
 
 
-def base_config(**overrides) -> dict:
+def qwen_tp_plan_available() -> bool:
+    return importlib.util.find_spec("mm_qwen.parallelize") is not None
+
+
+def model_section(model: str) -> dict:
+    """``qwen``: a tiny Qwen2.5-VL (window attention, GQA, mRoPE); ``toy``: the engine's toy model."""
+    if model == "qwen":
+        from mm_qwen.tiny import tiny_config_dict
+
+        return {"hf_config": tiny_config_dict(vision_depth=2, text_layers=2), "random_init": True}
     from mm_core.engine.toy_model import DEFAULT_CONFIG
 
+    return {"name": "mm_core.engine.toy_model:TOY_SPEC", "hf_config": DEFAULT_CONFIG, "random_init": True}
+
+
+def base_config(model: str = "qwen", **overrides) -> dict:
     cfg = {
-        "model": {"name": "mm_core.engine.toy_model:TOY_SPEC", "hf_config": DEFAULT_CONFIG, "random_init": True},
+        "model": model_section(model),
         "data": {"source": "synthetic", "synthetic_samples": 32, "synthetic_min_len": 6, "synthetic_max_len": 20},
         "parallel": {"device": "cpu"},
         "training": {"micro_batch_size": 1, "global_batch_size": 4, "seq_length": 32, "train_iters": 3,
@@ -67,6 +80,15 @@ def run_torchrun(tmp: Path, name: str, nproc: int, cfg: dict, *extra: str, kill_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     return proc, out
+
+
+def run_torchrun_many(tmp: Path, nproc: int, runs: dict[str, dict], timeout: int = 400):
+    """Several configs, one after the other, in one launch of ``nproc`` processes."""
+    items = [f"{name}={write_config(tmp / f'{name}.yaml', cfg)}" for name, cfg in runs.items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(WORKER), "--runs", str(tmp), *items]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def read_records(out: Path) -> list[dict]:

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 
-def run(argv: list[str], out: str | Path, kill_after: int | None = None) -> list[dict]:
+def run(argv: list[str], out: str | Path, kill_after: int | None = None, keep_group: bool = False) -> list[dict]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from mm_core.engine.config import parse_finetune_config
+    from mm_core.engine.row_order import blocked_to_canonical
     from mm_core.engine.trainer import Trainer, shutdown
 
     torch.set_num_threads(1)
@@ -37,7 +38,11 @@ def run(argv: list[str], out: str | Path, kill_after: int | None = None) -> list
         weights = {}
         for stage in trainer.stages.modules:
             sd = get_model_state_dict(stage, options=StateDictOptions(full_state_dict=True))
-            weights.update({stage.names.to_global(k[len("model."):]): v.detach().clone() for k, v in sd.items()})
+            for k, v in sd.items():
+                local = k[len("model."):]
+                if local in stage.gated:  # tp-blocked gated rows: compare in checkpoint order
+                    v = blocked_to_canonical(v, stage.gated[local])
+                weights[stage.names.to_global(local)] = v.detach().clone()
         rank = trainer.par.rank
         torch.save(weights, out / f"weights_rank{rank}.pt")
         opt_state = sum(len(o.state) for o in trainer.optimizers if o is not None)
@@ -45,7 +50,8 @@ def run(argv: list[str], out: str | Path, kill_after: int | None = None) -> list
             (out / "records.json").write_text(json.dumps(records))
         (out / f"optim_rank{rank}.json").write_text(json.dumps({"params_with_state": opt_state}))
     finally:
-        shutdown()
+        if not keep_group:
+            shutdown()
     return records
 
 
@@ -57,7 +63,14 @@ def merged_weights(out: str | Path) -> dict[str, torch.Tensor]:
 
 
 if __name__ == "__main__":
+    # _worker.py OUT [--kill-after K] <finetune args>   or   _worker.py --runs ROOT name=cfg.yaml ...
     args = sys.argv[1:]
+    if args[0] == "--runs":  # several runs in the same processes (one launch, several layouts)
+        root = Path(args[1])
+        for i, item in enumerate(args[2:]):
+            name, cfg_file = item.split("=", 1)
+            run(["--config", cfg_file], root / name, keep_group=i < len(args) - 3)
+        sys.exit(0)
     out_dir = args.pop(0)
     kill = None
     if args and args[0] == "--kill-after":

@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from mm_core.engine.model_setup import EngineStage
+from mm_core.engine.row_order import copy_blocked_, to_blocked, to_canonical
 
 TRACKER = "latest_checkpointed_iteration.txt"
 _OPT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
@@ -42,9 +43,21 @@ def iter_dir(save: str | Path, step: int) -> Path:
     return Path(save) / f"iter_{step:07d}"
 
 
+def _canonical(stage: EngineStage, local: str, v: Any) -> Any:
+    """Checkpoint order for a tp-blocked gated tensor (a copy); anything else as is."""
+    tp = stage.gated.get(local)
+    if tp and isinstance(v, torch.Tensor) and v.dim() >= 1:
+        return to_canonical(v, tp)
+    return v
+
+
 def _model_state(stage: EngineStage) -> dict[str, Any]:
     sd = get_model_state_dict(stage)
-    return {stage.names.to_global(k[len(_PREFIX):]): v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        local = k[len(_PREFIX):]
+        out[stage.names.to_global(local)] = _canonical(stage, local, v)
+    return out
 
 
 def _optim_state(stage: EngineStage, opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -52,7 +65,8 @@ def _optim_state(stage: EngineStage, opt: torch.optim.Optimizer) -> dict[str, An
     for k, v in get_optimizer_state_dict(stage, opt, options=_OPT_OPTIONS).items():
         section, rest = k.split(".", 1)
         fqn, leaf = rest.rsplit(".", 1)
-        out[f"{section}.{stage.names.to_global(fqn[len(_PREFIX):])}.{leaf}"] = v
+        local = fqn[len(_PREFIX):]
+        out[f"{section}.{stage.names.to_global(local)}.{leaf}"] = _canonical(stage, local, v)
     return out
 
 
@@ -63,6 +77,9 @@ def _optim_local(stage: EngineStage, flat: dict[str, Any]) -> dict[str, Any]:
         name, leaf = rest.rsplit(".", 1)
         local = stage.names.to_local(name)
         if local is not None:
+            tp = stage.gated.get(local)
+            if tp and isinstance(v, torch.Tensor) and v.dim() >= 1:
+                v = to_blocked(v, tp)
             out[f"{section}.{_PREFIX}{local}.{leaf}"] = v
     return out
 
@@ -159,7 +176,16 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
         state["rng"] = {rng_key: b""}
     dcp.load(state, checkpoint_id=str(path))
     for stage, opt in zip(stages, optimizers):
-        local = {_PREFIX + k2: v for k, v in state["model"].items() if (k2 := stage.names.to_local(k)) is not None}
+        local = {}
+        for k, v in state["model"].items():
+            name = stage.names.to_local(k)
+            if name is None:
+                continue
+            if name in stage.gated:  # loaded in checkpoint order into a copy: write it back blocked
+                param = stage.get_parameter(_PREFIX + name)
+                copy_blocked_(param, v, stage.gated[name])
+                v = param
+            local[_PREFIX + name] = v
         set_model_state_dict(stage, local, options=StateDictOptions(strict=True))
         if opt is not None and "optim" in state:
             set_optimizer_state_dict(stage, opt, _optim_local(stage, state["optim"]), options=_OPT_OPTIONS)

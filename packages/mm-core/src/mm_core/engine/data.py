@@ -24,6 +24,9 @@ class SyntheticData:
         self.cfg, self.layout, self.dp_rank = cfg, layout, dp_rank
         self.vocab = int(hf_config.get("vocab_size") or hf_config.get("text_config", {}).get("vocab_size"))
         self.image_token = int(hf_config.get("image_token_id", 3))
+        special = [int(hf_config[k]) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                                "vision_end_token_id") if int(hf_config.get(k) or 0) > 4]
+        self.high = min([self.vocab, *special])  # random text ids stay below the special tokens
         vc = hf_config.get("vision_config", {})
         self.patch_dim = int(vc.get("patch_dim", vc.get("in_channels", 3) * vc.get("temporal_patch_size", 2)
                                     * vc.get("patch_size", 14) ** 2))
@@ -40,7 +43,7 @@ class SyntheticData:
             if d.shuffle else torch.arange(self.n)
         g = torch.Generator().manual_seed(self.seed * 100003 + int(perm[i]))
         length = int(torch.randint(d.synthetic_min_len, d.synthetic_max_len + 1, (1,), generator=g))
-        ids = torch.randint(4, self.vocab, (length,), generator=g)
+        ids = torch.randint(4, self.high, (length,), generator=g)
         labels = ids.clone()
         prompt = int(torch.randint(1, max(2, length // 2), (1,), generator=g))
         labels[:prompt] = IGNORE_INDEX

@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from mm_core.engine.config import FinetuneConfig, Layout
 from mm_core.engine.mesh import Parallel
 from mm_core.engine.names import StageNames
+from mm_core.engine.row_order import gated_parameters
 from mm_core.errors import ConfigError
 from mm_core.specs import ModelSpec
 
@@ -41,29 +41,38 @@ def resolve_spec(cfg: FinetuneConfig, hf_config: dict[str, Any]) -> ModelSpec:
 class EngineStage(nn.Module):
     """A stage model plus what the engine runs around it: the loss on the last stage.
 
-    ``forward(*inputs)`` is what the pipeline schedule calls: the micro-batch comes from
-    ``feed`` (set by the trainer each step) by its index, the last input (the first stage gets
-    the index alone; later stages get ``(hidden, index)`` from the stage before).
+    Families follow one calling convention: ``model(*stage_input, **batch, return_hidden=True)``
+    with the previous stage's output as the positional argument (none on the first stage).
+    ``forward(*inputs)`` is what the pipeline schedule calls: the micro-batch comes from ``feed``
+    (set by the trainer each step) by its index, which travels with the hidden states. A stage
+    output whose first dimension varies between micro-batches (visual features ``[N, H]``) is
+    padded to ``max_rows`` and sent with its true row count, because the schedule fixes the
+    shapes it exchanges at the first step.
     """
 
-    def __init__(self, model: nn.Module, stage: int, num_stages: int, names: StageNames):
+    def __init__(self, model: nn.Module, stage: int, num_stages: int, names: StageNames, max_rows: int = 0):
         super().__init__()
         self.model = model
         self.stage, self.num_stages, self.names = stage, num_stages, names
         self.is_first, self.is_last = stage == 0, stage == num_stages - 1
+        self.max_rows = max_rows
+        self.gated: dict[str, int] = {}  # tp-blocked gated parameters (model-relative names) -> tp
         self.feed: list[Any] = []
         self.loss_fn: Callable[[torch.Tensor, Any, nn.Module], torch.Tensor] | None = None
 
     def set_feed(self, feed: list[Any]) -> None:
         self.feed = feed
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        index = inputs[-1]  # the micro-batch number travels with the hidden states
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        index = inputs[-1] if self.is_first else inputs[1]
         i = int(index.reshape(-1)[0]) if index.numel() else 0
         # the schedule's one-time shape inference may send a placeholder index: any micro-batch will do
         mb = self.feed[i if 0 <= i < len(self.feed) else 0]
-        hidden = None if self.is_first else inputs[0]
-        out = self.model(**mb.batch, hidden_states=hidden, return_hidden=True)
+        prev: tuple[torch.Tensor, ...] = ()
+        if not self.is_first:
+            rows = int(inputs[2].reshape(-1)[0]) if inputs[2].numel() else -1
+            prev = (inputs[0][:rows] if rows >= 0 else inputs[0],)
+        out = self.model(*prev, **mb.batch, return_hidden=True)
         if isinstance(out, DTensor):
             out = out.full_tensor()
         if self.is_last:
@@ -71,12 +80,19 @@ class EngineStage(nn.Module):
             return torch.stack([self.loss_fn(out, mb, self.model)])  # [1]: the schedule concatenates outputs
         if not out.requires_grad and out.is_floating_point():
             out = out.detach().requires_grad_()  # a frozen stage: backward ends here, computes nothing
-        return out, index
+        rows = torch.full((1,), -1.0, device=out.device)
+        if out.dim() == 2:  # a varying number of rows (vision tokens): pad to a fixed shape
+            if out.shape[0] > self.max_rows:
+                raise RuntimeError(f"pipeline stage {self.stage} produced {out.shape[0]} rows, more than the "
+                                   f"{self.max_rows} the engine reserves; raise training.seq_length")
+            rows.fill_(out.shape[0])
+            out = torch.cat([out, out.new_zeros(self.max_rows - out.shape[0], out.shape[1])])
+        return out, index, rows
 
 
 def output_weight(model: nn.Module) -> torch.Tensor:
     """The LM head weight, gathered whole when tensor-parallel (the loss needs all vocabulary rows)."""
-    w = model.get_submodule(OUTPUT_LAYER).weight
+    w = model.output_weight() if hasattr(model, "output_weight") else model.get_submodule(OUTPUT_LAYER).weight
     return w.full_tensor() if isinstance(w, DTensor) else w
 
 
@@ -109,7 +125,8 @@ def freeze(model: nn.Module, spec: ModelSpec, groups: list[str]) -> int:
     return n
 
 
-def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel) -> None:
+def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel) -> dict[str, int]:
+    """Apply the family's plan; returns the gated parameters (see ``row_order``)."""
     from torch.distributed.tensor.parallel import parallelize_module
 
     if spec.tp_plan is None:
@@ -117,6 +134,7 @@ def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel) -> None:
     plan = spec.tp_plan(model)
     if plan:
         parallelize_module(model, par.mesh["tp"], plan)
+    return gated_parameters(model, plan or {}, par.tp)
 
 
 def _apply_fsdp(stage: EngineStage, cfg: FinetuneConfig, par: Parallel) -> None:
@@ -140,27 +158,39 @@ def random_full_state(spec: ModelSpec, hf_config: dict[str, Any], vit_total: int
     return {k: v.detach() for k, v in whole.state_dict().items()}
 
 
-def load_stage_weights(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, Any], layout: Layout,
-                       stage: int, names: StageNames, full: dict[str, torch.Tensor] | None,
-                       expected: set[str]) -> dict[str, torch.Tensor]:
-    """This stage's whole (tp-unsplit) weights in stage-local names."""
-    if full is not None:  # the whole model's weights: keep what this stage holds
-        out = {}
-        for k, v in full.items():
-            local = names.to_local(k)
-            if local is not None and local in expected:
-                out[local] = v
-        return out
-    try:
-        from mm_convert import api as convert_api  # the converter's loading entry points
-    except ImportError as e:
-        raise ConfigError(f"model.hf_dir/mm_dir: loading weights needs mm_convert.api ({e}); "
-                          "set model.random_init true to start from random weights") from None
-    kwargs = dict(vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers, pp_rank=stage,
-                  tp_size=1, tp_rank=0)
+def _stage_from_full(model: nn.Module, names: StageNames, full: dict[str, torch.Tensor], stage: int) -> None:
+    """Copy this stage's share of the whole model's weights into ``model``."""
+    expected = set(model.state_dict())
+    weights = {}
+    for k, v in full.items():
+        local = names.to_local(k)
+        if local is not None and local in expected:
+            weights[local] = v
+    missing = sorted(expected - set(weights))
+    if missing:
+        raise ConfigError(f"model weights for stage {stage}: missing {missing[:5]}; the stage does not match "
+                          "the model config")
+    model.load_state_dict(weights, strict=True)
+
+
+def load_stage_model(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, Any], layout: Layout,
+                     stage: int, device: torch.device) -> nn.Module:
+    """Build stage ``stage`` on the meta device and load its (tp-unsplit) weights from the HF or mm dir."""
+    from mm_core.nn.pretrained import load_hf_weights, load_mm_weights
+
+    if spec.converter is None:
+        raise ConfigError(f"model '{spec.name}' registers no converter, so weights cannot be loaded; "
+                          "set model.random_init true")
+    model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
+                         pp_rank=stage, device="meta", dtype=torch.float32)
+    # the config's own (possibly nested) lists: the converter maps stage -> (pp rank, chunk) itself
+    pp_lists = dict(vit_pp_layers=cfg.model.vit_pp_layers, llm_pp_layers=cfg.model.llm_pp_layers) \
+        if layout.pp > 1 else {}
     if cfg.model.mm_dir:
-        return dict(convert_api.read_mm_rank(cfg.model.mm_dir, **kwargs))
-    return dict(convert_api.hf_to_mm_rank(cfg.model.hf_dir, **kwargs))
+        load_mm_weights(model, cfg.model.mm_dir, spec.converter, pp_rank=stage, **pp_lists)
+    else:
+        load_hf_weights(model, cfg.model.hf_dir, spec.converter, pp_rank=stage, **pp_lists)
+    return model.to(device=device, dtype=torch.float32)
 
 
 def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: ModelSpec,
@@ -174,36 +204,19 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
         full = random_full_state(spec, hf_config, *model_layer_counts(hf_config), cfg.training.seed)
     modules = []
     for stage in indices:
-        model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
-                             pp_rank=stage, device=par.device, dtype=torch.float32)
         names = StageNames(spec.pipeline_modules, layout.vit_pp_layers, layout.llm_pp_layers, stage)
-        weights = load_stage_weights(cfg, spec, hf_config, layout, stage, names, full, set(model.state_dict()))
-        missing, unexpected = _check_keys(model, weights)
-        if missing or unexpected:
-            raise ConfigError(f"model weights for stage {stage}: missing {missing[:5]}, unexpected {unexpected[:5]}; "
-                              "the checkpoint does not match the model config or layout")
-        model.load_state_dict(weights, strict=False)
+        if full is not None:
+            model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
+                                 pp_rank=stage, device=par.device, dtype=torch.float32)
+            _stage_from_full(model, names, full, stage)
+        else:
+            model = load_stage_model(cfg, spec, hf_config, layout, stage, par.device)
         freeze(model, spec, cfg.model.freeze)
-        if par.tp > 1:
-            _apply_tp(model, spec, par)
-        es = EngineStage(model, stage, layout.num_stages, names)
+        gated = _apply_tp(model, spec, par) if par.tp > 1 else {}
+        es = EngineStage(model, stage, layout.num_stages, names,
+                         max_rows=4 * cfg.training.micro_batch_size * cfg.training.seq_length)
+        es.gated = gated
         _apply_fsdp(es, cfg, par)
         modules.append(es)
     del full
     return Stages(modules, indices, spec)
-
-
-def _check_keys(model: nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    expected = set(model.state_dict().keys())
-    got = set(weights)
-    return sorted(expected - got), sorted(got - expected)
-
-
-def trainable_parameters(stage: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return [(n, p) for n, p in stage.named_parameters() if p.requires_grad]
-
-
-def set_model_weights(stage: EngineStage, weights: dict[str, torch.Tensor]) -> None:
-    """Load whole (unsharded) stage-local weights into a sharded stage."""
-    set_model_state_dict(stage, {f"model.{k}": v for k, v in weights.items()},
-                         options=StateDictOptions(full_state_dict=True))

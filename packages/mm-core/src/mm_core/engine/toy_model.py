@@ -4,12 +4,11 @@ It is shaped like a real family (a vision encoder + projector, then a decoder wi
 uses the mm parameter names, builds one pipeline stage from ``vit_pp_layers``/``llm_pp_layers``
 and carries a DTensor tensor-parallel plan, so the engine can be exercised without a real model.
 
-Stage I/O contract (the one the engine expects of every family):
-``model(**batch, hidden_states=h, return_hidden=True)``; ``h`` is None on stage 0. A stage that
-ends inside the vision encoder returns the vision hidden states; a stage that ends after the
-projector but before the LLM returns ``[B, T, H]`` with image embeddings placed at the image
-token positions (zeros elsewhere); a stage that holds LLM layers returns ``[B, T, H]`` hidden
-states (after the final norm on the last stage). The LM head weight is read by the engine.
+Stage I/O follows mm_qwen's convention: ``model(*stage_input, **batch, return_hidden=True)`` with
+the previous stage's output as the positional argument (none on the first stage). A stage that
+ends inside the vision encoder returns vision hidden states ``[N, Hv]``; one that ends with the
+projector returns the visual features ``[N, H]``; LLM stages return ``[B, T, H]`` (final-normed
+on the last stage). The engine reads the LM head weight itself.
 """
 
 from __future__ import annotations
@@ -175,12 +174,10 @@ class ToyVLModel(nn.Module):
             self.text_decoder = TextDecoder(cfg, llm_pp_layers[pp_rank], pp_rank == self.llm_first,
                                             pp_rank == self.llm_last)
 
-    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None, hidden_states: torch.Tensor | None = None,
-                return_hidden: bool = True, dummy_vision: torch.Tensor | None = None,
-                **_: Any) -> torch.Tensor:
-        h = hidden_states
-        image_mask = input_ids == self.cfg["image_token_id"]
+    def forward(self, *stage_input: torch.Tensor, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, return_hidden: bool = False,
+                dummy_vision: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        h = stage_input[0] if stage_input else None
         if self.has_vision:
             enc = self.image_encoder.encoder
             v = enc.patch_embed.proj(pixel_values) if self.pp_rank == self.vit_first else h
@@ -192,14 +189,17 @@ class ToyVLModel(nn.Module):
             v = proj.encoder(proj.layernorm(v))
             if dummy_vision is not None and bool(dummy_vision):
                 v = v[:0] + 0.0 * v.sum()  # keep the graph (same collectives), contribute nothing
-            h = torch.zeros(*input_ids.shape, v.shape[-1], dtype=v.dtype, device=v.device)
-            h = h.masked_scatter(image_mask.unsqueeze(-1), v) if v.shape[0] else h + 0.0 * v.sum()
             if not self.has_text:
-                return h
+                return v
+            h = v
         td = self.text_decoder
         if self.pp_rank == self.llm_first:
             emb = td.embedding.word_embeddings(input_ids)
-            h = emb if h is None else torch.where(image_mask.unsqueeze(-1), h.to(emb.dtype), emb)
+            if h is not None and h.shape[0]:
+                emb = emb.masked_scatter((input_ids == self.cfg["image_token_id"]).unsqueeze(-1), h.to(emb.dtype))
+            elif h is not None:
+                emb = emb + 0.0 * h.sum()
+            h = emb
         for layer in td.decoder.layers:
             h = layer(h, segment_ids)
         if self.pp_rank == self.llm_last:
