@@ -88,3 +88,19 @@ def test_index_cache_reused_and_keyed_by_content(tmp_path, h):
         f.write(json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}) + "\n")
     build_dataloader(cfg, h.Toy(cfg), seq_len=128, micro_batch_size=2)
     assert len(list((tmp_path / "cache").glob("index-*.json"))) == 2  # new content, new key
+
+
+def test_index_pass_with_workers_matches_in_process(tmp_path, h):
+    from mm_core.data.index import build_index
+    from mm_core.data.records import iter_all_raw_records
+
+    recs = [{"messages": [{"role": "user", "content": "q" * (i % 50 + 1)}, {"role": "assistant", "content": "a"}]}
+            for i in range(1100)] + ["{bad"]
+    h.write_jsonl(tmp_path / "big.jsonl", recs)
+    cfg = h.data_config(tmp_path, "big.jsonl")
+    raws = list(iter_all_raw_records(cfg.basic_parameters))
+    serial = build_index(raws, cfg, h.Toy(cfg))
+    cfg.dataloader_param.num_workers = 2
+    parallel = build_index(raws, cfg, h.Toy(cfg))
+    assert parallel.lengths == serial.lengths and parallel.bad == serial.bad == {1100: parallel.bad[1100]}
+    assert serial.lengths[:3] == [5, 6, 7]

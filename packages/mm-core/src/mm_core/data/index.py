@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mm_core.data.bad_records import BadRecord
@@ -57,19 +58,46 @@ def cache_key(config: DataConfig, formatter: Any) -> str:
     return h.hexdigest()[:24]
 
 
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _Chunks(Dataset):
+    """Chunk ``k`` of the records: each record's length or bad reason (run in DataLoader workers)."""
+
+    def __init__(self, raws: Sequence[RawRecord], config: DataConfig, formatter: Any, size: int):
+        self.raws, self.config, self.formatter, self.size = raws, config, formatter, size
+
+    def __len__(self) -> int:
+        return -(-len(self.raws) // self.size)
+
+    def __getitem__(self, k: int) -> list[tuple[int, str | None, str | None]]:
+        out: list[tuple[int, str | None, str | None]] = []
+        for raw in self.raws[k * self.size:(k + 1) * self.size]:
+            try:
+                sample = parse_record(raw, self.config.attr, self.config.basic_parameters.dataset_dir)
+                out.append((len(self.formatter.encode(sample, pixels=False)["input_ids"]), None, None))
+            except BadRecord as e:
+                out.append((-1, e.reason, e.detail))
+        return out
+
+
 def _compute(raws: Sequence[RawRecord], config: DataConfig, formatter: Any) -> RecordIndex:
-    lengths, bad = [], {}
-    for i, raw in enumerate(tqdm(raws, desc="indexing records", unit="rec", mininterval=2.0,
-                                 disable=len(raws) < 2000)):
-        try:
-            sample = parse_record(raw, config.attr, config.basic_parameters.dataset_dir)
-            lengths.append(len(formatter.encode(sample, pixels=False)["input_ids"]))
-        except BadRecord as e:
-            lengths.append(-1)
-            bad[i] = (e.reason, e.detail)
-            if config.basic_parameters.strict:
-                break  # reported (and raised) by the caller
-    return RecordIndex([r.where for r in raws][: len(lengths)], lengths, bad)
+    workers = config.dataloader_param.num_workers if len(raws) >= 1000 else 0
+    chunks = DataLoader(_Chunks(raws, config, formatter, 256), batch_size=None, num_workers=workers,
+                        collate_fn=_identity)
+    lengths: list[int] = []
+    bad: dict[int, tuple[str, str]] = {}
+    with tqdm(total=len(raws), desc="indexing records", unit="rec", mininterval=2.0, disable=len(raws) < 2000) as bar:
+        for chunk in chunks:
+            for n, reason, detail in chunk:
+                if reason is not None:
+                    bad[len(lengths)] = (reason, detail)
+                lengths.append(n)
+                if reason is not None and config.basic_parameters.strict:
+                    return RecordIndex([r.where for r in raws][: len(lengths)], lengths, bad)
+            bar.update(len(chunk))
+    return RecordIndex([r.where for r in raws], lengths, bad)
 
 
 def build_index(raws: Sequence[RawRecord], config: DataConfig, formatter: Any) -> RecordIndex:

@@ -205,6 +205,12 @@ class MMDataLoader:
         self._plans = {epoch: mbs[self.dp_rank::self.dp_size]}
         return self._plans[epoch]
 
+    def batches_per_epoch(self, epoch: int = 0) -> int:
+        """Micro-batches this rank gets in ``epoch`` (map-style only: streaming does not know)."""
+        if self.streaming:
+            raise TypeError("a streaming loader does not know its epoch length")
+        return len(self.plan(epoch))
+
     def _map_items(self, state: dict[str, Any]) -> Iterator[Item]:
         epoch, position = state["epoch"], state["position"]
         while self.num_epochs is None or epoch < self.num_epochs:
@@ -249,6 +255,9 @@ class MMDataLoader:
                 else:
                     samples.append(payload)
             end = {"mode": "streaming", "positions": copy.deepcopy(positions), "rotation": rotation, "skip": 0}
+            if min(p[0] for p in positions) > min(p[0] for p in start["positions"]):
+                logger.info("data epoch %d done on dp rank %d: %s", min(p[0] for p in start["positions"]),
+                            self.dp_rank, self.stats.summary())
             if self.packing and samples:
                 rows = pack_rows([len(s["input_ids"]) for s in samples], self.seq_len)
             else:
