@@ -40,6 +40,20 @@ def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def denominators(normalize: str, sums: torch.Tensor, rank_mean: torch.Tensor) -> list[float]:
+    """D of each micro-batch of a window from this rank's weight sums and their mean over ranks."""
+    ga = len(sums)
+    if normalize == "none":
+        return [1.0] * ga
+    if normalize == "micro_batch":
+        return [float(s) for s in sums]
+    if normalize == "rank_mean":
+        return [float(s) for s in rank_mean]
+    if normalize == "rank_mean_window":
+        return [float(rank_mean.sum()) / ga] * ga
+    raise ValueError(f"unknown normalize rule '{normalize}'; valid: none, micro_batch, rank_mean, rank_mean_window")
+
+
 def prepare_window(window: list[Mapping[str, Any]], spec: LossSpec, device: torch.device,
                    dp_group: dist.ProcessGroup | None, dp: int) -> list[MicroBatch]:
     """Targets, weights and denominators of every micro-batch of this rank's window."""
@@ -55,19 +69,12 @@ def prepare_window(window: list[Mapping[str, Any]], spec: LossSpec, device: torc
         samples = int(b["num_samples"]) if "num_samples" in b else int(targets.shape[0])
         prepared.append((b, targets, weights.float(), int(valid.sum()), samples))
     sums = torch.tensor([p[2].sum().item() for p in prepared], dtype=torch.float64)
+    rank_mean = sums
     if spec.normalize in ("rank_mean", "rank_mean_window") and dp > 1:
-        dist.all_reduce(sums, group=dp_group)  # gloo and nccl both take float64 sums
-        sums = sums / dp
-    elif spec.normalize in ("rank_mean", "rank_mean_window"):
-        sums = sums.clone()
-    if spec.normalize == "none":
-        denoms = [1.0] * ga
-    elif spec.normalize == "rank_mean_window":
-        denoms = [float(sums.sum()) / ga] * ga
-    elif spec.normalize in ("micro_batch", "rank_mean"):
-        denoms = [float(s) for s in sums]
-    else:
-        raise ValueError(f"loss type '{spec.name}': unknown normalize rule '{spec.normalize}'")
+        rank_mean = sums.clone()
+        dist.all_reduce(rank_mean, group=dp_group)  # gloo and nccl both take float64 sums
+        rank_mean /= dp
+    denoms = denominators(spec.normalize, sums, rank_mean)
     out = []
     for (b, targets, weights, n_valid, samples), denom in zip(prepared, denoms):
         out.append(MicroBatch(_to(b, device), targets.to(device), weights.to(device), denom, 1.0 / ga,

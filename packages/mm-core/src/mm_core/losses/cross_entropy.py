@@ -41,14 +41,15 @@ class _ChunkedCE(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 weights: torch.Tensor, chunk_size: int) -> torch.Tensor:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # at least fp32 for logits and sums
+        total = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             y = targets[start:start + chunk_size]
-            w = weights[start:start + chunk_size].float()
-            logits = (h @ weight.t()).float()
+            w = weights[start:start + chunk_size].to(acc)
+            logits = (h @ weight.t()).to(acc)
             lse = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(1, y.unsqueeze(1)).squeeze(1)
             total += ((lse - picked) * w).sum()
@@ -60,7 +61,7 @@ class _ChunkedCE(torch.autograd.Function):
                 if need_h:
                     grad_h[start:start + chunk_size] = g @ weight
                 if need_w:
-                    grad_w.addmm_(g.t().float(), h.float())
+                    grad_w.addmm_(g.t().to(acc), h.to(acc))
             del logits
         ctx.save_for_backward(grad_h if need_h else None, grad_w.to(weight.dtype) if need_w else None)
         return total
@@ -75,7 +76,7 @@ class _ChunkedCE(torch.autograd.Function):
 
 def weighted_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                     *, compute_mode: str = "default", chunk_size: int = 1024) -> torch.Tensor:
-    """sum over tokens of ``weights * CE`` (fp32 scalar); tokens with weight 0 are skipped.
+    """sum over tokens of ``weights * CE`` (at least fp32); tokens with weight 0 are skipped.
 
     ``hidden`` is ``[..., H]``, ``targets``/``weights`` ``[...]`` (targets already shifted; -100 =
     no loss), ``weight`` is the LM head ``[V, H]``.
@@ -87,8 +88,9 @@ def weighted_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     idx = keep.nonzero().squeeze(1)
     h, y, w = h.index_select(0, idx), y.index_select(0, idx), w.index_select(0, idx)
     if compute_mode == "default":
-        ce = F.cross_entropy((h @ weight.t()).float(), y, reduction="none")
-        return (ce * w.float()).sum()
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        ce = F.cross_entropy((h @ weight.t()).to(acc), y, reduction="none")
+        return (ce * w.to(acc)).sum()
     if compute_mode == "dynamic_chunk":
         chunk_size = max(1, DYNAMIC_CHUNK_ELEMENTS // weight.shape[0])
     elif compute_mode != "chunk":
