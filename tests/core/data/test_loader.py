@@ -104,3 +104,23 @@ def test_index_pass_with_workers_matches_in_process(tmp_path, h):
     parallel = build_index(raws, cfg, h.Toy(cfg))
     assert parallel.lengths == serial.lengths and parallel.bad == serial.bad == {1100: parallel.bad[1100]}
     assert serial.lengths[:3] == [5, 6, 7]
+
+
+def test_engine_style_call_dict_config_len_and_grad_accum(tmp_path, h):
+    from mm_core.data import load_data_config
+    from mm_core.errors import ConfigError
+
+    h.write_jsonl(tmp_path / "d.jsonl", h.make_records(tmp_path, 30))
+    ref = {"dataset_param": {"dataset_type": "huggingface",
+                             "basic_parameters": {"dataset_dir": str(tmp_path), "dataset": "d.jsonl"},
+                             "preprocess_parameters": {"video_fps": 1.0}},
+           "dataloader_param": {"shuffle": False, "sampler_type": "sequential"}}
+    (tmp_path / "data.json").write_text(json.dumps(ref))
+    cfg = load_data_config(str(tmp_path / "data.json"))
+    assert cfg.preprocess_parameters.video_fps == 1.0 and cfg.dataloader_param.shuffle is False
+    loader = build_dataloader(ref, h.Toy(cfg), seq_length=128, micro_batch_size=2, dp_size=2, grad_accum=2,
+                              hf_config={"model_type": "x"}, num_epochs=1)
+    assert len(loader) == 6 == len(list(loader))  # 15 micro-batches -> 12 (whole windows on 2 ranks) -> 6 each
+    ref["dataset_param"]["basic_parameters"]["datset"] = "typo"
+    with pytest.raises(ConfigError, match="basic_parameters.datset"):
+        load_data_config(ref)

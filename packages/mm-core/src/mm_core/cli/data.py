@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,24 +34,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_data_config(path: str):
-    """A :class:`DataConfig` from a data-config file or a training config's ``data`` section."""
-    from mm_core.config import parse_config
-    from mm_core.data.config import DataConfig
+    """A :class:`DataConfig` from a data-config file (the reference's data.json layout) or from a
+    training config's ``data`` section (``data.config`` inline, or ``data.data_json``)."""
+    from mm_core.data.config import data_config_from_dict
+    from mm_core.data.config import load_data_config as load
     from mm_core.errors import ConfigError
 
     if not Path(path).is_file():
         raise ConfigError(f"config file '{path}' does not exist")
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(raw["data"], f)
-        try:
-            return parse_config(DataConfig, ["--config", f.name], prog="mm-run data inspect")
-        except ConfigError as e:
-            raise ConfigError(f"{path} (section 'data'): {e}".replace(f.name + ": ", "")) from None
-        finally:
-            Path(f.name).unlink(missing_ok=True)
-    return parse_config(DataConfig, ["--config", path], prog="mm-run data inspect")
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid JSON/YAML ({e})") from None
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(data, dict):
+        if data.get("config"):
+            return data_config_from_dict(data["config"], f"{path} (data.config)")
+        if data.get("data_json"):
+            return load(Path(path).parent / data["data_json"] if not Path(data["data_json"]).is_absolute()
+                        and not Path(data["data_json"]).exists() else data["data_json"])
+        return data_config_from_dict(data, f"{path} (data)")
+    return load(path)
 
 
 def _print_summary(s: dict) -> None:

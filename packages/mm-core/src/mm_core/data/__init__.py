@@ -14,6 +14,8 @@ from mm_core.data.config import (
     DataConfig,
     DataloaderParameters,
     PreprocessParameters,
+    data_config_from_dict,
+    load_data_config,
 )
 from mm_core.data.loader import MMDataLoader, build_dataloader
 from mm_core.data.packing import pack_rows
@@ -21,6 +23,6 @@ from mm_core.data.records import Sample, parse_record
 
 __all__ = [
     "REASONS", "AttrParameters", "BadRecord", "BadRecordStats", "BasicParameters", "DataConfig", "DataError",
-    "DataloaderParameters", "MMDataLoader", "PreprocessParameters", "Sample", "build_dataloader", "collate",
+    "DataloaderParameters", "MMDataLoader", "PreprocessParameters", "Sample", "build_dataloader", "collate", "data_config_from_dict", "load_data_config",
     "pack_rows", "parse_record",
 ]

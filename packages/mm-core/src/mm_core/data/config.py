@@ -6,7 +6,13 @@ are passed to :func:`mm_core.data.build_dataloader` separately.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mm_core.errors import ConfigError
 
 
 @dataclass
@@ -74,3 +80,57 @@ class DataConfig:
     basic_parameters: BasicParameters = field(default_factory=BasicParameters)
     attr: AttrParameters = field(default_factory=AttrParameters)
     dataloader_param: DataloaderParameters = field(default_factory=DataloaderParameters)
+
+
+_SECTIONS = {
+    "preprocess_parameters": PreprocessParameters,
+    "basic_parameters": BasicParameters,
+    "attr": AttrParameters,
+    "dataloader_param": DataloaderParameters,
+}
+_REFERENCE_ONLY_KEYS = {"dataset_type"}  # fields of the reference's data.json that mean nothing here
+
+
+def data_config_from_dict(d: Mapping[str, Any], source: str = "data config") -> DataConfig:
+    """A :class:`DataConfig` from the reference's ``data.json`` layout (``dataset_param`` may wrap
+    the sections) or from the flat four-section layout; unknown fields are errors naming the field."""
+    d = dict(d)
+    if isinstance(d.get("dataset_param"), Mapping):
+        inner = dict(d.pop("dataset_param"))
+        d = {**inner, **d}
+    cfg = DataConfig()
+    for key, value in d.items():
+        if key in _REFERENCE_ONLY_KEYS:
+            continue
+        if key not in _SECTIONS:
+            raise ConfigError(f"{source}: unknown data section '{key}'; valid sections: {', '.join(_SECTIONS)}")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: '{key}' must be a mapping of fields")
+        cls = _SECTIONS[key]
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(f'{key}.{u}' for u in unknown)}; "
+                              f"valid fields of '{key}': {', '.join(sorted(names))}")
+        setattr(cfg, key, cls(**value))
+    return cfg
+
+
+def load_data_config(value: DataConfig | Mapping[str, Any] | str | os.PathLike[str]) -> DataConfig:
+    """Accept a DataConfig, a dict of its sections, or a JSON/YAML file (the reference's data.json)."""
+    if isinstance(value, DataConfig):
+        return value
+    if isinstance(value, Mapping):
+        return data_config_from_dict(value)
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"data config file '{path}' does not exist")
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid JSON/YAML ({e})") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of data sections")
+    return data_config_from_dict(raw, str(path))

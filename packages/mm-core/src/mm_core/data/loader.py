@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from mm_core.batch import Batch
 from mm_core.data.bad_records import BadRecord, BadRecordStats
 from mm_core.data.collate import collate
-from mm_core.data.config import DataConfig
+from mm_core.data.config import DataConfig, load_data_config
 from mm_core.data.index import build_index
 from mm_core.data.packing import group, pack_rows
 from mm_core.data.records import (
@@ -141,7 +142,10 @@ class MMDataLoader:
 
     def __init__(self, config: DataConfig, formatter: Any, *, seq_len: int, micro_batch_size: int,
                  dp_rank: int = 0, dp_size: int = 1, seed: int = 0, packing: bool | None = None,
-                 num_epochs: int | None = None):
+                 num_epochs: int | None = None, grad_accum: int = 1):
+        if grad_accum <= 0:
+            raise ConfigError(f"grad_accum must be positive, got {grad_accum}")
+        self.grad_accum = grad_accum
         if seq_len <= 0 or micro_batch_size <= 0 or not 0 <= dp_rank < dp_size:
             raise ConfigError(f"bad loader layout: seq_len={seq_len}, micro_batch_size={micro_batch_size}, "
                               f"dp_rank={dp_rank}, dp_size={dp_size}")
@@ -198,10 +202,11 @@ class MMDataLoader:
         else:
             rows = [[i] for i in order]
         mbs = group(rows, self.micro_batch_size, drop_last=dl.drop_last)
-        mbs = mbs[: len(mbs) - len(mbs) % self.dp_size]  # every rank gets the same number of steps
+        whole = self.dp_size * self.grad_accum  # every rank gets the same number of whole windows
+        mbs = mbs[: len(mbs) - len(mbs) % whole]
         if not mbs:
             raise ConfigError(f"too few usable records ({len(self._good)}) for micro_batch_size="
-                              f"{self.micro_batch_size} x dp_size={self.dp_size}")
+                              f"{self.micro_batch_size} x dp_size={self.dp_size} x grad_accum={self.grad_accum}")
         self._plans = {epoch: mbs[self.dp_rank::self.dp_size]}
         return self._plans[epoch]
 
@@ -210,6 +215,10 @@ class MMDataLoader:
         if self.streaming:
             raise TypeError("a streaming loader does not know its epoch length")
         return len(self.plan(epoch))
+
+    def __len__(self) -> int:
+        """Micro-batches per epoch on this rank (map-style; streaming raises TypeError)."""
+        return self.batches_per_epoch(self._state.get("epoch", 0))
 
     def _map_items(self, state: dict[str, Any]) -> Iterator[Item]:
         epoch, position = state["epoch"], state["position"]
@@ -327,6 +336,7 @@ class MMDataLoader:
         return {"version": STATE_VERSION, "position": copy.deepcopy(self._state), "bad_records": self.stats.state_dict(),
                 "layout": {"dp_rank": self.dp_rank, "dp_size": self.dp_size, "seed": self.seed,
                            "micro_batch_size": self.micro_batch_size, "seq_len": self.seq_len,
+                           "grad_accum": self.grad_accum,
                            "packing": self.packing, "streaming": self.streaming}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -343,29 +353,43 @@ class MMDataLoader:
         self._source = None
 
 
-def build_dataloader(config: DataConfig, formatter: Any = None, *, seq_len: int, micro_batch_size: int,
-                     dp_rank: int = 0, dp_size: int = 1, seed: int = 0, packing: bool | None = None,
-                     num_epochs: int | None = None) -> MMDataLoader:
+def build_dataloader(config: DataConfig | Mapping[str, Any] | str | os.PathLike[str], formatter: Any = None, *,
+                     seq_len: int | None = None, micro_batch_size: int, dp_rank: int = 0, dp_size: int = 1,
+                     seed: int = 0, packing: bool | None = None, num_epochs: int | None = None,
+                     grad_accum: int = 1, seq_length: int | None = None,
+                     hf_config: Mapping[str, Any] | None = None) -> MMDataLoader:
     """Micro-batches of the batch contract (:mod:`mm_core.batch`) for one data-parallel rank.
 
+    - ``config``: a :class:`DataConfig`, a dict of its sections, or a data.json/YAML file (the
+      reference's layout, ``dataset_param`` wrapper allowed).
     - ``formatter``: the family formatter (``None``: the one registered under
-      ``basic_parameters.template``, built with ``config``).
-    - ``seq_len``: longest sample / packed row; longer samples are skipped as ``too_long``.
+      ``basic_parameters.template``, built with the config).
+    - ``seq_len`` (alias ``seq_length``): longest sample / packed row; longer samples are skipped
+      and counted as ``too_long``.
     - ``micro_batch_size``: rows per micro-batch (a row holds several samples when packing).
-    - ``packing``: overrides ``basic_parameters.packing``.
-    - ``num_epochs``: ``None`` loops forever (the engine stops at its step count).
+    - ``dp_rank``/``dp_size``: this rank's share; map-style ranks get equal micro-batch counts,
+      whole gradient-accumulation windows (``grad_accum``) per epoch.
+    - ``packing``: overrides ``basic_parameters.packing``; ``num_epochs``: ``None`` loops forever.
+    - ``hf_config``: not needed by the pipeline (the processor comes from
+      ``preprocess_parameters.model_name_or_path``); accepted so callers can pass it uniformly.
 
     The result iterates micro-batches (``next``), pre-reads with ``read_ahead(k)`` (for
-    ``per_token_loss``), and saves/restores its position with ``state_dict()`` /
-    ``load_state_dict()`` (store it in the checkpoint; resume on the same dp layout).
-    Bad records are skipped and counted in ``.stats`` (``strict`` makes the first one an error).
+    ``per_token_loss``: the window's token counts before its first micro-batch), has ``len()``
+    (map-style: micro-batches per epoch on this rank), and saves/restores its position with
+    ``state_dict()``/``load_state_dict()`` (plain data: store it in the checkpoint; resume on the
+    same dp layout and settings). Bad records are skipped and counted in ``.stats``.
     """
+    del hf_config
+    config = load_data_config(config)
+    seq_len = seq_len if seq_len is not None else seq_length
+    if seq_len is None:
+        raise ConfigError("build_dataloader needs seq_len (the training config's sequence length)")
     if formatter is None:
         from mm_core.plugins import get_plugin_manager
 
         formatter = get_plugin_manager().formatter(config.basic_parameters.template).factory(config)
     return MMDataLoader(config, formatter, seq_len=seq_len, micro_batch_size=micro_batch_size, dp_rank=dp_rank,
-                        dp_size=dp_size, seed=seed, packing=packing, num_epochs=num_epochs)
+                        dp_size=dp_size, seed=seed, packing=packing, num_epochs=num_epochs, grad_accum=grad_accum)
 
 
 __all__ = ["MMDataLoader", "build_dataloader", "iter_raw_records"]
