@@ -124,3 +124,10 @@ def test_engine_style_call_dict_config_len_and_grad_accum(tmp_path, h):
     ref["dataset_param"]["basic_parameters"]["datset"] = "typo"
     with pytest.raises(ConfigError, match="basic_parameters.datset"):
         load_data_config(ref)
+
+
+def test_streaming_with_more_shards_than_records_does_not_hang(tmp_path, h):
+    cfg = _cfg(tmp_path, h, n=3, streaming=True)
+    cfg.dataloader_param.num_workers = 2
+    loader = build_dataloader(cfg, h.Toy(cfg), seq_len=128, micro_batch_size=1, dp_rank=1, dp_size=2)
+    assert len([next(loader) for _ in range(4)]) == 4  # rank 1 worker 0 owns record 2; worker 1 owns none

@@ -122,14 +122,20 @@ class _StreamShards(IterableDataset):
         shard = self.dp_rank * len(self.positions) + logical
         epoch, pos = self.positions[logical]
         while self.num_epochs is None or epoch < self.num_epochs:
+            owned = 0
             for i, raw in enumerate(iter_all_raw_records(self.config.basic_parameters)):
-                if i < pos or i % n_shards != shard:
+                if i % n_shards != shard:
+                    continue
+                owned += 1
+                if i < pos:
                     continue
                 try:
                     payload: Any = _encode(raw, self.config, self.formatter)
                 except BadRecord as e:
                     payload = e
                 yield logical, raw.where, payload, [epoch, i + 1]
+            if owned == 0:
+                return  # fewer records than shards: this shard is empty, never spin on it
             epoch, pos = epoch + 1, 0
 
 
