@@ -234,6 +234,11 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
     if any(vit[i] == 0 and llm[i] == 0 for i in range(len(vit))):
         raise ConfigError(f"model.vit_pp_layers/llm_pp_layers: a pipeline stage has no layers "
                           f"(vit {m.vit_pp_layers}, llm {m.llm_pp_layers})")
+    tied = hf_config.get("tie_word_embeddings") or (hf_config.get("text_config") or {}).get("tie_word_embeddings")
+    last_llm = max((i for i, n in enumerate(llm) if n), default=0)
+    if tied and first_llm != last_llm:
+        raise ConfigError(f"model.llm_pp_layers: {m.llm_pp_layers} puts the word embedding and the LM head, which this "
+                          "model ties, on different stages; that is not supported yet: keep the LLM on one stage")
     if v1 > 1 and p.pp_schedule != "Interleaved1F1B":
         raise ConfigError("parallel.pp_schedule: nested layer lists (virtual chunks) need Interleaved1F1B")
     if p.pp > 1 and ga < 1:

@@ -100,41 +100,57 @@ class SyntheticData:
         self.consumed = int(state["consumed_samples"])
 
 
+def pad_batch(batch: Batch, length: int, pad_token_id: int = 0) -> Batch:
+    """Right-pad a micro-batch's token tensors to ``length`` (pipeline stages exchange fixed shapes)."""
+    t = batch["input_ids"].shape[1]
+    if t >= length:
+        return batch
+    fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0, "segment_ids": -1}
+    out = dict(batch)
+    for key, value in fill.items():
+        if key in batch:
+            x = batch[key]
+            out[key] = torch.cat([x, x.new_full((x.shape[0], length - t), value)], dim=1)
+    return out  # type: ignore[return-value]
+
+
 class PipelineData:
-    """Adapter over the data pipeline's loader (``mm_core.data.build_dataloader``)."""
+    """The data pipeline's loader (``mm_core.data.build_dataloader``) for one data-parallel rank.
+
+    A step takes the next ``grad_accum`` micro-batches (the whole window is read before the first
+    forward, which ``per_token_loss`` needs). The loader's position is saved per data rank; a run
+    resumes it on the same data-parallel size (the loader refuses another one).
+    """
 
     def __init__(self, cfg: FinetuneConfig, layout: Layout, dp_rank: int, hf_config: dict[str, Any]):
-        try:
-            from mm_core.data import build_dataloader
-        except ImportError as e:
-            raise ConfigError(f"data.source 'mllm' needs the data pipeline mm_core.data ({e})") from None
+        from mm_core.data import build_dataloader
+        from mm_core.data.config import load_data_config
+
         t = cfg.training
-        self.loader = build_dataloader(cfg.data.config if cfg.data.config else cfg.data.data_json,
-                                       micro_batch_size=t.micro_batch_size, seq_length=t.seq_length,
-                                       dp_rank=dp_rank, dp_size=layout.dp, grad_accum=layout.grad_accum,
-                                       seed=t.seed, hf_config=hf_config)
+        data_cfg = load_data_config(cfg.data.config if cfg.data.config else cfg.data.data_json)
+        if not data_cfg.preprocess_parameters.model_name_or_path and cfg.model.hf_dir:
+            data_cfg.preprocess_parameters.model_name_or_path = cfg.model.hf_dir  # tokenizer + processor
+        self.loader = build_dataloader(data_cfg, seq_len=t.seq_length, micro_batch_size=t.micro_batch_size,
+                                       dp_rank=dp_rank, dp_size=layout.dp, seed=t.seed)
         self.grad_accum = layout.grad_accum
-        self._it = iter(self.loader)
+        self.pad_to = t.seq_length if layout.pp > 1 else None
+        self.pad_id = int(hf_config.get("pad_token_id") or (hf_config.get("text_config") or {}).get("pad_token_id")
+                          or 0)
 
     def next_window(self) -> list[Batch]:
-        out = []
-        for _ in range(self.grad_accum):
-            try:
-                out.append(next(self._it))
-            except StopIteration:
-                self._it = iter(self.loader)
-                out.append(next(self._it))
-        return out
+        window = [next(self.loader) for _ in range(self.grad_accum)]
+        return [pad_batch(b, self.pad_to, self.pad_id) for b in window] if self.pad_to else window
 
     def steps_per_epoch(self) -> int:
-        return max(1, len(self.loader) // self.grad_accum)
+        if self.loader.streaming:
+            raise ConfigError("training.epochs: a streaming dataset has no known length; give training.train_iters")
+        return max(1, len(self.loader.plan(0)) // self.grad_accum)
 
     def state_dict(self) -> dict[str, Any]:
         return self.loader.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state)
-        self._it = iter(self.loader)
 
 
 def build_data(cfg: FinetuneConfig, layout: Layout, dp_rank: int, hf_config: dict[str, Any]):
