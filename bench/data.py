@@ -1,6 +1,6 @@
 """Data pipeline throughput and packing efficiency (Qwen2.5-VL formatter, offline processor).
 
-    .venv/bin/python bench/data.py            # 160 image records (640x480 JPEG) + 12 videos, 0 and 2 workers
+    .venv/bin/python bench/data.py            # 160 image records (640x480 JPEG) + 40 videos, 0 and 2 workers, best of 3
     .venv/bin/python bench/data.py --quick    # a small run (seconds)
 
 Measures samples/s of the whole pipeline (read, parse, decode, HF processor, tokenise, collate /
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    n_images, n_videos, n_text = (24, 4, 48) if args.quick else (160, 12, 640)
+    n_images, n_videos, n_text = (24, 4, 48) if args.quick else (160, 40, 640)
     from mm_qwen.tokenizer import save_offline_processor
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,14 +168,25 @@ def main(argv: list[str] | None = None) -> int:
         proc_dir = save_offline_processor(root / "proc", image_max_pixels=262144, video_max_pixels=16384)
         files = make_data(root, n_images, n_videos, n_text)
         res: dict = {"quick": args.quick, "image_px": "640x480", "threads": 1, "cpus": os.cpu_count()}
+        reps = 1 if args.quick else 3  # a shared machine is noisy: interleave and keep each best run
+
+        def best(runs: list[dict]) -> dict:
+            return max(runs, key=lambda r: r["samples_per_s"]) | {"runs_samples_per_s": [r["samples_per_s"] for r in runs]}
+
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(reps):
+            for w in (0, 2):
+                for kind, twice in (("ours", False), ("open_twice_baseline", True)):
+                    runs.setdefault((kind, w), []).append(
+                        run_pipeline(proc_dir, root, files["images"], workers=w, seq_len=1024, mbs=4, twice=twice))
+                runs.setdefault(("videos", w), []).append(
+                    run_pipeline(proc_dir, root, files["videos"], workers=w, seq_len=2048, mbs=2))
         res["images"] = {}
         for w in (0, 2):
-            ours = run_pipeline(proc_dir, root, files["images"], workers=w, seq_len=1024, mbs=4)
-            base = run_pipeline(proc_dir, root, files["images"], workers=w, seq_len=1024, mbs=4, twice=True)
+            ours, base = best(runs[("ours", w)]), best(runs[("open_twice_baseline", w)])
             res["images"][f"workers_{w}"] = {"ours": ours, "open_twice_baseline": base,
                                             "speedup": round(ours["samples_per_s"] / base["samples_per_s"], 3)}
-        res["videos"] = {f"workers_{w}": run_pipeline(proc_dir, root, files["videos"], workers=w, seq_len=2048, mbs=2)
-                         for w in (0, 2)}
+        res["videos"] = {f"workers_{w}": best(runs[("videos", w)]) for w in (0, 2)}
         res["packing"] = packing_efficiency(proc_dir, root, files["mixed"], seq_len=4096)
         res["packed_run"] = run_pipeline(proc_dir, root, files["mixed"], workers=2, seq_len=4096, mbs=1, packing=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

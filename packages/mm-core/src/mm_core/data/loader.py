@@ -167,7 +167,7 @@ class MMDataLoader:
         self._source: Iterator[Item] | None = None
         if self.streaming:
             dataset_files(config.basic_parameters)  # fail early on a missing file
-            self._state: dict[str, Any] = {"mode": "streaming", "positions": [[0, 0]] * max(1, self.num_workers),
+            self._state: dict[str, Any] = {"mode": "streaming", "positions": [[0, 0] for _ in range(max(1, self.num_workers))],
                                            "rotation": 0, "skip": 0}
         else:
             self._raws = list(iter_all_raw_records(config.basic_parameters))
