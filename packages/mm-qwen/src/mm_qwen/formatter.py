@@ -21,7 +21,7 @@ import torch
 from mm_core.batch import IGNORE_INDEX
 from mm_core.data.bad_records import BadRecord
 from mm_core.data.config import DataConfig
-from mm_core.data.media import image_size, load_image, load_video
+from mm_core.data.media import image_size, load_image, load_video, video_shape
 from mm_core.data.records import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Sample
 from mm_core.errors import ConfigError
 
@@ -155,7 +155,7 @@ class Qwen2VLFormatter:
                 kw = {"min_pixels": pre.image_min_pixels, "max_pixels": pre.image_max_pixels}
                 out["image_tokens"] = [ip.get_number_of_image_patches(*image_size(p, sample.where), kw) // ip.merge_size**2
                                        for p in sample.images]
-        if sample.videos:  # frame counts need decoding, so videos are always processed
+        if sample.videos and pixels:
             videos = [load_video(p, pre.video_fps, pre.video_maxlen, sample.where) for p in sample.videos]
             res = vp(videos=[v.frames for v in videos], return_tensors="pt", **self._video_kwargs())
             out["pixel_values_videos"] = res["pixel_values_videos"]
@@ -163,6 +163,11 @@ class Qwen2VLFormatter:
             out["second_per_grid_ts"] = torch.tensor([vp.temporal_patch_size / v.sample_fps for v in videos],
                                                      dtype=torch.float32)
             out["video_tokens"] = (res["video_grid_thw"].prod(-1) // vp.merge_size**2).tolist()
+        elif sample.videos:
+            kw = {"size": self._video_kwargs()["size"]}
+            out["video_tokens"] = [
+                vp.get_num_of_video_patches(*video_shape(p, pre.video_fps, pre.video_maxlen, sample.where), kw)
+                // vp.merge_size**2 for p in sample.videos]
         return out
 
     # -- public ------------------------------------------------------------------------------

@@ -96,6 +96,25 @@ def _load_pyav(path: str, video_fps: float, video_maxlen: int) -> Video:
     return Video(_pad_even(frames), len(idx) / duration, total, duration)
 
 
+def video_shape(path: str, video_fps: float, video_maxlen: int, where: str = "?") -> tuple[int, int, int]:
+    """``(sampled frames after padding, height, width)`` without decoding pixels where decord can
+    tell (its index gives the frame count); otherwise the frames are decoded."""
+    if _decord_available():
+        try:
+            import decord
+
+            vr = decord.VideoReader(path, num_threads=1)
+            total = len(vr)
+            duration = total / (float(vr.get_avg_fps()) or 1.0)
+            h, w = vr[0].shape[:2]
+            n = len(sample_indices(total, duration, video_fps, video_maxlen))
+            return n + n % 2, int(h), int(w)
+        except Exception as e:
+            raise BadRecord("unreadable_media", where, f"cannot decode video '{path}' (decord): {e}") from None
+    v = load_video(path, video_fps, video_maxlen, where)
+    return v.frames.shape[0], v.frames.shape[1], v.frames.shape[2]
+
+
 def load_video(path: str, video_fps: float, video_maxlen: int, where: str = "?", backend: str | None = None) -> Video:
     """Sampled frames of a video file; ``backend`` ``"decord"``/``"pyav"`` forces one (tests)."""
     backend = backend or ("decord" if _decord_available() else "pyav")
