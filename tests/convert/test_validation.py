@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from mm_convert import api, engine
 from mm_convert.config import HFConfigSection, HfToMmConfig, MmToHfConfig, ParallelSection
 from mm_convert.errors import ConfigError, ConversionError, KeyMismatchError, TargetExistsError
-from mm_convert.sources import HFSource
+from mm_convert.output import Progress
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +101,15 @@ def test_empty_target_is_fine(conv, qwen_untied, tmp_path):
 
 def test_interrupted_conversion_leaves_nothing(conv, qwen_untied, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = HFSource.full
+    real = Progress.update
 
-    def failing(self, item):
+    def failing(self, n):
         calls["n"] += 1
         if calls["n"] == 20:
             raise KeyboardInterrupt
-        return real(self, item)
+        return real(self, n)
 
-    monkeypatch.setattr(HFSource, "full", failing)
+    monkeypatch.setattr(Progress, "update", failing)
     with pytest.raises(KeyboardInterrupt):
         run(conv, qwen_untied, tmp_path / "out", 2, [4, 0], [1, 3])
     assert calls["n"] == 20 and nothing_left(tmp_path)

@@ -28,6 +28,7 @@ from mm_convert.mm_dir import (
     write_latest,
 )
 from mm_convert.output import Progress, atomic_dir, check_target
+from mm_convert.rowcopy import segments
 from mm_convert.rules import Plan, check_keys
 from mm_convert.safetensors_io import StreamingWriter, nbytes_of
 from mm_convert.sources import HFSource, MMSource, Source, check_shapes
@@ -103,13 +104,11 @@ def write_mm(plan: Plan, source: Source, out: Path, layout: Layout, *, progress:
     tp = pl.tp_size
     it_name = "release" if iteration is None else iteration
     specs: dict[tuple[int, int, int], dict[str, Spec]] = {}
-    metas: dict[str, list[torch.Tensor]] = {}
     for it in plan.items:
-        pieces = it.tp.split(source.meta(it), tp)
-        metas[it.mm_key] = pieces
+        m = source.meta(it)
         p, v = pl.rank_of(it.stage)
-        for t in range(tp):
-            specs.setdefault((t, p, v), {})[it.local_key] = (tuple(pieces[t].shape), pieces[t].dtype)
+        for t, shape in enumerate(it.tp.split_shapes(tuple(m.shape), tp)):
+            specs.setdefault((t, p, v), {})[it.local_key] = (shape, m.dtype)
     writers: dict[tuple[int, int, int], StreamingWriter] = {}
     it_dir = out / it_name
     for t in range(tp):
@@ -124,9 +123,15 @@ def write_mm(plan: Plan, source: Source, out: Path, layout: Layout, *, progress:
     bar = Progress(total, f"write mm (tp {tp}, pp {pl.pp})", progress)
     try:
         for it in source.order(plan.items):
+            p, v = pl.rank_of(it.stage)
+            rows = source.rows(it) if it.tp.rows_only or tp == 1 else None
+            if rows is not None:  # file to file, in the kernel
+                ids, refs = rows
+                for t, piece in enumerate(it.tp.split(ids, tp) if tp > 1 else [ids]):
+                    bar.update(writers[(t, p, v)].copy(it.local_key, segments(piece, refs), source.fds))
+                continue
             full = source.full(it)
             pieces = it.tp.split(full, tp)
-            p, v = pl.rank_of(it.stage)
             for t in range(tp):
                 bar.update(writers[(t, p, v)].write(it.local_key, pieces[t]))
             del full, pieces
@@ -151,8 +156,9 @@ def write_hf(plan: Plan, source: Source, out: Path, *, key_style: str, aliases: 
     items = [it for it in plan.items if not it.tied_copy]
     specs: dict[str, Spec] = {}
     for it in items:
-        for k, m in zip(it.hf_keys, it.rule.op.inverse(source.meta(it))):
-            specs[k] = (tuple(m.shape), m.dtype)
+        m = source.meta(it)
+        for k, shape in zip(it.hf_keys, it.rule.op.inverse_shapes(tuple(m.shape))):
+            specs[k] = (shape, m.dtype)
 
     def name(k: str) -> str:
         return from_canonical(k, aliases) if key_style == "new" else k
@@ -161,6 +167,12 @@ def write_hf(plan: Plan, source: Source, out: Path, *, key_style: str, aliases: 
     bar = Progress(writer.total, "write hf", progress)
     try:
         for it in source.order(items):
+            rows = source.rows(it) if it.rule.op.rows_only else None
+            if rows is not None:  # file to file, in the kernel
+                ids, refs = rows
+                for k, hf_ids in zip(it.hf_keys, it.rule.op.inverse(ids)):
+                    bar.update(writer.copy(name(k), segments(hf_ids, refs), source.fds))
+                continue
             for k, t in zip(it.hf_keys, it.rule.op.inverse(source.full(it))):
                 bar.update(writer.write(name(k), t))
         writer.close()

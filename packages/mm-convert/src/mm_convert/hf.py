@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mm_convert.errors import ConversionError
+from mm_convert.rowcopy import FdCache
 from mm_convert.safetensors_io import StreamingWriter, TensorInfo, nbytes_of, read_header
 
 INDEX = "model.safetensors.index.json"
@@ -145,6 +146,9 @@ class HFWriter:
 
     def write(self, key: str, tensor: torch.Tensor) -> int:
         return self.writers[key].write(key, tensor)
+
+    def copy(self, key: str, segs: list, fds: FdCache) -> int:
+        return self.writers[key].copy(key, segs, fds)
 
     def close(self) -> None:
         for w in {id(w): w for w in self.writers.values()}.values():

@@ -110,6 +110,10 @@ class RankFile:
         t = self._pt[chunk][key]  # type: ignore[index]
         return torch.empty(t.shape, dtype=t.dtype, device="meta")
 
+    def info(self, key: str, chunk: int = 0) -> TensorInfo | None:
+        """Where a tensor lies in our safetensors rank file (None for .pt files)."""
+        return self._st[chunk][key] if self._st is not None else None
+
     def read(self, key: str, chunk: int = 0) -> torch.Tensor:
         if self._st is not None:
             return read_tensor(self._st[chunk][key])

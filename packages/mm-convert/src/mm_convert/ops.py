@@ -24,9 +24,14 @@ from mm_core.errors import ConfigError
 
 
 class Transform:
-    """Base: the identity on one tensor."""
+    """Base: the identity on one tensor.
+
+    ``rows_only``: the op only moves whole rows of dim 0 (cats, interleaves), so it can run on a
+    1-D tensor of row ids and the result copied file to file without touching the data.
+    """
 
     arity = 1
+    rows_only = True
 
     def forward(self, hf: Sequence[torch.Tensor]) -> torch.Tensor:
         (t,) = hf
@@ -34,6 +39,21 @@ class Transform:
 
     def inverse(self, mm: torch.Tensor) -> list[torch.Tensor]:
         return [mm]
+
+    # shape arithmetic (plans and checks without data, and without meta-tensor dispatch)
+    def forward_shape(self, shapes: Sequence[Shape]) -> Shape:
+        return tuple(shapes[0])
+
+    def inverse_shapes(self, shape: Shape) -> list[Shape]:
+        return [tuple(shape)]
+
+
+Shape = tuple[int, ...]
+
+
+def _rows(shape: Sequence[int], want: int, what: str) -> None:
+    if not shape or shape[0] != want:
+        raise ValueError(f"{what} has shape {tuple(shape)}, expected {want} rows from config.json")
 
 
 IDENTITY = Transform()
@@ -50,11 +70,30 @@ class Concat(Transform):
     def arity(self) -> int:  # type: ignore[override]
         return self.parts
 
+    @property
+    def rows_only(self) -> bool:  # type: ignore[override]
+        return self.dim == 0
+
     def forward(self, hf: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.cat(list(hf), dim=self.dim)
 
     def inverse(self, mm: torch.Tensor) -> list[torch.Tensor]:
         return [p.clone() for p in torch.chunk(mm, self.parts, dim=self.dim)]
+
+    def forward_shape(self, shapes: Sequence[Shape]) -> Shape:
+        first = list(shapes[0])
+        if any(len(s) != len(first) or [x for i, x in enumerate(s) if i != self.dim]
+               != [x for i, x in enumerate(first) if i != self.dim] for s in shapes):
+            raise ValueError(f"cannot concatenate shapes {[tuple(s) for s in shapes]} on dim {self.dim}")
+        first[self.dim] = sum(s[self.dim] for s in shapes)
+        return tuple(first)
+
+    def inverse_shapes(self, shape: Shape) -> list[Shape]:
+        if shape[self.dim] % self.parts:
+            raise ValueError(f"dim {self.dim} of {tuple(shape)} is not {self.parts} equal parts")
+        part = list(shape)
+        part[self.dim] //= self.parts
+        return [tuple(part)] * self.parts
 
 
 @dataclass(frozen=True)
@@ -83,6 +122,21 @@ class GroupInterleave(Transform):
                               [self.q_rows, self.kv_rows, self.kv_rows], dim=1)
         return [x.reshape(-1, *rest).clone() for x in (q, k, v)]
 
+    def forward_shape(self, shapes: Sequence[Shape]) -> Shape:
+        q, k, v = shapes
+        _rows(q, self.groups * self.q_rows, "q")
+        _rows(k, self.groups * self.kv_rows, "k")
+        _rows(v, self.groups * self.kv_rows, "v")
+        if not tuple(q[1:]) == tuple(k[1:]) == tuple(v[1:]):
+            raise ValueError(f"q, k, v shapes {tuple(q)}, {tuple(k)}, {tuple(v)} differ beyond dim 0")
+        return (self.groups * (self.q_rows + 2 * self.kv_rows), *q[1:])
+
+    def inverse_shapes(self, shape: Shape) -> list[Shape]:
+        _rows(shape, self.groups * (self.q_rows + 2 * self.kv_rows), "fused qkv")
+        rest = tuple(shape[1:])
+        return [(self.groups * self.q_rows, *rest), (self.groups * self.kv_rows, *rest),
+                (self.groups * self.kv_rows, *rest)]
+
 
 @dataclass(frozen=True)
 class HeadInterleave(Transform):
@@ -100,6 +154,13 @@ class HeadInterleave(Transform):
         rest = tuple(mm.shape[1:])
         return [mm.reshape(self.heads, 3, self.head_dim, *rest).transpose(0, 1).reshape(mm.shape).contiguous()]
 
+    def forward_shape(self, shapes: Sequence[Shape]) -> Shape:
+        _rows(shapes[0], 3 * self.heads * self.head_dim, "fused [Q; K; V]")
+        return tuple(shapes[0])
+
+    def inverse_shapes(self, shape: Shape) -> list[Shape]:
+        return [self.forward_shape([shape])]
+
 
 # --------------------------------------------------------------------------------------------
 # tensor-parallel splits: one mm tensor <-> per-rank pieces
@@ -109,6 +170,7 @@ class TPSplit:
     """Base: replicated (every rank holds the whole tensor)."""
 
     replicated = True
+    rows_only = True  # pieces are made of whole rows of dim 0
 
     def sizes(self, shape: Sequence[int], tp: int, key: str) -> None:
         """Check that ``shape`` can be split over ``tp`` ranks (raises ConfigError naming ``key``)."""
@@ -121,6 +183,12 @@ class TPSplit:
 
     def merge(self, pieces: Sequence[torch.Tensor]) -> torch.Tensor:
         return pieces[0]
+
+    def split_shapes(self, shape: Shape, tp: int) -> list[Shape]:
+        return [tuple(shape)] * tp
+
+    def merge_shape(self, shapes: Sequence[Shape]) -> Shape:
+        return tuple(shapes[0])
 
     def describe(self) -> str:
         return "replicated"
@@ -146,6 +214,10 @@ class Split(TPSplit):
     what: str = "rows"
 
     replicated = False
+
+    @property
+    def rows_only(self) -> bool:  # type: ignore[override]
+        return self.dim == 0
 
     def _rank_units(self, size: int, tp: int, key: str) -> list[int]:
         section = size // self.parts
@@ -185,6 +257,19 @@ class Split(TPSplit):
             return torch.cat(list(pieces), dim=self.dim)
         sections = [torch.chunk(p, self.parts, dim=self.dim) for p in pieces]
         return torch.cat([sec[i] for i in range(self.parts) for sec in sections], dim=self.dim)
+
+    def split_shapes(self, shape: Shape, tp: int) -> list[Shape]:
+        out = []
+        for units in self._rank_units(shape[self.dim], tp, "tensor"):
+            s = list(shape)
+            s[self.dim] = units * self.unit * self.parts
+            out.append(tuple(s))
+        return out
+
+    def merge_shape(self, shapes: Sequence[Shape]) -> Shape:
+        s = list(shapes[0])
+        s[self.dim] = sum(x[self.dim] for x in shapes)
+        return tuple(s)
 
     def describe(self) -> str:
         kind = "gated column" if self.parts > 1 else ("column" if self.dim == 0 else "row")

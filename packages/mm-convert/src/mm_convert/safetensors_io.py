@@ -14,12 +14,13 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mm_convert.rowcopy import FdCache, copy_segments
 from mm_core.errors import MMError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -139,32 +140,54 @@ class StreamingWriter:
         self._base = 8 + len(raw)
         self.total = self._base + offset
         self._pending = set(self._where)
-        self._f = open(self._tmp, "wb")
-        self._f.write(struct.pack("<Q", len(raw)) + raw)
-        self._f.truncate(self.total)
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pwrite(struct.pack("<Q", len(raw)) + raw, 0)
+        os.ftruncate(self._fd, self.total)
+
+    def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], offset + done)
+
+    def _check(self, name: str, shape: tuple[int, ...] | None, dtype: torch.dtype | None) -> tuple[int, int]:
+        if name not in self._where:
+            raise SafetensorsError(f"{self.path}: tensor {name} was not planned for this file")
+        offset, n, want_shape, want_dtype = self._where[name]
+        if shape is not None and (tuple(shape) != want_shape or dtype != want_dtype):
+            raise SafetensorsError(f"{self.path}: tensor {name} is {tuple(shape)} {dtype}, "
+                                   f"planned {want_shape} {want_dtype}")
+        return self._base + offset, n
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
         """Write one tensor at its place; returns the bytes written."""
-        if name not in self._where:
-            raise SafetensorsError(f"{self.path}: tensor {name} was not planned for this file")
-        offset, n, shape, dtype = self._where[name]
-        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
-            raise SafetensorsError(f"{self.path}: tensor {name} is {tuple(tensor.shape)} {tensor.dtype}, "
-                                   f"planned {shape} {dtype}")
-        self._f.seek(self._base + offset)
+        offset, n = self._check(name, tuple(tensor.shape), tensor.dtype)
         if n:
-            self._f.write(tensor_bytes(tensor))
+            self._pwrite(tensor_bytes(tensor), offset)
+        self._pending.discard(name)
+        return n
+
+    def copy(self, name: str, segs: Sequence[tuple[Path, int, int]], fds: FdCache) -> int:
+        """Fill a tensor from file runs (see :mod:`mm_convert.rowcopy`), in the kernel."""
+        offset, n = self._check(name, None, None)
+        got = sum(k for _, _, k in segs)
+        if got != n:
+            raise SafetensorsError(f"{self.path}: tensor {name} needs {n} bytes, the copy plan gives {got}")
+        copy_segments(segs, self._fd, offset, fds)
         self._pending.discard(name)
         return n
 
     def close(self) -> None:
         """Finish the file; fails (and leaves only the partial file) if a tensor is missing."""
-        self._f.close()
+        os.close(self._fd)
         if self._pending:
             missing = sorted(self._pending)
             raise SafetensorsError(f"{self.path}: {len(missing)} planned tensor(s) never written, e.g. {missing[:5]}")
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
-        self._f.close()
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
         self._tmp.unlink(missing_ok=True)

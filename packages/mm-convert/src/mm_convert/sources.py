@@ -7,7 +7,7 @@ single tensor-parallel piece (read as little as possible).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,39 @@ import torch
 from mm_convert.errors import ConfigError, ConversionError, KeyMismatchError
 from mm_convert.hf import HFReader
 from mm_convert.mm_dir import RankFile, rank_dir_name, rank_dirs
-from mm_convert.ops import IDENTITY, Split
+from mm_convert.rowcopy import FdCache, RowSource, read_segments, row_ids, segments
 from mm_convert.rules import Item, Plan
+from mm_convert.safetensors_io import TensorInfo
+
+RowPlan = tuple[torch.Tensor, list[RowSource]]
+
+
+def _row_source(info: TensorInfo | None) -> RowSource | None:
+    if info is None or not info.shape or info.shape[0] == 0:
+        return None
+    return RowSource(info.path, info.start, info.shape[0], info.nbytes // info.shape[0])
+
+
+def meta(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """Shape and dtype only (no data; no meta-kernel dispatch)."""
+    return torch.empty(tuple(shape), dtype=dtype, device="meta")
 
 
 class Source:
+    fds: FdCache
+
     def meta(self, item: Item) -> torch.Tensor:
         raise NotImplementedError
+
+    def rows(self, item: Item) -> RowPlan | None:
+        """Row ids of the full mm tensor and the stored tensors they point into, when the item can
+        be copied file to file (see :mod:`mm_convert.rowcopy`); None otherwise."""
+        return None
+
+    def close(self) -> None:
+        fds = getattr(self, "fds", None)
+        if fds is not None:
+            fds.close()
 
     def full(self, item: Item) -> torch.Tensor:
         raise NotImplementedError
@@ -40,20 +66,36 @@ class HFSource(Source):
     def __init__(self, reader: HFReader):
         self.reader = reader
         self._pos = {k: i for i, k in enumerate(reader.order)}
+        self.fds = FdCache()
+
+    def rows(self, item: Item) -> RowPlan | None:
+        if not item.rule.op.rows_only:
+            return None
+        refs = [_row_source(self.reader.infos[k]) for k in item.hf_keys]
+        if any(r is None for r in refs) or len({r.row_bytes for r in refs}) > 1:  # type: ignore[union-attr]
+            return None
+        ids = item.rule.op.forward([row_ids(i, r.rows) for i, r in enumerate(refs)])  # type: ignore[union-attr]
+        return ids, refs  # type: ignore[return-value]
 
     def meta(self, item: Item) -> torch.Tensor:
-        return item.rule.op.forward([self.reader.meta(k) for k in item.hf_keys])
+        infos = [self.reader.infos[k] for k in item.hf_keys]
+        dtypes = {i.dtype for i in infos}
+        if len(dtypes) > 1:
+            raise ValueError(f"{', '.join(item.hf_keys)} have different dtypes {sorted(map(str, dtypes))}")
+        return meta(item.rule.op.forward_shape([i.shape for i in infos]), infos[0].dtype)
 
     def full(self, item: Item) -> torch.Tensor:
         return item.rule.op.forward([self.reader.read(k) for k in item.hf_keys])
 
     def piece(self, item: Item, tp: int, rank: int) -> torch.Tensor:
-        split = item.tp
-        if tp > 1 and item.rule.op is IDENTITY and isinstance(split, Split) and split.dim == 0 and split.parts == 1:
-            (key,) = item.hf_keys
-            rows = split.rows_of_rank(self.reader.infos[key].shape[0], tp, rank)
-            return self.reader.read(key, rows)  # only this rank's rows leave the disk
-        return super().piece(item, tp, rank)
+        rows = self.rows(item) if item.tp.rows_only else None
+        if rows is None:
+            return super().piece(item, tp, rank)
+        ids, refs = rows  # only this rank's rows leave the disk
+        mine = item.tp.piece(ids, tp, rank)
+        meta = self.meta(item)
+        out = torch.empty((mine.numel(), *meta.shape[1:]), dtype=meta.dtype)
+        return read_segments(segments(mine, refs), out, self.fds)
 
     def order(self, items: list[Item]) -> list[Item]:
         return sorted(items, key=lambda it: min(self._pos.get(k, 1 << 60) for k in it.hf_keys))
@@ -74,6 +116,7 @@ class MMSource(Source):
                                   f"{missing}, unexpected {extra}")
         self.files = {k: RankFile(v) for k, v in found.items()}
         self.by_key = plan.by_mm_key()
+        self.fds = FdCache()
         self._check(tied_keys)
 
     def _check(self, tied_keys: set[str]) -> None:
@@ -112,17 +155,32 @@ class MMSource(Source):
         f = self.files[(t, p)]
         return f.meta(src.local_key, v) if meta else f.read(src.local_key, v)
 
-    def _gather(self, item: Item, meta: bool) -> torch.Tensor:
+    def _gather(self, item: Item) -> torch.Tensor:
         src = self._src(item)
         if src.tp.replicated:
-            return self._read(src, 0, meta)
-        return src.tp.merge([self._read(src, t, meta) for t in range(self.tp)])
+            return self._read(src, 0, False)
+        return src.tp.merge([self._read(src, t, False) for t in range(self.tp)])
 
     def meta(self, item: Item) -> torch.Tensor:
-        return self._gather(item, meta=True)
+        src = self._src(item)
+        parts = [self._read(src, t, True) for t in ([0] if src.tp.replicated else range(self.tp))]
+        return meta(src.tp.merge_shape([tuple(p.shape) for p in parts]), parts[0].dtype)
+
+    def rows(self, item: Item) -> RowPlan | None:
+        src = self._src(item)
+        if not (src.tp.rows_only or self.tp == 1):
+            return None
+        p, v = self.plan.placement.rank_of(src.stage)
+        whole = src.tp.replicated or self.tp == 1
+        ranks = [0] if whole else list(range(self.tp))
+        refs = [_row_source(self.files[(t, p)].info(src.local_key, v)) for t in ranks]
+        if any(r is None for r in refs):
+            return None
+        pieces = [row_ids(i, r.rows) for i, r in enumerate(refs)]  # type: ignore[union-attr]
+        return (pieces[0] if whole else src.tp.merge(pieces)), refs  # type: ignore[return-value]
 
     def full(self, item: Item) -> torch.Tensor:
-        return self._gather(item, meta=False)
+        return self._gather(item)
 
     def order(self, items: list[Item]) -> list[Item]:
         return sorted(items, key=lambda it: self._src(it).stage)

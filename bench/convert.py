@@ -1,0 +1,235 @@
+"""Conversion throughput and memory on a checkpoint with the real Qwen2.5-VL-3B shapes.
+
+    .venv/bin/python bench/convert.py                 # full size: bf16, ~7.5 GB, 2 shards like the Hub
+    .venv/bin/python bench/convert.py --scale 0.05    # same widths, fewer layers and rows (seconds)
+
+Builds a random bf16 checkpoint (sharded with an index, tied embeddings like the 3B), then times,
+each in its own process so peak RSS is that step's alone:
+  1. ``cp -r`` of the HF directory on the same disk (the physical reference);
+  2. ``hf_to_mm`` with tp 2, pp 2 (vit [32,0], llm [16,20] at full size);
+  3. ``mm_to_hf`` back (the layout read from the mm dir), then a bit-exact comparison;
+  4. a naive baseline: load the whole state dict, rename every key, save it (what the reference
+     tools do); by default at a reduced size (``--naive-scale``) so it fits in memory beside
+     other work; its figures are reported per GB, and the ratio against ours per GB too.
+Page cache is not dropped (no root); writes are not fsynced by any of the candidates.
+Prints one summary line and writes JSON (default bench/results/convert.json). All generated
+files live under ``--workdir`` and are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048,
+          "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112, "patch_size": 14, "spatial_merge_size": 2,
+          "temporal_patch_size": 2, "in_chans": 3, "tokens_per_second": 2, "model_type": "qwen2_5_vl"}
+TEXT = {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+        "num_key_value_heads": 2, "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+        "max_position_embeddings": 128000, "tie_word_embeddings": True}
+
+
+def config(scale: float) -> dict:
+    """The 3B config.json (flat text fields like the Hub's), with layers and vocab scaled."""
+    v, t = dict(VISION), dict(TEXT)
+    if scale < 1:
+        v["depth"] = max(2, round(32 * scale))
+        v["fullatt_block_indexes"] = [v["depth"] - 1]
+        t["num_hidden_layers"] = max(2, round(36 * scale))
+        t["vocab_size"] = max(1024, round(151936 * scale / 64) * 64)
+    return {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+            "torch_dtype": "bfloat16", "vision_config": v, **t, "image_token_id": 151655,
+            "video_token_id": 151656, "vision_start_token_id": 151652, "vision_end_token_id": 151653}
+
+
+def shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    v, h, inter = cfg["vision_config"], cfg["hidden_size"], cfg["intermediate_size"]
+    vh, vi = v["hidden_size"], v["intermediate_size"]
+    hd = h // cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"] * hd
+    merged = vh * v["spatial_merge_size"] ** 2
+    out: dict[str, tuple[int, ...]] = {"visual.patch_embed.proj.weight": (vh, 3, 2, 14, 14)}
+    for i in range(v["depth"]):
+        p = f"visual.blocks.{i}."
+        out.update({p + "norm1.weight": (vh,), p + "norm2.weight": (vh,), p + "attn.qkv.weight": (3 * vh, vh),
+                    p + "attn.qkv.bias": (3 * vh,), p + "attn.proj.weight": (vh, vh), p + "attn.proj.bias": (vh,),
+                    p + "mlp.gate_proj.weight": (vi, vh), p + "mlp.gate_proj.bias": (vi,),
+                    p + "mlp.up_proj.weight": (vi, vh), p + "mlp.up_proj.bias": (vi,),
+                    p + "mlp.down_proj.weight": (vh, vi), p + "mlp.down_proj.bias": (vh,)})
+    out.update({"visual.merger.ln_q.weight": (vh,), "visual.merger.mlp.0.weight": (merged, merged),
+                "visual.merger.mlp.0.bias": (merged,), "visual.merger.mlp.2.weight": (h, merged),
+                "visual.merger.mlp.2.bias": (h,), "model.embed_tokens.weight": (cfg["vocab_size"], h)})
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.q_proj.bias": (h,),
+                    p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
+                    p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
+                    p + "self_attn.o_proj.weight": (h, h), p + "mlp.gate_proj.weight": (inter, h),
+                    p + "mlp.up_proj.weight": (inter, h), p + "mlp.down_proj.weight": (h, inter),
+                    p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
+    out["model.norm.weight"] = (h,)
+    return out
+
+
+def build(hf: Path, scale: float) -> int:
+    """Random bf16 weights, streamed into Hub-like shards (~4 GB each) with an index."""
+    from mm_convert.hf import HFWriter
+
+    hf.mkdir(parents=True)
+    cfg = config(scale)
+    (hf / "config.json").write_text(json.dumps(cfg, indent=2))
+    (hf / "tokenizer_config.json").write_text('{"model_max_length": 32768}\n')
+    spec = shapes(cfg)
+    total = sum(torch.Size(s).numel() * 2 for s in spec.values())
+    writer = HFWriter(hf, {k: (s, torch.bfloat16) for k, s in spec.items()}, max_shard_bytes=min(4 * 10**9, total // 2 + 1))
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.randn(1 << 25, generator=gen).to(torch.bfloat16)  # 64 MB, tiled with offsets
+    offset = 0
+    for k, s in spec.items():
+        n = torch.Size(s).numel()
+        reps = -(-(offset + n) // pool.numel())
+        t = (pool.repeat(reps) if reps > 1 else pool)[offset:offset + n]
+        writer.write(k, t.reshape(s))
+        offset = (offset + 7919 * (n % 997 + 1)) % pool.numel()
+    writer.close()
+    return total
+
+
+def dir_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+# -- steps, each run in a child process (``--step``) -------------------------------------------
+
+
+def step(name: str, a: list[str]) -> dict:
+    torch.set_num_threads(1)
+    from mm_convert import api, engine
+    from mm_convert.config import HFConfigSection, HfToMmConfig, MmToHfConfig, ParallelSection
+
+    conv = api.get_converter("Qwen2_5_VLConverter")
+    t0 = time.perf_counter()
+    if name == "hf_to_mm":
+        hf, mm, vit, llm = a[0], a[1], json.loads(a[2]), json.loads(a[3])
+        engine.hf_to_mm(conv, HfToMmConfig(mm_dir=mm, hf_config=HFConfigSection(hf),
+                                           parallel_config=ParallelSection(2, vit, llm)), progress=False)
+    elif name == "mm_to_hf":
+        engine.mm_to_hf(conv, MmToHfConfig(mm_dir=a[0], save_hf_dir=a[1]), progress=False)
+    elif name == "verify":
+        from mm_convert.hf import HFReader
+
+        x, y = HFReader(a[0], conv.hf_aliases), HFReader(a[1], conv.hf_aliases)
+        assert x.keys() == y.keys(), sorted(x.keys() ^ y.keys())[:5]
+        bad = [k for k in x.order if not torch.equal(x.read(k), y.read(k))]
+        assert not bad, bad[:5]
+    elif name == "naive":
+        from safetensors.torch import load_file, save_file
+
+        hf, out = Path(a[0]), Path(a[1])
+        state: dict[str, torch.Tensor] = {}
+        for f in sorted(hf.glob("*.safetensors")):
+            state.update(load_file(f))
+        renamed = {"mm." + k: v for k, v in state.items()}
+        out.mkdir()
+        save_file(renamed, out / "model.safetensors")
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "peak_rss_bytes": peak_rss()}
+
+
+def peak_rss() -> int:
+    """This process's resident high-water mark (VmHWM; ru_maxrss survives exec, so it would
+    include the parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child(name: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--step", name, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of layers and vocab rows (1 = real 3B)")
+    ap.add_argument("--naive-scale", type=float, default=None,
+                    help="scale of the naive baseline (default: min(scale, 0.5): it holds everything in memory twice)")
+    ap.add_argument("--workdir", default=None, help="where the multi-GB files go (default: bench/.convert_tmp)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "convert.json"))
+    ap.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.step:
+        print(json.dumps(step(args.step[0], args.step[1:])))
+        return 0
+    work = Path(args.workdir or Path(__file__).parent / ".convert_tmp")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    res: dict = {"scale": args.scale, "tp": 2, "pp": 2, "cpus": os.cpu_count(),
+                 "load_avg_at_start": os.getloadavg()[0]}
+    try:
+        t0 = time.perf_counter()
+        size = build(work / "hf", args.scale)
+        res["build_seconds"] = time.perf_counter() - t0
+        res["model_bytes"] = size
+        cfg = config(args.scale)
+        depth, layers = cfg["vision_config"]["depth"], cfg["num_hidden_layers"]
+        vit, llm = [depth, 0], [layers * 4 // 9, layers - layers * 4 // 9]
+        res["layout"] = {"vit_pp_layers": vit, "llm_pp_layers": llm}
+        t0 = time.perf_counter()
+        subprocess.run(["cp", "-r", str(work / "hf"), str(work / "cp")], check=True)
+        res["cp_seconds"] = time.perf_counter() - t0
+        shutil.rmtree(work / "cp")
+        r = child("hf_to_mm", str(work / "hf"), str(work / "mm"), json.dumps(vit), json.dumps(llm))
+        res["hf_to_mm"] = dict(r, bytes_written=dir_bytes(work / "mm"))
+        r = child("mm_to_hf", str(work / "mm"), str(work / "back"))
+        res["mm_to_hf"] = dict(r, bytes_written=dir_bytes(work / "back"))
+        shutil.rmtree(work / "mm")
+        res["bit_exact"] = bool(child("verify", str(work / "hf"), str(work / "back")))
+        shutil.rmtree(work / "back")
+        naive_scale = args.naive_scale if args.naive_scale is not None else min(args.scale, 0.5)
+        if naive_scale != args.scale:
+            shutil.rmtree(work / "hf")
+            naive_bytes = build(work / "hf", naive_scale)
+        else:
+            naive_bytes = size
+        r = child("naive", str(work / "hf"), str(work / "naive"))
+        res["naive"] = dict(r, scale=naive_scale, model_bytes=naive_bytes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    gb = size / 1e9
+    cp_gbs = gb / res["cp_seconds"]
+    for k in ("hf_to_mm", "mm_to_hf"):
+        res[k]["gb_per_s"] = gb / res[k]["seconds"]
+        res[k]["vs_cp"] = res[k]["gb_per_s"] / cp_gbs
+    res["cp_gb_per_s"] = cp_gbs
+    n = res["naive"]
+    n["gb_per_s"] = n["model_bytes"] / 1e9 / n["seconds"]
+    n["peak_rss_per_model_byte"] = n["peak_rss_bytes"] / n["model_bytes"]
+    res["ours_vs_naive_speed"] = res["hf_to_mm"]["gb_per_s"] / n["gb_per_s"]
+    res["naive_vs_ours_rss_at_this_size"] = n["peak_rss_per_model_byte"] * size / res["hf_to_mm"]["peak_rss_bytes"]
+    res["load_avg_at_end"] = os.getloadavg()[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    gib = 1024**3
+    print(f"convert {gb:.2f} GB (scale {args.scale}, tp2 pp2): hf_to_mm {res['hf_to_mm']['seconds']:.1f}s "
+          f"{res['hf_to_mm']['gb_per_s']:.2f} GB/s rss {res['hf_to_mm']['peak_rss_bytes'] / gib:.2f} GiB | "
+          f"mm_to_hf {res['mm_to_hf']['seconds']:.1f}s {res['mm_to_hf']['gb_per_s']:.2f} GB/s "
+          f"rss {res['mm_to_hf']['peak_rss_bytes'] / gib:.2f} GiB | cp {cp_gbs:.2f} GB/s | "
+          f"naive {n['gb_per_s']:.2f} GB/s rss {n['peak_rss_per_model_byte']:.2f}x model | bit-exact {res['bit_exact']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
