@@ -45,6 +45,7 @@ class BadRecordStats:
 
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    log: bool = True  # log each skip (the first few per reason)
 
     def add(self, bad: BadRecord, *, strict: bool = False) -> None:
         if strict:
@@ -54,7 +55,7 @@ class BadRecordStats:
         ex = self.examples.setdefault(bad.reason, [])
         if len(ex) < 5:
             ex.append(str(bad))
-        if self.counts[bad.reason] <= _LOGGED_PER_REASON:
+        if self.log and self.counts[bad.reason] <= _LOGGED_PER_REASON:
             logger.warning("skipping bad record %s", bad)
 
     @property

@@ -19,7 +19,7 @@ def inspect_data(config: DataConfig, formatter: Any, *, seq_len: int | None = No
     """A JSON-able summary of the data config's records."""
     raws = list(iter_all_raw_records(config.basic_parameters))
     index = build_index(raws, config, formatter)
-    stats = BadRecordStats()
+    stats = BadRecordStats(log=False)  # the summary lists them
     for bad in index.bad_records():
         stats.add(bad)
     lengths = [n for n in index.lengths if n >= 0]
