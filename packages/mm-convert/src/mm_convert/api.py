@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -104,6 +103,3 @@ def read_mm_rank(mm_dir: str | Path, *, tp_rank: int = 0, pp_rank: int = 0, iter
     states = [f.state(v) for v in range(f.chunks)]
     return (states if f.nested else states[0]), layout
 
-
-def _describe(x: Any) -> str:  # pragma: no cover - debugging aid
-    return str(x)

@@ -22,10 +22,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from mm_convert.errors import ConversionError
-from mm_convert.mm_dir import LATEST, iteration_dir_name
+from mm_convert.mm_dir import resolve_dcp_dir
 from mm_convert.output import Progress
-from mm_convert.rules import Item, Plan
+from mm_convert.rules import Plan
 from mm_convert.sources import Source, StateSource
 
 if TYPE_CHECKING:
@@ -64,19 +63,6 @@ def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True) -
     bar.close()
 
 
-def resolve_dcp_dir(path: str | Path) -> Path:
-    """A directory holding ``.metadata``: given directly, or via ``latest_checkpointed_iteration.txt``."""
-    p = Path(path)
-    if (p / ".metadata").is_file():
-        return p
-    latest = p / LATEST
-    if latest.is_file():
-        sub = p / iteration_dir_name(latest.read_text().strip())
-        if (sub / ".metadata").is_file():
-            return sub
-    raise ConversionError(f"{p} is not a DCP checkpoint (no .metadata) nor a save dir whose {LATEST} names one")
-
-
 def dcp_source(conv: Converter, plan: Plan, dcp_dir: str | Path) -> Source:
     d = resolve_dcp_dir(dcp_dir)
     md = dcp.FileSystemReader(str(d)).read_metadata()
@@ -85,9 +71,8 @@ def dcp_source(conv: Converter, plan: Plan, dcp_dir: str | Path) -> Source:
     prefix = MODEL_PREFIX if any(k.startswith(MODEL_PREFIX) and k[len(MODEL_PREFIX):] in want for k in tensors) else ""
     metas = {k[len(prefix):]: torch.empty(v.size, dtype=v.properties.dtype, device="meta")
              for k, v in tensors.items() if k.startswith(prefix)}
-    if prefix:  # other training state (optimizer, ...) lives beside model.*
-        metas = {k: v for k, v in metas.items() if k in want or not k.startswith(("optim", "state", "param_groups"))}
     ignore = plan.tied_keys
+    # other training state (optim.*, train.*, rng.*) lives beside the model's modules: skip it
     first_names = {it.mm_key.split(".", 1)[0] for it in plan.items}
     metas = {k: v for k, v in metas.items() if k.split(".", 1)[0] in first_names}
 
@@ -101,6 +86,3 @@ def dcp_source(conv: Converter, plan: Plan, dcp_dir: str | Path) -> Source:
 
     return StateSource(metas, load, plan, str(d), ignore)
 
-
-def _unused(item: Item) -> None:  # pragma: no cover
-    pass

@@ -24,6 +24,7 @@ from mm_convert.mm_dir import (
     iteration_dir_name,
     rank_dir_name,
     read_layout,
+    resolve_dcp_dir,
     resolve_iteration_dir,
     write_latest,
 )
@@ -209,8 +210,6 @@ def hf_to_mm(conv: Converter, cfg: HfToMmConfig, progress: bool = True) -> None:
 
 def _dcp_dir_of(mm_dir: str | Path, iteration: str | None) -> Path | None:
     """The DCP directory when ``mm_dir`` is a training save dir or one of its iterations."""
-    from mm_convert.dcp import resolve_dcp_dir
-
     d = Path(mm_dir)
     try:
         return resolve_dcp_dir(d / iteration_dir_name(iteration) if iteration is not None else d)

@@ -185,3 +185,16 @@ def read_layout(mm_dir: str | Path, iteration: int | str | None = None,
 def _count_layers(keys: Sequence[str] | set[str], prefix: str) -> int:
     nums = {int(k[len(prefix):].split(".", 1)[0]) for k in keys if k.startswith(prefix)}
     return (max(nums) + 1) if nums else 0
+
+
+def resolve_dcp_dir(path: str | Path) -> Path:
+    """A directory holding ``.metadata``: given directly, or via ``latest_checkpointed_iteration.txt``."""
+    p = Path(path)
+    if (p / ".metadata").is_file():
+        return p
+    latest = p / LATEST
+    if latest.is_file():
+        sub = p / iteration_dir_name(latest.read_text().strip())
+        if (sub / ".metadata").is_file():
+            return sub
+    raise ConversionError(f"{p} is not a DCP checkpoint (no .metadata) nor a save dir whose {LATEST} names one")
