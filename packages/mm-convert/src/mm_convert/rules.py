@@ -38,6 +38,7 @@ class Rule:
     place: str = "layer"
     tied_to: str | None = None
     optional: bool = False
+    layers: tuple[int, int | None] | None = None  # only layers [start, stop) (e.g. MoE from first_k_dense_replace)
 
     def __post_init__(self) -> None:
         if isinstance(self.hf, str):
@@ -104,7 +105,11 @@ def expand(rules: list[Rule], depths: Mapping[str, int], placement: Placement, *
     for rule in rules:
         if rule.module not in depths:
             raise ValueError(f"rule {rule.mm} names module '{rule.module}'; known: {list(depths)}")
-        layers: Iterator[int | None] = iter(range(depths[rule.module])) if rule.place == "layer" else iter([None])
+        if rule.place == "layer":
+            start, stop = rule.layers or (0, None)
+            layers: Iterator[int | None] = iter(range(start, depths[rule.module] if stop is None else stop))
+        else:
+            layers = iter([None])
         for layer in layers:
             hf_keys = tuple(_fmt(h, layer) for h in rule.hf)
             if rule.place == "layer":
