@@ -27,21 +27,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from mm_core.batch import Batch
 from mm_core.data.bad_records import BadRecord, BadRecordStats
-from mm_core.data.collate import collate
 from mm_core.data.config import DataConfig, load_data_config
 from mm_core.data.index import build_index
 from mm_core.data.packing import group, pack_rows
-from mm_core.data.records import (
-    RawRecord,
-    dataset_files,
-    iter_all_raw_records,
-    iter_raw_records,
-    parse_record,
-)
+from mm_core.data.records import dataset_files, iter_all_raw_records, iter_raw_records
+from mm_core.data.sources import MapMicroBatches, StreamShards, collate_samples, identity, worker_init
 from mm_core.errors import ConfigError
 
 logger = logging.getLogger("mm.data")
@@ -50,97 +44,6 @@ STATE_VERSION = 1
 
 # one produced item: (batch or None, loader state after it, bad records found with it)
 Item = tuple[Batch | None, dict[str, Any], list[BadRecord]]
-
-
-def _identity(x: Any) -> Any:
-    return x
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def _encode(raw: RawRecord, config: DataConfig, formatter: Any) -> dict[str, Any]:
-    return formatter.encode(parse_record(raw, config.attr, config.basic_parameters.dataset_dir))
-
-
-class _MapMicroBatches(Dataset):
-    """Item ``k`` of the rank's plan: encode its records and collate them into one micro-batch."""
-
-    def __init__(self, raws: list[RawRecord], plan: list[list[list[int]]], config: DataConfig, formatter: Any):
-        self.raws, self.plan, self.config, self.formatter = raws, plan, config, formatter
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def __getitem__(self, k: int) -> tuple[int, Batch | None, list[BadRecord]]:
-        samples: list[dict[str, Any]] = []
-        rows: list[list[int]] = []
-        bads: list[BadRecord] = []
-        for planned in self.plan[k]:
-            row = []
-            for rec in planned:
-                try:
-                    samples.append(_encode(self.raws[rec], self.config, self.formatter))
-                    row.append(len(samples) - 1)
-                except BadRecord as e:  # e.g. an image whose header was fine but whose pixels are not
-                    bads.append(e)
-            if row:
-                rows.append(row)
-        batch = _collate(samples, rows, self.formatter) if rows else None
-        return k, batch, bads
-
-
-class _StreamShards(IterableDataset):
-    """Each DataLoader worker reads its logical shard(s) from its saved position, epoch after epoch."""
-
-    def __init__(self, config: DataConfig, formatter: Any, positions: list[list[int]], rotation: int,
-                 dp_rank: int, dp_size: int, num_epochs: int | None):
-        self.config, self.formatter = config, formatter
-        self.positions, self.rotation = positions, rotation
-        self.dp_rank, self.dp_size, self.num_epochs = dp_rank, dp_size, num_epochs
-
-    def __iter__(self) -> Iterator[tuple[int, str, Any, list[int]]]:
-        info = get_worker_info()
-        n_logical = len(self.positions)
-        physical, n_physical = (info.id, info.num_workers) if info else (0, 1)
-        assert n_physical == n_logical or n_physical == 1
-        if n_physical == 1:  # in-process: interleave every logical shard round-robin
-            its = [self._shard((w + self.rotation) % n_logical) for w in range(n_logical)]
-            live = deque(its)
-            while live:
-                it = live.popleft()
-                item = next(it, None)
-                if item is not None:
-                    yield item
-                    live.append(it)
-            return
-        yield from self._shard((physical + self.rotation) % n_logical)
-
-    def _shard(self, logical: int) -> Iterator[tuple[int, str, Any, list[int]]]:
-        n_shards = self.dp_size * len(self.positions)
-        shard = self.dp_rank * len(self.positions) + logical
-        epoch, pos = self.positions[logical]
-        while self.num_epochs is None or epoch < self.num_epochs:
-            owned = 0
-            for i, raw in enumerate(iter_all_raw_records(self.config.basic_parameters)):
-                if i % n_shards != shard:
-                    continue
-                owned += 1
-                if i < pos:
-                    continue
-                try:
-                    payload: Any = _encode(raw, self.config, self.formatter)
-                except BadRecord as e:
-                    payload = e
-                yield logical, raw.where, payload, [epoch, i + 1]
-            if owned == 0:
-                return  # fewer records than shards: this shard is empty, never spin on it
-            epoch, pos = epoch + 1, 0
-
-
-def _collate(samples: list[dict[str, Any]], rows: list[list[int]], formatter: Any) -> Batch:
-    return collate(samples, rows, pad_token_id=formatter.pad_token_id, dummy_vision=formatter.dummy_vision())
 
 
 class MMDataLoader:
@@ -230,7 +133,7 @@ class MMDataLoader:
         epoch, position = state["epoch"], state["position"]
         while self.num_epochs is None or epoch < self.num_epochs:
             plan = self.plan(epoch)
-            loader = self._torch_loader(_MapMicroBatches(self._raws, plan, self.config, self.formatter),
+            loader = self._torch_loader(MapMicroBatches(self._raws, plan, self.config, self.formatter),
                                         sampler=range(position, len(plan)))
             for k, batch, bads in loader:
                 yield batch, {"mode": "map", "epoch": epoch, "position": k + 1}, bads
@@ -246,7 +149,7 @@ class MMDataLoader:
                               f"set dataloader_param.num_workers={len(state['positions'])} to resume it")
         positions, rotation = [list(p) for p in state["positions"]], state["rotation"]
         skip = state["skip"]
-        shards = _StreamShards(self.config, self.formatter, positions, rotation, self.dp_rank, self.dp_size,
+        shards = StreamShards(self.config, self.formatter, positions, rotation, self.dp_rank, self.dp_size,
                                self.num_epochs)
         it = iter(self._torch_loader(shards))
         chunk_n = self.config.basic_parameters.pack_buffer if self.packing else self.micro_batch_size
@@ -284,7 +187,7 @@ class MMDataLoader:
                 if j < skip:
                     continue
                 after = end if j + 1 == len(groups) else {"mode": "streaming", **start, "skip": j + 1}
-                yield _collate(samples, g, self.formatter), after, (bads if j == 0 else [])
+                yield collate_samples(samples, g, self.formatter), after, (bads if j == 0 else [])
             skip = 0
             if ended:
                 return
@@ -295,9 +198,9 @@ class MMDataLoader:
         dl = self.config.dataloader_param
         kw: dict[str, Any] = {}
         if self.num_workers > 0:
-            kw = {"prefetch_factor": dl.prefetch_factor, "worker_init_fn": _worker_init}
+            kw = {"prefetch_factor": dl.prefetch_factor, "worker_init_fn": worker_init}
         return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=_identity, pin_memory=dl.pin_memory, **kw)
+                          collate_fn=identity, pin_memory=dl.pin_memory, **kw)
 
     def _items(self) -> Iterator[Item]:
         state = copy.deepcopy(self._state)
