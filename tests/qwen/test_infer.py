@@ -94,3 +94,18 @@ def test_missing_media_and_mm_dir_without_processor_are_clear_errors(hf_dir, tmp
     (mm_dir / "latest_checkpointed_iteration.txt").write_text("release")
     with pytest.raises(ConfigError, match="--processor"):
         main(["infer", "--model", str(mm_dir), "--prompt", "hi"])
+
+
+def test_mm_dir_with_processor_answers_like_the_hf_dir(hf_dir, media, tmp_path):
+    from mm_convert.cli import main as convert
+
+    mm_dir = tmp_path / "mm"
+    assert convert(["Qwen2_5_VLConverter", "hf_to_mm", "--cfg.hf_config.hf_dir", str(hf_dir), "--cfg.mm_dir",
+                    str(mm_dir), "--cfg.parallel_config.tp_size", "1"]) in (0, None)
+    answers = {}
+    for name, extra in (("hf", ["--model", str(hf_dir)]), ("mm", ["--model", str(mm_dir), "--processor", str(hf_dir)])):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["infer", *extra, "--image", str(media / "b.png"), "--prompt", "What is it?",
+                     "--max-new-tokens", "6", "--output", str(out)]) == 0
+        answers[name] = [json.loads(line)["token_ids"] for line in out.read_text().splitlines()]
+    assert answers["mm"] == answers["hf"] and len(answers["hf"][0]) > 0
