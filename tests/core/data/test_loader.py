@@ -131,3 +131,29 @@ def test_streaming_with_more_shards_than_records_does_not_hang(tmp_path, h):
     cfg.dataloader_param.num_workers = 2
     loader = build_dataloader(cfg, h.Toy(cfg), seq_len=128, micro_batch_size=1, dp_rank=1, dp_size=2)
     assert len([next(loader) for _ in range(4)]) == 4  # rank 1 worker 0 owns record 2; worker 1 owns none
+
+
+def _index_in_child(cfg, toy_cls, q):
+    from mm_core.data.index import build_index
+    from mm_core.data.records import iter_all_raw_records
+
+    raws = list(iter_all_raw_records(cfg.basic_parameters))
+    q.put(build_index(raws, cfg, toy_cls(cfg)).lengths)
+
+
+def test_processes_sharing_cache_dir_agree(tmp_path, h):
+    import multiprocessing as mp
+
+    cfg = _cfg(tmp_path, h, n=300, cache_dir=str(tmp_path / "cache"))
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_index_in_child, args=(cfg, h.Toy, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    (cached,) = list((tmp_path / "cache").glob("index-*.json"))
+    assert all(r == results[0] for r in results) and json.loads(cached.read_text())["lengths"] == results[0]
+    assert not [f for f in (tmp_path / "cache").iterdir() if f.name.startswith(".")]
