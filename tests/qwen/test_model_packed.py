@@ -58,3 +58,15 @@ def test_packed_row_of_three_samples_equals_each_sample_alone():
     with torch.no_grad():
         unpacked = model(**{k: v for k, v in packed.items() if k != "segment_ids"})
     assert not torch.allclose(unpacked[0, seg == 1], out[0, seg == 1], atol=1e-3)
+
+
+def test_bfloat16_model_runs_close_to_float32():
+    config = tiny_config_dict()
+    torch.manual_seed(0)
+    model = build_model(config, device="cpu").eval()
+    batch = make_inputs(config, SAMPLES, pack=True)
+    with torch.no_grad():
+        ref = model(**batch)
+        out = model.to(torch.bfloat16)(**batch)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()

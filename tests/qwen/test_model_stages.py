@@ -65,6 +65,27 @@ def test_stages_chained_by_hand_equal_the_whole_model(vit, llm, tied):
     assert sorted(held) == expected
 
 
+def test_chained_stages_backpropagate_like_the_whole_model():
+    torch.set_num_threads(1)
+    config = tiny_config_dict()
+    torch.manual_seed(0)
+    whole = build_model(config, device="cpu")
+    state = whole.state_dict()
+    vit, llm = [2, 2], [0, 4]
+    stages = []
+    for s in range(2):
+        stage = build_model(config, vit_pp_layers=vit, llm_pp_layers=llm, pp_rank=s, device="meta")
+        stage.load_state_dict({k: v.clone() for k, v in _stage_state(state, stage).items()}, assign=True)
+        stages.append(stage)
+    batch = make_inputs(config, [[("text", 3), ("image", (1, 8, 8)), ("text", 4)]])
+    stages[1](stages[0](**batch), **batch).square().mean().backward()
+    whole(**batch).square().mean().backward()
+    grads = dict(whole.named_parameters())
+    for stage in stages:
+        for name, p in stage.named_parameters():
+            torch.testing.assert_close(p.grad, grads[_global_name(name, stage)].grad, atol=1e-6, rtol=1e-5)
+
+
 def test_placement_of_embeddings_and_heads():
     config = tiny_config_dict()
     s0, s1, s2 = (build_model(config, vit_pp_layers=[1, 3, 0], llm_pp_layers=[0, 0, 4], pp_rank=r) for r in range(3))
