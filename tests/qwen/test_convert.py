@@ -270,3 +270,11 @@ def test_tp2_files_are_what_parallel_layers_expect(conv, untied, tmp_path):
     # row-parallel biases and norms are replicated
     b = "image_encoder.encoder.blocks.layers.0.self_attention.linear_proj.bias"
     assert torch.equal(ranks[0][b], ranks[1][b])
+
+
+def test_mm_to_hf_from_an_iteration_directory(conv, tied, tmp_path):
+    to_mm(conv, tied, tmp_path / "mm", 2, [4, 0], [2, 2])
+    to_hf(conv, tmp_path / "mm" / "release", tmp_path / "a")
+    assert_same(tied, tmp_path / "a")
+    to_hf(conv, tmp_path / "mm", tmp_path / "b", iteration="release")
+    assert_same(tied, tmp_path / "b")
