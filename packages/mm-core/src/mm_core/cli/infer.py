@@ -164,7 +164,11 @@ def run(args: argparse.Namespace) -> int:
     if is_mm_dir(model_dir) and not args.processor:
         raise ConfigError(f"--model {model_dir} is an mm checkpoint: add --processor <the original HF directory>")
     records = _records(args)
-    processor = AutoProcessor.from_pretrained(proc_dir, trust_remote_code=False)
+    try:
+        processor = AutoProcessor.from_pretrained(proc_dir, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{proc_dir}: no usable tokenizer/processor files ({e}); pass --processor "
+                          "<the HF directory the model came from>") from e
     dtype = getattr(torch, DTYPES[args.dtype])
     t0 = time.perf_counter()
     model = load_pretrained(model_dir, hf_config=proc_dir if args.processor else None, device=args.device,
