@@ -16,6 +16,7 @@ LAYOUTS = [  # (vit_pp_layers, llm_pp_layers, tied)
     ([2, 2], [0, 4], False),  # the projector and the embedding live on different stages
     ([1, 3, 0], [0, 0, 4], False),  # the stage with the projector hands visual features on
     ([[2, 2], [0, 0]], [[0, 0], [1, 3]], False),  # virtual chunks: flattened stage v * pp + p
+    ([0, 4], [0, 4], False),  # an empty first stage hands an empty tensor on
 ]
 
 
@@ -55,6 +56,7 @@ def test_stages_chained_by_hand_equal_the_whole_model(vit, llm, tied):
     with torch.no_grad():
         out = stages[0](**batch)
         for stage in stages[1:]:
+            assert isinstance(out, torch.Tensor)  # stages exchange tensors only
             out = stage(out, **batch)
         ref = whole(**batch)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)

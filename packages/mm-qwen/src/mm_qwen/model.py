@@ -97,16 +97,15 @@ class Qwen2_5_VLModel(nn.Module):
         if self.plan.has_vision:
             if grids is None:
                 width = self.config.vision.out_hidden_size if self.plan.projector else self.config.vision.hidden_size
-                dev = input_ids.device if input_ids is not None else None
-                features = prev if prev is not None else torch.zeros(0, width, device=dev)
+                features = prev if prev is not None else torch.zeros(0, width, device=_device(input_ids))
             else:
                 features = self.image_encoder(prev, media, grids)
             if not self.plan.has_text:
                 return features
         elif self.plan.embedding:
             features = prev  # merged visual features from the stage that ran the projector
-        if not self.plan.has_text:  # an empty stage passes its input on
-            return prev
+        if not self.plan.has_text:  # an empty stage passes its input on (always a tensor)
+            return prev if prev is not None else torch.zeros(0, device=_device(input_ids, pixel_values))
         if input_ids is None:
             raise ValueError("input_ids is required by the text decoder stages")
         if self.plan.embedding:
@@ -169,6 +168,10 @@ class Qwen2_5_VLModel(nn.Module):
         cos, sin = mrope_cos_sin(pos3, text.head_dim, text.rope_theta, list(text.mrope_section))
         return self.text_decoder(hidden, cos.unsqueeze(1), sin.unsqueeze(1), seg, cache,
                                  return_hidden=return_hidden)
+
+
+def _device(*tensors: torch.Tensor | None) -> torch.device | None:
+    return next((t.device for t in tensors if t is not None), None)
 
 
 def _media(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw):
