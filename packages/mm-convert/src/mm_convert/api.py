@@ -59,10 +59,13 @@ def hf_to_mm_rank(converter: str | Converter, hf_dir: str | Path, *, tp_size: in
     source = HFSource(reader)
     check_shapes(plan, source, placement.tp_size)
     chunks: list[StateDict] = []
-    for v in range(placement.vpp):
-        stage = placement.stage_of(pp_rank, v)
-        items = source.order(plan.stage_items(stage))
-        chunks.append({it.local_key: source.piece(it, placement.tp_size, tp_rank) for it in items})
+    try:
+        for v in range(placement.vpp):
+            stage = placement.stage_of(pp_rank, v)
+            items = source.order(plan.stage_items(stage))
+            chunks.append({it.local_key: source.piece(it, placement.tp_size, tp_rank) for it in items})
+    finally:
+        source.close()
     return chunks if placement.nested else chunks[0]
 
 

@@ -8,7 +8,6 @@ tensor by tensor into a temporary directory that is renamed into place at the en
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,6 +141,8 @@ def write_mm(plan: Plan, source: Source, out: Path, layout: Layout, *, progress:
         for w in writers.values():
             w.abort()
         raise
+    finally:
+        source.close()
     secs = bar.close()
     (it_dir / LAYOUT_FILE).write_text(layout.as_json() + "\n")
     (out / LAYOUT_FILE).write_text(layout.as_json() + "\n")
@@ -180,16 +181,12 @@ def write_hf(plan: Plan, source: Source, out: Path, *, key_style: str, aliases: 
     except BaseException:
         writer.abort()
         raise
+    finally:
+        source.close()
     secs = bar.close()
     if progress:
         _log(f"wrote {writer.total / 1e9:.3f} GB in {secs:.2f} s ({writer.total / 1e9 / max(secs, 1e-9):.2f} GB/s)")
     return writer.total
-
-
-def _copy_config(src_dir: Path, out: Path) -> None:
-    for name in ("config.json",):
-        if (src_dir / name).is_file():
-            shutil.copy2(src_dir / name, out / name)
 
 
 # ---------------------------------------------------------------------------------------------
