@@ -10,7 +10,8 @@ column split), which plain ``Shard(0)`` of ``[gate; up]`` would not give. ``Gate
 reorders the rows to ``[gate_0; up_0; gate_1; up_1; ...]`` before sharding, so each rank's local
 tensor is exactly its mm rank file's ``linear_fc1``. Consequence: the DTensor's *global* view of a
 gated ``linear_fc1`` under tp > 1 is that rank-blocked order; use ``unblock_gated_rows`` to get the
-``[gate; up]`` order (e.g. before writing an HF checkpoint from a gathered tp state).
+``[gate; up]`` order (e.g. before writing an HF checkpoint from a gathered tp state); the engine's
+DCP checkpoints do this for styles marked ``gated_rows``, so they reshard across tp sizes.
 
 Usage: ``parallelize_module(model, tp_mesh, tp_plan(model))`` on the (meta or loaded) full-size
 stage; then load a rank's mm file with ``mm_qwen.loading`` or keep the distributed full weights.
@@ -42,6 +43,8 @@ def _gated_colwise():
 
     class GatedColwiseParallel(ColwiseParallel):
         """Column-parallel for a fused ``[gate; up]`` linear: each rank gets ``[gate_r; up_r]``."""
+
+        gated_rows = True  # tells the engine's checkpointing that the global row order is tp-blocked
 
         def _partition_linear_fn(self, name, module, device_mesh):
             tp = device_mesh.size()
