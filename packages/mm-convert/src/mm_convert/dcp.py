@@ -7,7 +7,10 @@ a checkpoint can be loaded by any tp/pp layout. With tied embeddings no ``output
 stored (one written by a pipeline's last stage is ignored). Readers also accept the same names
 without the ``model.`` prefix.
 
-Writing streams: a custom save planner fills each tensor only when the writer asks for it.
+Writing streams: a custom save planner fills each tensor only when the writer asks for it, and
+each tensor gets its own file (DCP's writer keeps every tensor of a file alive until the file
+is done, so one file per rank would hold the whole model: 2.1 GB peak RSS for a 1.5 GB model
+instead of 0.87 GB).
 Reading loads one tensor per ``dcp.load`` call into a preallocated buffer.
 """
 
@@ -58,7 +61,7 @@ def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True) -
     out.mkdir(parents=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no process group: running as a single process"
-        dcp.save(metas, storage_writer=dcp.FileSystemWriter(str(out), thread_count=1, single_file_per_rank=True),
+        dcp.save(metas, storage_writer=dcp.FileSystemWriter(str(out), thread_count=1, single_file_per_rank=False),
                  planner=_LazyPlanner(make, bar), no_dist=True)
     bar.close()
 
