@@ -8,7 +8,7 @@ converter), run the same batch in the same dtype and thread count, and compute t
 cross-entropy (fp32 logits). On CPU, tokens/s are computed from the process's CPU time per step
 divided by the thread count (wall time is also reported: on a shared machine other processes
 inflate it). Each model is measured in its own child process so that peak memory
-(CUDA: max allocated; CPU: peak RSS growth over the loaded model) is its own. Prints a one-line
+(CUDA: max allocated; CPU: peak RSS growth during the timed steps, sampled) is its own. Prints a one-line
 summary and writes JSON (default bench/results/qwen_step.json), including where our time goes
 (profiler top ops). The two models alternate (``--repeats``) and the best step counts, so a burst of
 load from other processes does not decide the ratio.
@@ -20,10 +20,10 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +74,26 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class _RssSampler:
+    """Peak resident memory while the timed steps run (sampled every 2 ms; ru_maxrss would include
+    the checkpoint loading that happens before)."""
+
+    def __init__(self) -> None:
+        self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_mb())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, _rss_mb())
+
+
 def _measure(which: str, hf_dir: str, config: dict, work: dict, args: argparse.Namespace, profile: bool,
              out: dict) -> None:
     torch.set_num_threads(args.threads)
@@ -114,6 +134,7 @@ def _measure(which: str, hf_dir: str, config: dict, work: dict, args: argparse.N
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated() / 2**20
     times, cpu_times, losses = [], [], []
+    sampler = _RssSampler() if device.type == "cpu" else None
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
         loss = step()
@@ -126,7 +147,7 @@ def _measure(which: str, hf_dir: str, config: dict, work: dict, args: argparse.N
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20 - base_cuda
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+        peak = sampler.stop() - base_rss
     top = []
     if profile:
         from torch.profiler import ProfilerActivity, profile
@@ -139,6 +160,7 @@ def _measure(which: str, hf_dir: str, config: dict, work: dict, args: argparse.N
         events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
         total = sum(getattr(e, key, 0) for e in events) or 1
         top = [{"op": e.key, "share": round(getattr(e, key, 0) / total, 3), "calls": e.count} for e in events[:10]]
+    breakdown = _breakdown(model, inputs, shifted, device) if profile else {}
     tokens = int(batch["input_ids"].numel())
     # the fastest step is the least disturbed one; on a shared CPU other processes inflate wall time,
     # while process CPU time counts our own work
@@ -147,12 +169,43 @@ def _measure(which: str, hf_dir: str, config: dict, work: dict, args: argparse.N
     prev = out.get(which)
     result = {"step_wall_s": wall, "step_cpu_s": cpu, "step_wall_s_median": statistics.median(times),
               "tokens_per_s": tokens / per_s, "wall_tokens_per_s": tokens / wall, "peak_mem_mb": peak,
-              "loss": losses[-1], "top_ops": top or (prev or {}).get("top_ops", []), "tokens": tokens}
+              "loss": losses[-1], "top_ops": top or (prev or {}).get("top_ops", []), "tokens": tokens,
+              "breakdown_cpu_s": breakdown or (prev or {}).get("breakdown_cpu_s", {})}
     if prev is not None:  # a repeat: keep the best time, the largest memory
         result["tokens_per_s"] = max(result["tokens_per_s"], prev["tokens_per_s"])
         result["wall_tokens_per_s"] = max(result["wall_tokens_per_s"], prev["wall_tokens_per_s"])
         result["peak_mem_mb"] = max(result["peak_mem_mb"], prev["peak_mem_mb"])
     out[which] = result
+
+
+def _breakdown(model, inputs: dict, shifted: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """CPU seconds of fwd+bwd for the vision encoder, the decoder layers and the LM head + loss."""
+    def timed(fn) -> float:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        c0 = time.process_time()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.process_time() - c0
+
+    grids = inputs["image_grid_thw"]
+    vision = timed(lambda: model.image_encoder(None, inputs["pixel_values"], grids).sum().backward())
+    with torch.no_grad():
+        hidden = model(**inputs, return_hidden=True)
+    hidden.requires_grad_(True)
+
+    def head() -> None:
+        logits = hidden @ model.output_weight().t()
+        F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=-100).backward()
+
+    lm_head = timed(head)
+    whole = timed(lambda: F.cross_entropy(model(**inputs).flatten(0, 1).float(), shifted.flatten(),
+                                          ignore_index=-100).backward())
+    model.zero_grad(set_to_none=True)
+    return {"vision_encoder": vision, "decoder_layers": max(whole - vision - lm_head, 0.0),
+            "lm_head_and_loss": lm_head, "whole_step": whole}
 
 
 def main(argv: list[str] | None = None) -> int:
