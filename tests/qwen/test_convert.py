@@ -278,3 +278,14 @@ def test_mm_to_hf_from_an_iteration_directory(conv, tied, tmp_path):
     assert_same(tied, tmp_path / "a")
     to_hf(conv, tmp_path / "mm", tmp_path / "b", iteration="release")
     assert_same(tied, tmp_path / "b")
+
+
+def test_round_trip_without_kernel_copy(conv, untied, tmp_path, monkeypatch):
+    """File systems without copy_file_range use the pread/pwrite fallback: same bytes."""
+    from mm_convert import rowcopy
+
+    monkeypatch.setattr(rowcopy, "_NO_KERNEL_COPY", True)
+    monkeypatch.setattr(rowcopy.os, "copy_file_range", None)  # would fail if called
+    to_mm(conv, untied, tmp_path / "mm", 2, [3, 1, 0], [0, 2, 2])
+    to_hf(conv, tmp_path / "mm", tmp_path / "back")
+    assert_same(untied, tmp_path / "back")
