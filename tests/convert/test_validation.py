@@ -144,3 +144,10 @@ def test_dtype_kept(conv, qwen_tied, tmp_path):
     run(conv, qwen_tied, tmp_path / "mm", 2)
     state, _ = api.read_mm_rank(tmp_path / "mm", tp_rank=1)
     assert {t.dtype for t in state.values()} == {torch.bfloat16}
+
+
+def test_partial_dir_of_a_killed_run_is_removed(conv, qwen_untied, tmp_path):
+    stale = tmp_path / ".out.partial-999999999"  # no such process
+    (stale / "release").mkdir(parents=True)
+    run(conv, qwen_untied, tmp_path / "out")
+    assert not stale.exists() and (tmp_path / "out" / "latest_checkpointed_iteration.txt").is_file()

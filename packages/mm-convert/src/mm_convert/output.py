@@ -33,6 +33,7 @@ def atomic_dir(target: str | Path, overwrite: bool, flag: str = "--cfg.overwrite
     """
     t = check_target(target, overwrite, flag)
     t.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(t)
     tmp = t.parent / f".{t.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -49,6 +50,24 @@ def atomic_dir(target: str | Path, overwrite: bool, flag: str = "--cfg.overwrite
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, t)
+
+
+def _remove_stale(t: Path) -> None:
+    """Partial directories of killed runs (their process is gone) beside ``t``."""
+    for p in t.parent.glob(f".{t.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Progress:
