@@ -1,14 +1,16 @@
 """Every parallel layout trains like one process (gloo on CPU, tiny Qwen2.5-VL, fp32).
 
 One in-process reference, then ONE launch of 2 processes running, one after the other: dp=2
-(saving a checkpoint), tp=2 (saving one too), pp=2 (vision and LLM on different stages), and a
-resume at tp=2 of the dp=2 checkpoint; plus one launch of 4 processes for dp=2 x tp=2. Loss and
+(saving a checkpoint), tp=2 (saving one too), pp=2 (vision and LLM on different stages), a
+resume at tp=2 of the dp=2 checkpoint and interleaved 1F1B with 2 virtual chunks; plus one launch
+of 4 processes for dp=2 x tp=2. Loss and
 updated weights after 3 steps must match the single process (rtol 1e-5).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,14 @@ def reference(tmp_path_factory):
         three, w3 = helpers.run_inprocess(tmp, f"{model}3", helpers.base_config(model))
         six, _ = helpers.run_inprocess(tmp, f"{model}6", helpers.base_config(model, **{"training.train_iters": 6}))
         out[model] = {"losses3": [r["loss"] for r in three], "weights3": w3, "losses6": [r["loss"] for r in six]}
+    frozen, wf = helpers.run_inprocess(tmp, "frozen", _frozen(helpers.base_config("qwen")))
+    out["frozen"] = {"losses3": [r["loss"] for r in frozen], "weights3": wf}
     return out
+
+
+def _frozen(cfg: dict) -> dict:
+    cfg["model"]["freeze"] = ["vision_encoder", "vision_projector"]
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +60,16 @@ def two_process_runs(tmp_path_factory):
     else:  # no qwen tp plan: resume with vision and LLM on two stages instead
         resume["parallel"].update(pp=2)
         resume["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[0, 2])
-    proc = helpers.run_torchrun_many(tmp, 2, {"dp2": dp2, "tp2": tp2, "pp2": pp2, "resume": resume})
+    # interleaved 1F1B: 2 ranks x 2 virtual chunks = 4 stages (vision 1+1, then LLM 1+1)
+    vpp = helpers.base_config("qwen")
+    vpp["parallel"].update(pp=2, pp_schedule="Interleaved1F1B")
+    vpp["model"].update(vit_pp_layers=[[1, 1], [0, 0]], llm_pp_layers=[[0, 0], [1, 1]])
+    # the whole vision stage frozen: no optimizer on rank 0, its backward ends at its output
+    frozen = _frozen(helpers.base_config("qwen"))
+    frozen["parallel"].update(pp=2)
+    frozen["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[0, 2])
+    proc = helpers.run_torchrun_many(tmp, 2, {"dp2": dp2, "tp2": tp2, "pp2": pp2, "resume": resume, "vpp": vpp,
+                                              "frozen_pp2": frozen})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tmp
 
@@ -75,6 +93,17 @@ def test_tp2(two_process_runs, reference):
 
 def test_pp2_vision_and_llm_on_different_stages(two_process_runs, reference):
     _check(two_process_runs / "pp2", reference["qwen"])
+
+
+def test_interleaved_pipeline_with_virtual_chunks(two_process_runs, reference):
+    _check(two_process_runs / "vpp", reference["qwen"])
+
+
+def test_pp2_with_a_fully_frozen_stage(two_process_runs, reference):
+    _check(two_process_runs / "frozen_pp2", reference["frozen"])
+    states = [json.loads((two_process_runs / "frozen_pp2" / f"optim_rank{r}.json").read_text())
+              for r in (0, 1)]
+    assert states[0]["params_with_state"] == 0 and states[1]["params_with_state"] > 0
 
 
 def test_resume_dp2_checkpoint_on_another_layout(two_process_runs, reference):

@@ -88,6 +88,29 @@ def test_resume_after_sigkill_is_bit_identical(tmp):
     assert json.loads(lines[0])["step"] == 1
 
 
+def test_weights_only_checkpoint_starts_a_new_run_from_its_weights(tmp):
+    import torch.distributed.checkpoint as dcp
+
+    from mm_core.engine.config import parse_finetune_config
+    from mm_core.engine.trainer import Trainer, shutdown
+
+    cfg = base_config(**{"training.train_iters": 2, "output.save": str(tmp / "w"), "output.save_weights_only": True})
+    _, trained = run_inprocess(tmp, "weights_only", cfg)
+    keys = set(dcp.FileSystemReader(str(tmp / "w" / "iter_0000002")).read_metadata().state_dict_metadata)
+    assert keys and all(k.startswith("model.") for k in keys)
+    # also what `mm-convert ... hf_to_dcp` writes: <dir>/release + "release" in the tracker
+    (tmp / "w" / "iter_0000002").rename(tmp / "w" / "release")
+    (tmp / "w" / "latest_checkpointed_iteration.txt").write_text("release")
+    new = write_config(tmp / "new.yaml", base_config(**{"output.load": str(tmp / "w")}))
+    trainer = Trainer(parse_finetune_config(["--config", str(new)]))
+    try:
+        assert trainer.step == 0
+        for name, p in trainer.stages.modules[0].named_parameters():
+            torch.testing.assert_close(p.detach().full_tensor(), trained[name[len("model."):]], rtol=0, atol=0)
+    finally:
+        shutdown()
+
+
 @pytest.mark.parametrize("override,message", [
     (["--parallel.tp", "3"], "does not divide the world size"),
     (["--model.llm_pp_layers", "[1,1]", "--model.vit_pp_layers", "[1,1]", "--parallel.pp", "2"],

@@ -145,12 +145,13 @@ def _prune(save: Path, keep_last: int) -> None:
         shutil.rmtree(save / f"iter_{it:07d}", ignore_errors=True)
 
 
-def latest_iteration(load: str | Path) -> int | None:
+def latest_iteration(load: str | Path) -> int | str | None:
+    """The tracker's iteration, ``"release"`` (weights written by ``mm-convert ... hf_to_dcp``) or None."""
     tracker = Path(load) / TRACKER
     if not tracker.is_file():
         return None
     text = tracker.read_text().strip()
-    return None if text == "release" else int(text)
+    return "release" if text == "release" else int(text)
 
 
 def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: list[torch.optim.Optimizer | None],

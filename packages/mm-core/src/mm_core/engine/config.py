@@ -43,8 +43,10 @@ class DataConfig:
     synthetic_min_len: int = 8
     synthetic_max_len: int = 32
     synthetic_image_tokens: int = 4  # image tokens of generated samples (0 = text only)
-    num_workers: int = 0
-    shuffle: bool = True
+    synthetic_image_size: int | None = None  # square images of this many pixels instead (e.g. 448)
+    synthetic_images: int = 1  # images per sample with synthetic_image_size
+    synthetic_text_only_every: int = 2  # every k-th sample has no image (0 = none)
+    shuffle: bool = True  # synthetic data: a new order every epoch
 
 
 @dataclass

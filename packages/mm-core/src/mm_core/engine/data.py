@@ -27,10 +27,13 @@ class SyntheticData:
         special = [int(hf_config[k]) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
                                                 "vision_end_token_id") if int(hf_config.get(k) or 0) > 4]
         self.high = min([self.vocab, *special])  # random text ids stay below the special tokens
+        start, end = hf_config.get("vision_start_token_id"), hf_config.get("vision_end_token_id")
+        self.wrap = [int(start), int(end)] if start is not None and end is not None else []
         vc = hf_config.get("vision_config", {})
         self.patch_dim = int(vc.get("patch_dim", vc.get("in_channels", 3) * vc.get("temporal_patch_size", 2)
                                     * vc.get("patch_size", 14) ** 2))
         self.merge = int(vc.get("spatial_merge_size", 1))
+        self.patch = int(vc.get("patch_size", 14))
         self.n = d.synthetic_samples
         self.seed = t.seed
         self.consumed = 0  # global samples consumed
@@ -47,14 +50,25 @@ class SyntheticData:
         labels = ids.clone()
         prompt = int(torch.randint(1, max(2, length // 2), (1,), generator=g))
         labels[:prompt] = IGNORE_INDEX
-        n_img = d.synthetic_image_tokens if int(perm[i]) % 2 == 0 else 0  # half the samples are text only
+        every = d.synthetic_text_only_every
+        with_image = not (every and int(perm[i]) % every == 0)
         out: dict[str, torch.Tensor] = {}
-        if n_img:
-            ids = torch.cat([ids[:1], torch.full((n_img,), self.image_token), ids[1:]])
-            labels = torch.cat([labels[:1], torch.full((n_img,), IGNORE_INDEX), labels[1:]])
-            patches = n_img * self.merge * self.merge
+        if with_image and (d.synthetic_image_size or d.synthetic_image_tokens):
+            if d.synthetic_image_size:  # square images: a side of size / patch patches
+                side = d.synthetic_image_size // self.patch
+                grids = [[1, side, side]] * d.synthetic_images
+            else:  # a strip of patches giving synthetic_image_tokens tokens
+                grids = [[1, self.merge, d.synthetic_image_tokens * self.merge]]
+            blocks = []  # each image as <vision_start> image tokens <vision_end> (when the model has them)
+            for _, h, w in grids:
+                n = h * w // self.merge ** 2
+                blocks += [torch.tensor(self.wrap[:1]), torch.full((n,), self.image_token), torch.tensor(self.wrap[1:])]
+            media = torch.cat(blocks).long()
+            ids = torch.cat([ids[:1], media, ids[1:]])
+            labels = torch.cat([labels[:1], torch.full((len(media),), IGNORE_INDEX), labels[1:]])
+            patches = sum(t * h * w for t, h, w in grids)
             out["pixel_values"] = torch.randn(patches, self.patch_dim, generator=g)
-            out["image_grid_thw"] = torch.tensor([[1, self.merge, n_img * self.merge]])
+            out["image_grid_thw"] = torch.tensor(grids)
         labels[0] = IGNORE_INDEX
         out["input_ids"], out["labels"] = ids, labels
         return out

@@ -17,16 +17,14 @@ BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 
 
 def resolve_device(name: str) -> str:
-    """The device type to run on; ``auto`` prefers cuda, then npu, then cpu."""
-    if name == "npu" or name == "auto" and os.environ.get("MM_TRY_NPU") == "1":
+    """The device type to run on; ``auto`` is cuda when visible, else cpu (ask for npu by name)."""
+    if name == "npu":
         try:
-            import torch_npu  # noqa: F401
+            import torch_npu  # noqa: F401  (registers the npu device and the hccl backend)
         except ImportError as e:
-            if name == "npu":
-                raise RuntimeError("parallel.device is 'npu' but torch_npu cannot be imported; install "
-                                   "the mm-core[npu] extra on a machine with the Ascend toolkit") from e
-        else:
-            return "npu"
+            raise RuntimeError("parallel.device is 'npu' but torch_npu cannot be imported; install "
+                               "the mm-core[npu] extra on a machine with the Ascend toolkit") from e
+        return "npu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("parallel.device is 'cuda' but no CUDA device is visible")
     if name == "auto":

@@ -65,12 +65,10 @@ class EngineStage(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         index = inputs[-1] if self.is_first else inputs[1]
-        i = int(index.reshape(-1)[0]) if index.numel() else 0
-        # the schedule's one-time shape inference may send a placeholder index: any micro-batch will do
-        mb = self.feed[i if 0 <= i < len(self.feed) else 0]
+        mb = self.feed[int(index.reshape(-1)[0])]
         prev: tuple[torch.Tensor, ...] = ()
         if not self.is_first:
-            rows = int(inputs[2].reshape(-1)[0]) if inputs[2].numel() else -1
+            rows = int(inputs[2].reshape(-1)[0])
             prev = (inputs[0][:rows] if rows >= 0 else inputs[0],)
         out = self.model(*prev, **mb.batch, return_hidden=True)
         if isinstance(out, DTensor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 
 import torch
@@ -66,7 +67,10 @@ def _norm_sq(grads: list[torch.Tensor]) -> torch.Tensor:
     total = torch.zeros((), dtype=torch.float64)
     for group in by_layout.values():
         n = torch.nn.utils.get_total_norm(group, norm_type=2.0, foreach=True)
-        n = n.full_tensor() if isinstance(n, DTensor) else n
+        if isinstance(n, DTensor):
+            with warnings.catch_warnings():  # "2 sequential all_reduce" on a 2-D mesh: one scalar, fine
+                warnings.simplefilter("ignore")
+                n = n.full_tensor()
         total = total + n.double().cpu() ** 2
     if plain:
         total = total + torch.nn.utils.get_total_norm(plain, 2.0, foreach=True).double().cpu() ** 2

@@ -28,7 +28,7 @@ def _resume_path(cfg: FinetuneConfig) -> Path | None:
     it = o.load_iteration if o.load_iteration is not None else latest_iteration(o.load)
     if it is None:
         return None  # nothing saved yet: a fresh start
-    path = iter_dir(o.load, it)
+    path = Path(o.load) / "release" if it == "release" else iter_dir(o.load, it)
     if not path.is_dir():
         raise FileNotFoundError(f"output.load: checkpoint '{path}' does not exist")
     return path
@@ -64,18 +64,25 @@ class Trainer:
             self.step = int(state["train"].get("step", 0))
             if state["data"]:
                 self.data.load_state_dict(state["data"])
-        self.runner = None
-        if self.layout.pp > 1:
-            self.runner = PipelineRunner(self.stages.modules, self.stages.indices, self.layout.num_stages,
-                                         self.par, cfg.parallel.pp_schedule, self.layout.grad_accum)
-        self.n_params = sum(p.numel() for m in self.stages.modules for p in m.parameters())
+        self.runner: PipelineRunner | None = None  # built at the first step (its shape probe needs data)
+        # whole-model parameter count (DTensor numel is global; stages summed over the pipeline)
+        n = torch.tensor([float(sum(p.numel() for m in self.stages.modules for p in m.parameters()))],
+                         dtype=torch.float64)
+        if self.par.pp > 1:
+            dist.all_reduce(n, group=self.par.group("pp"))
+        self.n_params = int(n.item())
 
     def _forward_backward(self, mbs: list) -> None:
-        for m in self.stages.modules:
-            m.set_feed(mbs)
-        if self.runner is not None:
+        if self.layout.pp > 1:
+            if self.runner is None:
+                self.runner = PipelineRunner(self.stages.modules, self.stages.indices, self.layout.num_stages,
+                                             self.par, self.cfg.parallel.pp_schedule, self.layout.grad_accum, mbs)
+            for m in self.stages.modules:
+                m.set_feed(mbs)
             self.runner.step()
             return
+        for m in self.stages.modules:
+            m.set_feed(mbs)
         stage = self.stages.modules[0]
         for i in range(len(mbs)):
             stage.set_requires_gradient_sync(i == len(mbs) - 1)  # reduce-scatter once, after the last
@@ -114,10 +121,11 @@ class Trainer:
         rec = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_time_s": dt,
                "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
                "tokens_per_s_per_device": tokens / dt / self.par.world_size,
+               "samples_per_s_per_device": samples / dt / self.par.world_size,
                "valid_tokens": int(tokens), "peak_memory_gb": peak_memory_gb(self.par.device)}
         peak = peak_flops(self.par.device)
         if peak:
-            rec["mfu"] = 6.0 * self.n_params * self.par.pp * self.par.tp * tokens / dt / (peak * self.par.world_size)
+            rec["mfu"] = 6.0 * self.n_params * tokens / dt / (peak * self.par.world_size)
         return rec
 
     def save(self) -> None:
