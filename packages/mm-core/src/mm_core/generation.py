@@ -1,7 +1,8 @@
 """Batched generation with a KV cache: greedy or sampling, stop tokens, left padding.
 
 Works with any model whose forward takes ``input_ids``, ``attention_mask`` (and its media keys) plus
-``cache=KVCache()`` and returns logits ``[B, T, V]`` for the tokens it was given, keeping in the
+``cache=KVCache()`` and returns logits ``[B, T, V]`` for the tokens it was given (or, with
+``return_hidden=True``, hidden states for ``model.output_weight()``), keeping in the
 cache what the next call needs (keys/values, padding as segment ids, next rotary positions).
 Prompts are left-padded so every row's last prompt token sits in the last column.
 """
@@ -50,6 +51,16 @@ def next_tokens(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Ge
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+def _last_logits(model: torch.nn.Module, inputs: dict[str, Any], cache: KVCache) -> torch.Tensor:
+    """Logits of each row's last position only: with a 150k vocabulary, full prefill logits of a
+    long multimodal prompt would cost gigabytes. Uses ``return_hidden`` + ``output_weight()`` when
+    the model offers them (mm models do), else slices the full logits."""
+    if hasattr(model, "output_weight"):
+        hidden = model(**inputs, cache=cache, return_hidden=True)[:, -1:]
+        return torch.nn.functional.linear(hidden, model.output_weight())[:, -1]
+    return model(**inputs, cache=cache)[:, -1]
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, inputs: dict[str, Any], cfg: GenerationConfig) -> list[list[int]]:
     """New token ids per row (stop token included when hit), for a left-padded prompt batch."""
@@ -62,7 +73,7 @@ def generate(model: torch.nn.Module, inputs: dict[str, Any], cfg: GenerationConf
     if cfg.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(cfg.seed)
     cache = KVCache()
-    logits = model(**inputs, cache=cache)[:, -1]
+    logits = _last_logits(model, inputs, cache)
     stop = torch.tensor(cfg.stop_token_ids or [-1], device=input_ids.device)
     out: list[list[int]] = [[] for _ in range(bsz)]
     alive = torch.arange(bsz, device=input_ids.device)  # original row of each cache row
@@ -77,5 +88,5 @@ def generate(model: torch.nn.Module, inputs: dict[str, Any], cfg: GenerationConf
             keep = (~done).nonzero().squeeze(-1)
             cache.select(keep)
             alive, tokens = alive[keep], tokens[keep]
-        logits = model(input_ids=tokens[:, None], cache=cache)[:, -1]
+        logits = _last_logits(model, {"input_ids": tokens[:, None]}, cache)
     return out
