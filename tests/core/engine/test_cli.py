@@ -62,7 +62,7 @@ def hf_dir(tmp_path_factory):
 def test_launcher_trains_from_hf_dir_and_the_checkpoint_converts_back(tmp_path, hf_dir):
     cfg = _config(tmp_path, hf_dir)
     proc = subprocess.run([sys.executable, "-m", "mm_core.cli.main", "finetune", "--nproc-per-node", "2",
-                           "--master-port", "29641", "--config", str(cfg)],
+                           "--config", str(cfg)],
                           capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     save = tmp_path / "save"
@@ -103,7 +103,7 @@ def _children(pid: int) -> list[int]:
 def test_a_dead_worker_stops_the_job(tmp_path, hf_dir):
     cfg = _config(tmp_path, hf_dir, train_iters=100000)
     proc = subprocess.Popen([sys.executable, "-m", "mm_core.cli.main", "finetune", "--nproc-per-node", "2",
-                             "--master-port", "29643", "--config", str(cfg)],
+                             "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     metrics = tmp_path / "save" / "metrics.jsonl"
     try:

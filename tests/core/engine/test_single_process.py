@@ -26,13 +26,13 @@ def tmp(tmp_path: Path) -> Path:
 
 
 def test_loss_goes_down(tmp):
-    cfg = base_config(**{"training.train_iters": 24, "data.synthetic_samples": 8, "training.lr": 1e-2,
+    cfg = base_config(**{"training.train_iters": 12, "data.synthetic_samples": 8, "training.lr": 2e-2,
                          "training.global_batch_size": 8, "training.micro_batch_size": 4,
                          "training.clip_grad": 1.0})
     records, _ = run_inprocess(tmp, "learn", cfg)
     losses = [r["loss"] for r in records]
-    assert len(losses) == 24
-    assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4, losses
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
     assert all(r["tokens_per_s"] > 0 and r["grad_norm"] > 0 for r in records)
 
 

@@ -23,8 +23,8 @@ def _launcher_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc-per-node", "--nproc_per_node", dest="nproc", type=int, default=None)
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--node-rank", "--node_rank", dest="node_rank", type=int, default=0)
-    p.add_argument("--master-addr", "--master_addr", dest="master_addr", default="127.0.0.1")
-    p.add_argument("--master-port", "--master_port", dest="master_port", type=int, default=29500)
+    p.add_argument("--master-addr", "--master_addr", dest="master_addr", default=None)
+    p.add_argument("--master-port", "--master_port", dest="master_port", type=int, default=None)
     return p
 
 
@@ -53,9 +53,13 @@ def main(argv: Sequence[str]) -> int:
         return worker_main(rest)
     from torch.distributed import run as torchrun
 
-    args = ["--nproc-per-node", str(launch.nproc or 1), "--nnodes", str(launch.nnodes),
-            "--node-rank", str(launch.node_rank), "--master-addr", launch.master_addr,
-            "--master-port", str(launch.master_port), "--max-restarts", "0", "-m", WORKER_MODULE, *rest]
+    args = ["--nproc-per-node", str(launch.nproc or 1), "--max-restarts", "0"]
+    if launch.nnodes == 1 and launch.master_addr is None and launch.master_port is None:
+        args += ["--standalone"]  # one node: a free local port, no rendezvous setup
+    else:
+        args += ["--nnodes", str(launch.nnodes), "--node-rank", str(launch.node_rank),
+                 "--master-addr", launch.master_addr or "127.0.0.1", "--master-port", str(launch.master_port or 29500)]
+    args += ["-m", WORKER_MODULE, *rest]
     try:
         torchrun.main(args)
     except Exception as e:  # ChildFailedError: the launcher already printed the worker's error
