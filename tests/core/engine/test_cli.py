@@ -60,7 +60,11 @@ def hf_dir(tmp_path_factory):
 
 
 def test_launcher_trains_from_hf_dir_and_the_checkpoint_converts_back(tmp_path, hf_dir):
-    cfg = _config(tmp_path, hf_dir)
+    # tp=2: each rank streams only its shards from the HF dir; the checkpoint holds whole tensors
+    cfg = _config(tmp_path, hf_dir, global_batch_size=1)
+    data = yaml.safe_load(cfg.read_text())
+    data["parallel"]["tp"] = 2
+    cfg.write_text(yaml.safe_dump(data))
     proc = subprocess.run([sys.executable, "-m", "mm_core.cli.main", "finetune", "--nproc-per-node", "2",
                            "--config", str(cfg)],
                           capture_output=True, text=True, timeout=300, env=_env())
@@ -85,6 +89,9 @@ def test_launcher_trains_from_hf_dir_and_the_checkpoint_converts_back(tmp_path, 
     emb_new, emb_old = exported["model.embed_tokens.weight"], before["model.embed_tokens.weight"]
     assert not torch.equal(emb_new, emb_old)
     torch.testing.assert_close(emb_new, saved["text_decoder.embedding.word_embeddings.weight"], rtol=0, atol=0)
+    # the gated fc1 went back to [gate; up]: it stays close to the original (a few small updates)
+    for key in ("model.layers.0.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight"):
+        assert (exported[key] - before[key]).abs().max() < 0.05, key
 
 
 def _children(pid: int) -> list[int]:

@@ -172,8 +172,10 @@ def _stage_from_full(model: nn.Module, names: StageNames, full: dict[str, torch.
 
 
 def load_stage_model(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, Any], layout: Layout,
-                     stage: int, device: torch.device) -> nn.Module:
-    """Build stage ``stage`` on the meta device and load its (tp-unsplit) weights from the HF or mm dir."""
+                     stage: int, par: Parallel) -> tuple[nn.Module, dict[str, int]]:
+    """Build stage ``stage`` on the meta device, apply the tp plan, then load only this tp rank's
+    shards from the HF dir (streamed through the converter) or the mm dir, so no rank ever holds
+    more than its tensor-parallel share. Returns the model and its gated parameters."""
     from mm_core.nn.pretrained import load_hf_weights, load_mm_weights
 
     if spec.converter is None:
@@ -181,14 +183,17 @@ def load_stage_model(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, 
                           "set model.random_init true")
     model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
                          pp_rank=stage, device="meta", dtype=torch.float32)
+    freeze(model, spec, cfg.model.freeze)
+    gated = _apply_tp(model, spec, par) if par.tp > 1 else {}
     # the config's own (possibly nested) lists: the converter maps stage -> (pp rank, chunk) itself
-    pp_lists = dict(vit_pp_layers=cfg.model.vit_pp_layers, llm_pp_layers=cfg.model.llm_pp_layers) \
+    kw: dict[str, Any] = dict(vit_pp_layers=cfg.model.vit_pp_layers, llm_pp_layers=cfg.model.llm_pp_layers) \
         if layout.pp > 1 else {}
+    kw.update(tp_size=par.tp, tp_rank=par.tp_rank, pp_rank=stage)
     if cfg.model.mm_dir:
-        load_mm_weights(model, cfg.model.mm_dir, spec.converter, pp_rank=stage, **pp_lists)
+        load_mm_weights(model, cfg.model.mm_dir, spec.converter, **kw)
     else:
-        load_hf_weights(model, cfg.model.hf_dir, spec.converter, pp_rank=stage, **pp_lists)
-    return model.to(device=device, dtype=torch.float32)
+        load_hf_weights(model, cfg.model.hf_dir, spec.converter, **kw)
+    return model.to(device=par.device, dtype=torch.float32), gated
 
 
 def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: ModelSpec,
@@ -207,10 +212,10 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
             model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
                                  pp_rank=stage, device=par.device, dtype=torch.float32)
             _stage_from_full(model, names, full, stage)
+            freeze(model, spec, cfg.model.freeze)
+            gated = _apply_tp(model, spec, par) if par.tp > 1 else {}
         else:
-            model = load_stage_model(cfg, spec, hf_config, layout, stage, par.device)
-        freeze(model, spec, cfg.model.freeze)
-        gated = _apply_tp(model, spec, par) if par.tp > 1 else {}
+            model, gated = load_stage_model(cfg, spec, hf_config, layout, stage, par)
         es = EngineStage(model, stage, layout.num_stages, names,
                          max_rows=4 * cfg.training.micro_batch_size * cfg.training.seq_length)
         es.gated = gated
