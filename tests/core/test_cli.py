@@ -35,3 +35,11 @@ def test_plugins_table_and_json(capsys):
 def test_unknown_subcommand_fails():
     out = _run("no-such-command")
     assert out.returncode != 0
+
+
+def test_user_errors_print_a_message_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  no_such_field: 1\n")
+    out = _run("finetune", "--config", str(bad))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "no_such_field" in out.stderr and str(bad) in out.stderr

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from mm_core import __version__
+from mm_core.errors import MMError
 
 # subcommand -> (module with `add_arguments(parser)` and `run(args) -> int`, help)
 SUBCOMMANDS = {
@@ -56,12 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])
         return 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"mm-run {name}", description=SUBCOMMANDS[name][1])
-    if hasattr(module, "main"):  # subcommands with their own parser (jsonargparse) take the raw argv
-        return int(module.main(rest) or 0)
-    module.add_arguments(sub)
-    return int(module.run(sub.parse_args(rest)) or 0)
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+        if hasattr(module, "main"):  # subcommands with their own parser (jsonargparse) take the raw argv
+            return int(module.main(rest) or 0)
+        sub = argparse.ArgumentParser(prog=f"mm-run {name}", description=SUBCOMMANDS[name][1])
+        module.add_arguments(sub)
+        return int(module.run(sub.parse_args(rest)) or 0)
+    except MMError as e:  # user-facing errors already say what is wrong and what to do
+        if os.environ.get("MM_TRACEBACK"):
+            raise
+        print(f"mm-run {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
