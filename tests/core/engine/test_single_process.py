@@ -88,6 +88,29 @@ def test_resume_after_sigkill_is_bit_identical(tmp):
     assert json.loads(lines[0])["step"] == 1
 
 
+def test_a_crash_mid_save_leaves_the_previous_checkpoint_latest(tmp, monkeypatch):
+    import mm_core.engine.checkpoint as ckpt
+
+    real_save, calls = ckpt.dcp.save, []
+
+    def failing_save(state, checkpoint_id):
+        calls.append(checkpoint_id)
+        if len(calls) == 2:  # the second save dies after writing part of its files
+            Path(checkpoint_id).mkdir(parents=True, exist_ok=True)
+            (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"partial")
+            raise OSError("disk full")
+        return real_save(state, checkpoint_id=checkpoint_id)
+
+    monkeypatch.setattr(ckpt.dcp, "save", failing_save)
+    cfg = base_config(**{"training.train_iters": 4, "output.save": str(tmp / "c"), "output.save_interval": 2})
+    with pytest.raises(OSError, match="disk full"):
+        run_inprocess(tmp, "crash", cfg)
+    assert (tmp / "c" / "latest_checkpointed_iteration.txt").read_text() == "2"
+    monkeypatch.setattr(ckpt.dcp, "save", real_save)
+    resumed, _ = run_inprocess(tmp, "after_crash", {**cfg, "output": {**cfg["output"], "load": str(tmp / "c")}})
+    assert [r["step"] for r in resumed] == [3, 4]
+
+
 def test_weights_only_checkpoint_starts_a_new_run_from_its_weights(tmp):
     import torch.distributed.checkpoint as dcp
 
