@@ -37,7 +37,17 @@ def reference(tmp_path_factory):
         out[model] = {"losses3": [r["loss"] for r in three], "weights3": w3, "losses6": [r["loss"] for r in six]}
     frozen, wf = helpers.run_inprocess(tmp, "frozen", _frozen(helpers.base_config("qwen")))
     out["frozen"] = {"losses3": [r["loss"] for r in frozen], "weights3": wf}
+    tied, wt = helpers.run_inprocess(tmp, "tied", _tied(helpers.base_config("qwen", **{
+        "output.save": str(tmp / "ckpt_tied")})))
+    tied6, _ = helpers.run_inprocess(tmp, "tied6", _tied(helpers.base_config("qwen", **{"training.train_iters": 6})))
+    out["tied"] = {"losses3": [r["loss"] for r in tied], "weights3": wt, "losses6": [r["loss"] for r in tied6],
+                   "ckpt": tmp / "ckpt_tied"}
     return out
+
+
+def _tied(cfg: dict) -> dict:
+    cfg["model"]["hf_config"] = {**cfg["model"]["hf_config"], "tie_word_embeddings": True}
+    return cfg
 
 
 def _frozen(cfg: dict) -> dict:
@@ -46,7 +56,7 @@ def _frozen(cfg: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory):
+def two_process_runs(tmp_path_factory, reference):
     tmp = tmp_path_factory.mktemp("two")
     dp2 = helpers.base_config("qwen", **{"output.save": str(tmp / "ckpt_dp2")})
     tp2 = helpers.base_config(TP_MODEL, **{"output.save": str(tmp / "ckpt_tp2")})
@@ -68,8 +78,17 @@ def two_process_runs(tmp_path_factory):
     frozen = _frozen(helpers.base_config("qwen"))
     frozen["parallel"].update(pp=2)
     frozen["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[0, 2])
+    # tied embeddings with the word embedding (stage 0) and the LM head copy (stage 1) apart
+    tied = _tied(helpers.base_config("qwen"))
+    tied["parallel"].update(pp=2)
+    tied["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[1, 1])
+    # ... and resuming a one-process tied checkpoint (no LM head copy in it) on that layout
+    tied_resume = _tied(helpers.base_config("qwen", **{"output.load": str(reference["tied"]["ckpt"]),
+                                                        "training.train_iters": 6}))
+    tied_resume["parallel"].update(pp=2)
+    tied_resume["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[1, 1])
     proc = helpers.run_torchrun_many(tmp, 2, {"dp2": dp2, "tp2": tp2, "pp2": pp2, "resume": resume, "vpp": vpp,
-                                              "frozen_pp2": frozen})
+                                              "frozen_pp2": frozen, "tied_pp2": tied, "tied_resume": tied_resume})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tmp
 
@@ -104,6 +123,25 @@ def test_pp2_with_a_fully_frozen_stage(two_process_runs, reference):
     states = [json.loads((two_process_runs / "frozen_pp2" / f"optim_rank{r}.json").read_text())
               for r in (0, 1)]
     assert states[0]["params_with_state"] == 0 and states[1]["params_with_state"] > 0
+
+
+def test_tied_embedding_and_head_on_different_stages(two_process_runs, reference):
+    out = two_process_runs / "tied_pp2"
+    head = helpers.worker.merged_weights(out).pop("text_decoder.output_layer.weight")
+    for r in (0, 1):  # the per-rank dumps: drop the head copy, compare the rest with one process
+        f = out / f"weights_rank{r}.pt"
+        w = torch.load(f, weights_only=True)
+        w.pop("text_decoder.output_layer.weight", None)
+        torch.save(w, f)
+    _check(out, reference["tied"])
+    torch.testing.assert_close(head, reference["tied"]["weights3"]["text_decoder.embedding.word_embeddings.weight"],
+                               rtol=RTOL, atol=ATOL)
+
+
+def test_tied_checkpoint_without_head_copy_resumes_on_two_stages(two_process_runs, reference):
+    records = helpers.read_records(two_process_runs / "tied_resume")
+    assert [r["step"] for r in records] == [4, 5, 6]
+    assert [r["loss"] for r in records] == pytest.approx(reference["tied"]["losses6"][3:], rel=RTOL)
 
 
 def test_resume_dp2_checkpoint_on_another_layout(two_process_runs, reference):

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from mm_core.engine.model_setup import EngineStage
+from mm_core.engine.model_setup import TIED_ALIASES, EngineStage
 from mm_core.engine.row_order import copy_blocked_, to_blocked, to_canonical
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -70,13 +70,13 @@ def _optim_state(stage: EngineStage, opt: torch.optim.Optimizer) -> dict[str, An
     return out
 
 
-def _optim_local(stage: EngineStage, flat: dict[str, Any]) -> dict[str, Any]:
+def _optim_local(stage: EngineStage, flat: dict[str, Any], own: set[str]) -> dict[str, Any]:
     out = {}
     for k, v in flat.items():
         section, rest = k.split(".", 1)
         name, leaf = rest.rsplit(".", 1)
         local = stage.names.to_local(name)
-        if local is not None:
+        if local is not None and name in own:
             tp = stage.gated.get(local)
             if tp and isinstance(v, torch.Tensor) and v.dim() >= 1:
                 v = to_blocked(v, tp)
@@ -145,6 +145,24 @@ def _prune(save: Path, keep_last: int) -> None:
         shutil.rmtree(save / f"iter_{it:07d}", ignore_errors=True)
 
 
+def _alias_tied(state: dict[str, Any], meta_keys: set[str]) -> dict[tuple[str, str, str], Any]:
+    """A tied model's LM head copy (pipeline last stage) that the checkpoint lacks (saved without
+    pipeline, or by ``mm-convert``) loads from the word embedding's entries instead."""
+    aliased = {}
+    for section in ("model", "optim"):
+        entries = state.get(section, {})
+        for key in list(entries):
+            if f"{section}.{key}" in meta_keys:
+                continue
+            for head, emb in TIED_ALIASES.items():
+                alias = key.replace(head, emb)
+                if alias != key and f"{section}.{alias}" in meta_keys:
+                    value = entries.pop(key)
+                    aliased[(section, key, alias)] = value
+                    entries.setdefault(alias, value)
+    return aliased
+
+
 def latest_iteration(load: str | Path) -> int | str | None:
     """The tracker's iteration, ``"release"`` (weights written by ``mm-convert ... hf_to_dcp``) or None."""
     tracker = Path(load) / TRACKER
@@ -163,24 +181,35 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
     meta_keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
     has_optim = any(k.startswith("optim.") for k in meta_keys)
     state = _full_state(stages, optimizers, weights_only=not (load_optim and has_optim))
+    aliased = _alias_tied(state, meta_keys)
     missing = [k for k in state["model"] if f"model.{k}" not in meta_keys]
     if missing:
         raise FileNotFoundError(f"checkpoint {path} lacks weights {missing[:5]} (of {len(missing)}); "
                                 "it was saved from another model")
     if "train.step" in meta_keys:
         state["train"] = {k.split(".", 1)[1]: 0 for k in meta_keys if k.startswith("train.")}
-    data_key = f"dp{dp_rank}" if any(k.startswith(f"data.dp{dp_rank}.") for k in meta_keys) else "dp0"
+    data_key = f"dp{dp_rank}" if f"data.dp{dp_rank}" in meta_keys else "dp0"
     if f"data.{data_key}" in meta_keys:
         state["data"] = {data_key: ""}
     rng_key = f"rank{dist.get_rank()}"
     if f"rng.{rng_key}" in meta_keys:
         state["rng"] = {rng_key: b""}
     dcp.load(state, checkpoint_id=str(path))
+    for (section, key, alias), value in aliased.items():
+        src = state[section][alias]
+        if isinstance(value, torch.Tensor) and value is not src:
+            with torch.no_grad():
+                (value.to_local() if hasattr(value, "to_local") else value).copy_(
+                    src.to_local() if hasattr(src, "to_local") else src)
+            state[section][key] = value
+        else:
+            state[section][key] = src
     for stage, opt in zip(stages, optimizers):
+        own = {stage.names.to_global(k[len(_PREFIX):]) for k in stage.state_dict()}
         local = {}
         for k, v in state["model"].items():
             name = stage.names.to_local(k)
-            if name is None:
+            if name is None or k not in own:  # another stage's (possibly on this rank, virtual chunks)
                 continue
             if name in stage.gated:  # loaded in checkpoint order into a copy: write it back blocked
                 param = stage.get_parameter(_PREFIX + name)
@@ -189,7 +218,7 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
             local[_PREFIX + name] = v
         set_model_state_dict(stage, local, options=StateDictOptions(strict=True))
         if opt is not None and "optim" in state:
-            set_optimizer_state_dict(stage, opt, _optim_local(stage, state["optim"]), options=_OPT_OPTIONS)
+            set_optimizer_state_dict(stage, opt, _optim_local(stage, state["optim"], own), options=_OPT_OPTIONS)
     if "rng" in state:
         _set_rng_state(state["rng"][rng_key])
     data = state.get("data", {}).get(data_key)

@@ -160,6 +160,11 @@ def model_layer_counts(hf_config: dict[str, Any]) -> tuple[int, int]:
     return int(vit), int(llm)
 
 
+def is_tied(hf_config: dict[str, Any]) -> bool:
+    """The model ties its word embedding and LM head."""
+    return bool(hf_config.get("tie_word_embeddings") or (hf_config.get("text_config") or {}).get("tie_word_embeddings"))
+
+
 def _flatten_layers(name: str, value: list[Any] | None, pp: int, total: int) -> tuple[list[int], int]:
     if value is None:
         if pp == 1:
@@ -236,11 +241,6 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
     if any(vit[i] == 0 and llm[i] == 0 for i in range(len(vit))):
         raise ConfigError(f"model.vit_pp_layers/llm_pp_layers: a pipeline stage has no layers "
                           f"(vit {m.vit_pp_layers}, llm {m.llm_pp_layers})")
-    tied = hf_config.get("tie_word_embeddings") or (hf_config.get("text_config") or {}).get("tie_word_embeddings")
-    last_llm = max((i for i, n in enumerate(llm) if n), default=0)
-    if tied and first_llm != last_llm:
-        raise ConfigError(f"model.llm_pp_layers: {m.llm_pp_layers} puts the word embedding and the LM head, which this "
-                          "model ties, on different stages; that is not supported yet: keep the LLM on one stage")
     if v1 > 1 and p.pp_schedule != "Interleaved1F1B":
         raise ConfigError("parallel.pp_schedule: nested layer lists (virtual chunks) need Interleaved1F1B")
     if p.pp > 1 and ga < 1:

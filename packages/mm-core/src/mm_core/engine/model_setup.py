@@ -21,6 +21,9 @@ from mm_core.specs import ModelSpec
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OUTPUT_LAYER = "text_decoder.output_layer"  # mm name of the LM head (its weight is read by the loss)
+EMBEDDING = "text_decoder.embedding.word_embeddings"
+# tied models on a pipeline: the last stage's own LM head copy is the word embedding
+TIED_ALIASES = {f"{OUTPUT_LAYER}.weight": f"{EMBEDDING}.weight"}
 
 
 def resolve_spec(cfg: FinetuneConfig, hf_config: dict[str, Any]) -> ModelSpec:
@@ -164,6 +167,9 @@ def _stage_from_full(model: nn.Module, names: StageNames, full: dict[str, torch.
         local = names.to_local(k)
         if local is not None and local in expected:
             weights[local] = v
+    for head, emb in TIED_ALIASES.items():
+        if head in expected and head not in weights and emb in full:
+            weights[head] = full[emb]
     missing = sorted(expected - set(weights))
     if missing:
         raise ConfigError(f"model weights for stage {stage}: missing {missing[:5]}; the stage does not match "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -78,10 +79,14 @@ def _norm_sq(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 def clip_grad_norm(modules: list[nn.Module], max_norm: float, pp_group: dist.ProcessGroup | None,
-                   device: torch.device) -> float:
-    """Global grad norm over all stages (and shards); clip to ``max_norm`` when it is > 0."""
+                   device: torch.device, skip: Sequence[torch.Tensor] = ()) -> float:
+    """Global grad norm over all stages (and shards); clip to ``max_norm`` when it is > 0.
+
+    ``skip``: parameters left out of the norm (still clipped): a tied LM head copy counts once.
+    """
     params = [p for m in modules for p in m.parameters() if p.grad is not None]
-    sq = _norm_sq([p.grad for p in params])
+    skipped = {id(p) for p in skip}
+    sq = _norm_sq([p.grad for p in params if id(p) not in skipped])
     if pp_group is not None and dist.get_world_size(pp_group) > 1:
         t = sq.to(device=device, dtype=torch.float64 if device.type == "cpu" else torch.float32)
         dist.all_reduce(t, group=pp_group)

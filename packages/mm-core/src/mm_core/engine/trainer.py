@@ -11,14 +11,51 @@ import torch
 import torch.distributed as dist
 
 from mm_core.engine.checkpoint import iter_dir, latest_iteration, load_checkpoint, save_checkpoint
-from mm_core.engine.config import FinetuneConfig, load_hf_config, validate
+from mm_core.engine.config import FinetuneConfig, is_tied, load_hf_config, validate
 from mm_core.engine.data import build_data
 from mm_core.engine.loss import LossComputer, prepare_window
 from mm_core.engine.mesh import build_mesh, init_distributed
 from mm_core.engine.metrics import MetricsLogger, peak_flops, peak_memory_gb
-from mm_core.engine.model_setup import build_stages, resolve_spec
+from mm_core.engine.model_setup import EMBEDDING, OUTPUT_LAYER, build_stages, resolve_spec
 from mm_core.engine.optim import LRSchedule, build_optimizer, clip_grad_norm
 from mm_core.engine.pipeline import PipelineRunner
+
+
+class TiedHead:
+    """A tied model whose word embedding and LM head copy sit on different pipeline stages: after
+    backward, the two copies' gradient shards are summed (one small group per (dp, tp) position),
+    so both copies stay equal, like the single tied weight of one process."""
+
+    def __init__(self, stages: list, layout, par):
+        llm = [i for i, n in enumerate(layout.llm_pp_layers) if n]
+        first, last = llm[0], llm[-1]
+        self.emb = [m.model.get_parameter(f"{EMBEDDING}.weight") for m in stages if m.stage == first]
+        self.head = [m.model.get_parameter(f"{OUTPUT_LAYER}.weight") for m in stages if m.stage == last]
+        self.group = None
+        ranks = par.mesh.mesh  # [pp, dp, tp] global ranks
+        a, b = first % par.pp, last % par.pp
+        if a != b:
+            for d in range(par.dp):  # every rank creates every group, in the same order
+                for t in range(par.tp):
+                    pair = sorted({int(ranks[a, d, t]), int(ranks[b, d, t])})
+                    g = dist.new_group(pair)
+                    if par.rank in pair:
+                        self.group = g
+
+    def head_params(self) -> list:
+        return self.head
+
+    def sync_grads(self) -> None:
+        mine = [p for p in self.emb + self.head if p.grad is not None]
+        if self.group is None:  # both copies on this rank (virtual chunks)
+            if len(mine) == 2:
+                total = mine[0].grad + mine[1].grad
+                for p in mine:
+                    p.grad.copy_(total)
+            return
+        for p in mine:
+            g = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+            dist.all_reduce(g, group=self.group)
 
 
 def _resume_path(cfg: FinetuneConfig) -> Path | None:
@@ -64,6 +101,8 @@ class Trainer:
             self.step = int(state["train"].get("step", 0))
             if state["data"]:
                 self.data.load_state_dict(state["data"])
+        self.tied = TiedHead(self.stages.modules, self.layout, self.par) \
+            if is_tied(self.hf_config) and self.layout.num_stages > 1 else None
         self.runner: PipelineRunner | None = None  # built at the first step (its shape probe needs data)
         # whole-model parameter count (DTensor numel is global; stages summed over the pipeline)
         n = torch.tensor([float(sum(p.numel() for m in self.stages.modules for p in m.parameters()))],
@@ -103,8 +142,11 @@ class Trainer:
         mbs = prepare_window(window, self.loss_spec, self.par.device, self.par.group("dp"), self.par.dp)
         lr = self.schedule.apply(self.optimizers, self.step)
         self._forward_backward(mbs)
+        if self.tied is not None:
+            self.tied.sync_grads()
         grad_norm = clip_grad_norm(self.stages.modules, self.cfg.training.clip_grad,
-                                   self.par.group("pp") if self.par.pp > 1 else None, self.par.device)
+                                   self.par.group("pp") if self.par.pp > 1 else None, self.par.device,
+                                   skip=self.tied.head_params() if self.tied is not None else ())
         for opt in self.optimizers:
             if opt is not None:
                 opt.step()
