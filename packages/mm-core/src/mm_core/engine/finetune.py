@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         Trainer(cfg, yaml.safe_dump(config_to_dict(cfg), sort_keys=False)).train()
+    except MMError as e:  # a user error (config, layout, checkpoint): its message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         shutdown()
     return 0
