@@ -43,7 +43,7 @@ def base_config(model: str = "qwen", **overrides) -> dict:
     cfg = {
         "model": model_section(model),
         "data": {"source": "synthetic", "synthetic_samples": 32, "synthetic_min_len": 6, "synthetic_max_len": 20},
-        "parallel": {"device": "cpu"},
+        "parallel": {"device": "cpu", "pp_pad_multiple": 8},  # pp: several padded lengths in a run
         "training": {"micro_batch_size": 1, "global_batch_size": 4, "seq_length": 32, "train_iters": 3,
                      "lr": 3e-3, "lr_schedule": "constant", "clip_grad": 0.5, "dtype": "fp32",
                      "loss_type": "per_token_loss", "seed": 7,

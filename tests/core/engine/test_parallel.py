@@ -2,8 +2,9 @@
 
 One in-process reference, then ONE launch of 2 processes running, one after the other: dp=2
 (saving a checkpoint), tp=2 (saving one too), pp=2 (vision and LLM on different stages), a
-resume at tp=2 of the dp=2 checkpoint and interleaved 1F1B with 2 virtual chunks; plus one launch
-of 4 processes for dp=2 x tp=2. Loss and
+resume at tp=2 of the dp=2 checkpoint, interleaved 1F1B with 2 virtual chunks, a fully frozen
+stage and tied embeddings split over stages; plus one launch of 4 processes for dp=2 x tp=2 and
+dp=2 x pp=2. Loss and
 updated weights after 3 steps must match the single process (rtol 1e-5).
 """
 
@@ -157,9 +158,14 @@ def test_tp2_checkpoint_resumes_in_one_process(two_process_runs, reference, tmp_
     assert [r["loss"] for r in resumed] == pytest.approx(reference[TP_MODEL]["losses6"][3:], rel=RTOL)
 
 
-def test_dp2_tp2_four_processes(tmp_path, reference):
+def test_four_processes_dp2_tp2_and_dp2_pp2(tmp_path, reference):
     cfg = helpers.base_config(TP_MODEL)
     cfg["parallel"].update(tp=2)
-    proc = helpers.run_torchrun_many(tmp_path, 4, {"dp2tp2": cfg})
+    # dp x pp: data ranks agree on each step's padded length (their FSDP collectives must match)
+    dp_pp = helpers.base_config("qwen")
+    dp_pp["parallel"].update(pp=2)
+    dp_pp["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[0, 2])
+    proc = helpers.run_torchrun_many(tmp_path, 4, {"dp2tp2": cfg, "dp2pp2": dp_pp})
     assert proc.returncode == 0, proc.stderr[-4000:]
     _check(tmp_path / "dp2tp2", reference[TP_MODEL])
+    _check(tmp_path / "dp2pp2", reference["qwen"])

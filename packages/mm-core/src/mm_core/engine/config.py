@@ -56,6 +56,7 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     pp_schedule: Literal["1F1B", "Interleaved1F1B", "GPipe"] = "1F1B"
+    pp_pad_multiple: int = 256  # pp: a step's micro-batches are padded to a multiple of this (one schedule per length)
     device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
     reshard_after_forward: bool = True
 

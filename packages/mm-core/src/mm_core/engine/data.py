@@ -37,7 +37,6 @@ class SyntheticData:
         self.n = d.synthetic_samples
         self.seed = t.seed
         self.consumed = 0  # global samples consumed
-        self.pad_to = t.seq_length if layout.pp > 1 else None  # pipeline stages exchange fixed shapes
 
     def sample(self, index: int) -> dict[str, torch.Tensor]:
         d = self.cfg.data
@@ -74,7 +73,7 @@ class SyntheticData:
         return out
 
     def _collate(self, samples: list[dict[str, torch.Tensor]]) -> Batch:
-        width = self.pad_to or max(s["input_ids"].numel() for s in samples)
+        width = max(s["input_ids"].numel() for s in samples)
         b = len(samples)
         ids = torch.zeros(b, width, dtype=torch.long)
         labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
@@ -114,8 +113,13 @@ class SyntheticData:
         self.consumed = int(state["consumed_samples"])
 
 
+def padded_length(longest: int, multiple: int, limit: int) -> int:
+    """``longest`` rounded up to ``multiple`` (at most ``limit``, never below ``longest``)."""
+    return max(longest, min(limit, -(-longest // multiple) * multiple))
+
+
 def pad_batch(batch: Batch, length: int, pad_token_id: int = 0) -> Batch:
-    """Right-pad a micro-batch's token tensors to ``length`` (pipeline stages exchange fixed shapes)."""
+    """Right-pad a micro-batch's token tensors to ``length``."""
     t = batch["input_ids"].shape[1]
     if t >= length:
         return batch
@@ -147,13 +151,9 @@ class PipelineData:
         self.loader = build_dataloader(data_cfg, seq_len=t.seq_length, micro_batch_size=t.micro_batch_size,
                                        dp_rank=dp_rank, dp_size=layout.dp, seed=t.seed)
         self.grad_accum = layout.grad_accum
-        self.pad_to = t.seq_length if layout.pp > 1 else None
-        self.pad_id = int(hf_config.get("pad_token_id") or (hf_config.get("text_config") or {}).get("pad_token_id")
-                          or 0)
 
     def next_window(self) -> list[Batch]:
-        window = [next(self.loader) for _ in range(self.grad_accum)]
-        return [pad_batch(b, self.pad_to, self.pad_id) for b in window] if self.pad_to else window
+        return [next(self.loader) for _ in range(self.grad_accum)]
 
     def steps_per_epoch(self) -> int:
         if self.loader.streaming:

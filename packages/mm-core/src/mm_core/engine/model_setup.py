@@ -53,12 +53,12 @@ class EngineStage(nn.Module):
     shapes it exchanges at the first step.
     """
 
-    def __init__(self, model: nn.Module, stage: int, num_stages: int, names: StageNames, max_rows: int = 0):
+    def __init__(self, model: nn.Module, stage: int, num_stages: int, names: StageNames):
         super().__init__()
         self.model = model
         self.stage, self.num_stages, self.names = stage, num_stages, names
         self.is_first, self.is_last = stage == 0, stage == num_stages - 1
-        self.max_rows = max_rows
+        self.max_rows = 0  # set per step by the pipeline runner (4 x micro-batch tokens)
         self.gated: dict[str, int] = {}  # tp-blocked gated parameters (model-relative names) -> tp
         self.feed: list[Any] = []
         self.loss_fn: Callable[[torch.Tensor, Any, nn.Module], torch.Tensor] | None = None
@@ -85,7 +85,7 @@ class EngineStage(nn.Module):
         if out.dim() == 2:  # a varying number of rows (vision tokens): pad to a fixed shape
             if out.shape[0] > self.max_rows:
                 raise RuntimeError(f"pipeline stage {self.stage} produced {out.shape[0]} rows, more than the "
-                                   f"{self.max_rows} the engine reserves; raise training.seq_length")
+                                   f"{self.max_rows} (4 per token) the engine reserves between stages")
             rows.fill_(out.shape[0])
             out = torch.cat([out, out.new_zeros(self.max_rows - out.shape[0], out.shape[1])])
         return out, index, rows
@@ -222,8 +222,7 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
             gated = _apply_tp(model, spec, par) if par.tp > 1 else {}
         else:
             model, gated = load_stage_model(cfg, spec, hf_config, layout, stage, par)
-        es = EngineStage(model, stage, layout.num_stages, names,
-                         max_rows=4 * cfg.training.micro_batch_size * cfg.training.seq_length)
+        es = EngineStage(model, stage, layout.num_stages, names)
         es.gated = gated
         _apply_fsdp(es, cfg, par)
         modules.append(es)

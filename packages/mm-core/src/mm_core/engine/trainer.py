@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from mm_core.engine.checkpoint import iter_dir, latest_iteration, load_checkpoint, save_checkpoint
 from mm_core.engine.config import FinetuneConfig, is_tied, load_hf_config, validate
-from mm_core.engine.data import build_data
+from mm_core.engine.data import build_data, pad_batch, padded_length
 from mm_core.engine.loss import LossComputer, prepare_window
 from mm_core.engine.mesh import build_mesh, init_distributed
 from mm_core.engine.metrics import MetricsLogger, peak_flops, peak_memory_gb
@@ -103,7 +103,10 @@ class Trainer:
                 self.data.load_state_dict(state["data"])
         self.tied = TiedHead(self.stages.modules, self.layout, self.par) \
             if is_tied(self.hf_config) and self.layout.num_stages > 1 else None
-        self.runner: PipelineRunner | None = None  # built at the first step (its shape probe needs data)
+        # pp: one schedule per padded sequence length, built when first needed (its shape probe needs data)
+        self.runners: dict[tuple[int, ...], PipelineRunner] = {}
+        tc = self.hf_config.get("text_config") or {}
+        self.pad_id = int(self.hf_config.get("pad_token_id") or tc.get("pad_token_id") or 0)
         # whole-model parameter count (DTensor numel is global; stages summed over the pipeline)
         n = torch.tensor([float(sum(p.numel() for m in self.stages.modules for p in m.parameters()))],
                          dtype=torch.float64)
@@ -113,12 +116,16 @@ class Trainer:
 
     def _forward_backward(self, mbs: list) -> None:
         if self.layout.pp > 1:
-            if self.runner is None:
-                self.runner = PipelineRunner(self.stages.modules, self.stages.indices, self.layout.num_stages,
-                                             self.par, self.cfg.parallel.pp_schedule, self.layout.grad_accum, mbs)
+            shape = tuple(mbs[0].batch["input_ids"].shape)
+            for m in self.stages.modules:
+                m.max_rows = 4 * shape[0] * shape[1]
+            if shape not in self.runners:
+                self.runners[shape] = PipelineRunner(self.stages.modules, self.stages.indices, self.layout.num_stages,
+                                                     self.par, self.cfg.parallel.pp_schedule, self.layout.grad_accum,
+                                                     mbs)
             for m in self.stages.modules:
                 m.set_feed(mbs)
-            self.runner.step()
+            self.runners[shape].step()
             return
         for m in self.stages.modules:
             m.set_feed(mbs)
@@ -128,6 +135,15 @@ class Trainer:
             loss = stage(torch.tensor([float(i)]))
             if loss.requires_grad:
                 loss.sum().backward()
+
+    def _pad_for_pipeline(self, window: list) -> list:
+        """Stages exchange fixed shapes: every micro-batch of the step gets one length, the same on
+        every data-parallel rank (their FSDP collectives must match) and one of few over a run."""
+        longest = torch.tensor([max(b["input_ids"].shape[1] for b in window)], dtype=torch.float64)
+        if self.par.dp > 1:
+            dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=self.par.group("dp"))
+        length = padded_length(int(longest.item()), self.cfg.parallel.pp_pad_multiple, self.cfg.training.seq_length)
+        return [pad_batch(b, length, self.pad_id) for b in window]
 
     def _reduce(self, values: list[float]) -> list[float]:
         """Sums over all ranks (the loss lives on the last stage; tp ranks hold copies)."""
@@ -139,6 +155,8 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         window = self.data.next_window()
+        if self.layout.pp > 1:
+            window = self._pad_for_pipeline(window)
         mbs = prepare_window(window, self.loss_spec, self.par.device, self.par.group("dp"), self.par.dp)
         lr = self.schedule.apply(self.optimizers, self.step)
         self._forward_backward(mbs)
