@@ -92,9 +92,8 @@ class EngineStage(nn.Module):
 
 
 def output_weight(model: nn.Module) -> torch.Tensor:
-    """The LM head weight, gathered whole when tensor-parallel (the loss needs all vocabulary rows)."""
-    w = model.output_weight() if hasattr(model, "output_weight") else model.get_submodule(OUTPUT_LAYER).weight
-    return w.full_tensor() if isinstance(w, DTensor) else w
+    """The LM head weight (a DTensor under tensor parallel: the loss works on its vocabulary shards)."""
+    return model.output_weight() if hasattr(model, "output_weight") else model.get_submodule(OUTPUT_LAYER).weight
 
 
 @dataclass

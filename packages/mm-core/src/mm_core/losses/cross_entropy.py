@@ -74,19 +74,94 @@ class _ChunkedCE(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
+class _VocabParallelChunkedCE(torch.autograd.Function):
+    """Like ``_ChunkedCE`` with the LM head split over vocabulary rows across a tensor-parallel group:
+    each rank computes logits of its rows only; max, sum of exponentials and the target logit are
+    all-reduced per chunk, and the hidden-state gradient once at the end. No rank ever holds the
+    whole head or whole-vocabulary logits."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                chunk_size: int, vocab_start: int, group) -> torch.Tensor:
+        import torch.distributed as dist
+
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        n_local = weight.shape[0]
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start:start + chunk_size]
+            y = targets[start:start + chunk_size] - vocab_start
+            w = weights[start:start + chunk_size].to(acc)
+            mine = (y >= 0) & (y < n_local)
+            y = torch.where(mine, y, torch.zeros_like(y))
+            logits = (h @ weight.t()).to(acc)
+            m = logits.max(dim=-1).values
+            dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+            logits.sub_(m.unsqueeze(1))
+            picked = logits.gather(1, y.unsqueeze(1)).squeeze(1) * mine
+            sums = torch.stack([logits.exp().sum(-1), picked])
+            dist.all_reduce(sums, group=group)
+            lse = sums[0].log()  # relative to m
+            total += ((lse - sums[1]) * w).sum()
+            if need_h or need_w:
+                g = logits.sub_(lse.unsqueeze(1)).exp_()
+                g.mul_(w.unsqueeze(1))
+                g.scatter_add_(1, y.unsqueeze(1), -(w * mine).unsqueeze(1))
+                if need_h:
+                    grad_h[start:start + chunk_size] = g @ weight.to(acc)
+                if need_w:
+                    grad_w.addmm_(g.t(), h.to(acc))
+            del logits
+        if need_h:
+            dist.all_reduce(grad_h, group=group)  # each rank holds its rows' share of dL/dh
+        ctx.save_for_backward(grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
+        return gh, gw, None, None, None, None, None
+
+
+def _vocab_shard(weight: torch.Tensor):
+    """(local rows, first row, process group) of a head sharded over rows on a 1-D mesh, else None."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(weight, DTensor) or weight.device_mesh.ndim != 1 or weight.placements != (Shard(0),):
+        return None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, offset = compute_local_shape_and_global_offset(weight.shape, weight.device_mesh, weight.placements)
+    return weight.to_local(), int(offset[0]), weight.device_mesh.get_group()
+
+
 def weighted_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                     *, compute_mode: str = "default", chunk_size: int = 1024) -> torch.Tensor:
     """sum over tokens of ``weights * CE`` (at least fp32); tokens with weight 0 are skipped.
 
     ``hidden`` is ``[..., H]``, ``targets``/``weights`` ``[...]`` (targets already shifted; -100 =
-    no loss), ``weight`` is the LM head ``[V, H]``.
+    no loss), ``weight`` is the LM head ``[V, H]``; a DTensor head split over vocabulary rows
+    (tensor parallel) is used shard by shard, never gathered.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
+    shard = _vocab_shard(weight)
+    if shard is None and hasattr(weight, "full_tensor"):
+        weight = weight.full_tensor()  # another layout of a distributed head: gather it
     y = targets.reshape(-1)
     w = weights.reshape(-1)
     keep = (w != 0) & (y != IGNORE_INDEX)
     idx = keep.nonzero().squeeze(1)
     h, y, w = h.index_select(0, idx), y.index_select(0, idx), w.index_select(0, idx)
+    if shard is not None:  # tensor-parallel head: vocabulary-parallel (one chunk in "default" mode)
+        local, start, group = shard
+        size = {"default": max(1, h.shape[0]), "chunk": chunk_size,
+                "dynamic_chunk": max(1, DYNAMIC_CHUNK_ELEMENTS // local.shape[0])}[compute_mode]
+        return _VocabParallelChunkedCE.apply(h, local, y, w, size, start, group)
     if compute_mode == "default":
         acc = torch.promote_types(hidden.dtype, torch.float32)
         ce = F.cross_entropy((h @ weight.t()).to(acc), y, reduction="none")
