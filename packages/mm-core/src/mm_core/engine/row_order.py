@@ -4,8 +4,7 @@ A fused gated ``linear_fc1`` (``[gate; up]``) is sharded so that tp rank r holds
 ``[gate_r; up_r]``: the DTensor's global view is then ``[gate_0; up_0; gate_1; up_1; ...]``.
 Checkpoints must hold the canonical ``[gate; up]`` (so they reshard to any tp size and convert to
 HF), so such parameters (and their optimizer states) are reordered on save and load, one tensor at
-a time. A family marks a style as gated by naming it ``GatedColwiseParallel`` or by giving it an
-attribute ``gated_rows = True``.
+a time. A family marks such a parallel style with the class attribute ``gated_rows = True``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 def is_gated_style(style: Any) -> bool:
-    return bool(getattr(style, "gated_rows", False)) or type(style).__name__ == "GatedColwiseParallel"
+    return bool(getattr(style, "gated_rows", False))
 
 
 def gated_parameters(model: nn.Module, plan: dict[str, Any], tp: int) -> dict[str, int]:
