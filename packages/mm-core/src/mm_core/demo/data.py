@@ -29,6 +29,8 @@ QUESTIONS: dict[str, str] = {
     "colour": "What colour is the shape?",
     "position": "Where is the shape?",
 }
+RADIUS = (0.15, 0.21)  # half the shape's bounding box, as a fraction of the image side
+JITTER = 0.04  # how far the centre may move from its place's anchor, same unit
 BACKGROUND = (255, 255, 255)
 SUPERSAMPLE = 4  # shapes are drawn this many times larger and scaled down: smooth edges
 
@@ -70,8 +72,8 @@ def make_scenes(n: int, *, image_size: int, seed: int) -> list[Scene]:
     scenes = []
     for shape, colour, position in picks[:n]:
         fx, fy = POSITIONS[position]
-        radius = image_size * rng.uniform(0.13, 0.19)
-        jitter = image_size * 0.06
+        radius = image_size * rng.uniform(*RADIUS)
+        jitter = image_size * JITTER
         scenes.append(Scene(shape, colour, position, cx=fx * image_size + rng.uniform(-jitter, jitter),
                             cy=fy * image_size + rng.uniform(-jitter, jitter), radius=radius))
     return scenes

@@ -71,6 +71,13 @@ def plot(path: Path, metrics: list[dict[str, Any]], before: Accuracy, after: Acc
     return path
 
 
+def _load_note(load: dict[str, Any], cpus: int) -> str:
+    start, end = load.get("start"), load.get("end")
+    if start is None or end is None or max(start, end) < cpus + 0.5:
+        return ""
+    return f" (shared: load average {start:.1f} -> {end:.1f}, so these times are pessimistic)"
+
+
 def summary_text(s: dict[str, Any]) -> str:
     """The closing lines of `mm-run demo`."""
     b, a = s["accuracy_before"], s["accuracy_after"]
@@ -86,7 +93,8 @@ def summary_text(s: dict[str, Any]) -> str:
         f"(median), final loss {s['final_loss']:.4f}",
         f"  transformers reload: {s['hf_check']['equal']}/{s['hf_check']['questions']} greedy answers equal "
         f"to mm-run infer's",
-        f"  total time:          {s['total_seconds']:.0f}s on {s['cpu_threads']} CPU thread(s)",
+        f"  total time:          {s['total_seconds']:.0f}s on {s['cpu_threads']} CPU thread(s)"
+        + _load_note(s.get("load_average") or {}, s["cpu_threads"]),
         f"  goal (>= 90% in < 10 min): {'met' if s['goal_met'] else 'not met'}",
         f"  files:               {s['workdir']}",
     ]

@@ -87,6 +87,7 @@ def _latest_iteration_dir(runner: StepRunner, p: DemoPaths) -> Path:
 def run_demo(s: DemoSettings, *, verbose: bool = True) -> dict[str, Any]:
     """Run the whole demo in ``s.workdir``; returns the summary (also written to summary.json)."""
     t_start = time.perf_counter()
+    load_start = _load_average()
     root = s.workdir.resolve()
     prepare_workdir(root)
     p = DemoPaths(root)
@@ -158,7 +159,8 @@ def run_demo(s: DemoSettings, *, verbose: bool = True) -> dict[str, Any]:
         "train_seconds": train_seconds, "throughput": throughput(metrics), "total_seconds": total,
         "step_seconds": runner.timings, "hf_check": {k: hf_check[k] for k in ("questions", "equal")},
         "goal_met": after.value >= GOAL_ACCURACY and total < GOAL_SECONDS,
-        "cpu_threads": _cpu_threads(), "workdir": str(root), "settings": s.to_dict(),
+        "cpu_threads": _cpu_threads(), "load_average": {"start": load_start, "end": _load_average()},
+        "workdir": str(root), "settings": s.to_dict(),
         "commands": runner.commands,
         "files": {"images": rel(p.data / "images"), "train data": rel(data.train_json),
                   "held-out data": rel(data.eval_json), "initial model": rel(p.hf_init),
@@ -170,6 +172,14 @@ def run_demo(s: DemoSettings, *, verbose: bool = True) -> dict[str, Any]:
     p.summary.write_text(json.dumps(summary, indent=1))
     print(summary_text(summary), flush=True)
     return summary
+
+
+def _load_average() -> float | None:
+    """1-minute load: timings taken while other work shares the CPU are pessimistic."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _cpu_threads() -> int:
