@@ -1,11 +1,16 @@
 """The engine on the real data pipeline (mm_core.data): mllm records with images, per_token_loss,
-and exact resume of the loader position from a checkpoint. A tiny formatter for the engine's toy
-model is registered in process, so no tokenizer or processor is needed."""
+and exact resume of the loader position from a checkpoint, also of a dp=2 checkpoint in one
+process. A tiny formatter for the engine's toy model is registered in process (and, for the
+two-process run, by this file's ``__main__`` in each worker), so no tokenizer or processor is
+needed."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -71,11 +76,15 @@ def mm_register_formatters(register):
     register(FormatterSpec("engine_toy_vl", ToyVLFormatter))
 
 
+def _register_toy_formatter() -> None:
+    plugin = types.SimpleNamespace(mm_register_formatters=mm_register_formatters)
+    reset_plugin_manager(PluginManager(plugins=[("engine-test", plugin)], entry_points_=False))
+
+
 @pytest.fixture
 def toy_formatter():
     before = get_plugin_manager()
-    plugin = types.SimpleNamespace(mm_register_formatters=mm_register_formatters)
-    reset_plugin_manager(PluginManager(plugins=[("engine-test", plugin)], entry_points_=False))
+    _register_toy_formatter()
     yield
     reset_plugin_manager(before)
 
@@ -97,7 +106,7 @@ def _dataset(root: Path) -> Path:
     return root
 
 
-def test_pipeline_data_trains_and_resumes_exactly(tmp_path, toy_formatter):
+def _config(tmp_path: Path) -> dict:
     data = _dataset(tmp_path / "data")
     cfg = helpers.base_config("toy", **{
         "data.source": "mllm", "training.seq_length": 64, "training.micro_batch_size": 2, "training.train_iters": 4,
@@ -105,6 +114,11 @@ def test_pipeline_data_trains_and_resumes_exactly(tmp_path, toy_formatter):
     cfg["data"] = {"source": "mllm", "config": {"basic_parameters": {
         "template": "engine_toy_vl", "dataset_dir": str(data), "dataset": "train.jsonl",
         "cache_dir": str(tmp_path / "cache")}}}
+    return cfg
+
+
+def test_pipeline_data_trains_and_resumes_exactly(tmp_path, toy_formatter):
+    cfg = _config(tmp_path)
     full, _ = helpers.run_inprocess(tmp_path, "full", {**cfg, "output": {**cfg["output"], "save": str(tmp_path / "a")}})
     assert len(full) == 4 and all(r["valid_tokens"] > 0 for r in full)
     _, _ = helpers.run_inprocess(tmp_path, "first", {**cfg, "training": {**cfg["training"], "train_iters": 2},
@@ -113,3 +127,28 @@ def test_pipeline_data_trains_and_resumes_exactly(tmp_path, toy_formatter):
                                                                            "load": str(tmp_path / "b")}})
     assert [r["step"] for r in resumed] == [3, 4]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full[2:]]
+
+
+def test_dp2_checkpoint_on_real_data_resumes_in_one_process(tmp_path, toy_formatter):
+    """Saved by two data ranks (grad_accum 1), resumed by one (grad_accum 2): the same samples next."""
+    cfg = _config(tmp_path)
+    full, _ = helpers.run_inprocess(tmp_path, "full", {**cfg, "output": {**cfg["output"], "save": str(tmp_path / "a")}})
+    first = {**cfg, "training": {**cfg["training"], "train_iters": 2},
+             "output": {**cfg["output"], "save": str(tmp_path / "b")}}
+    cfg_file = helpers.write_config(tmp_path / "dp2.yaml", first)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           __file__, str(tmp_path / "dp2"), "--config", str(cfg_file)],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dp2 = helpers.read_records(tmp_path / "dp2")
+    assert [r["valid_tokens"] for r in dp2] == [r["valid_tokens"] for r in full[:2]]
+    resumed, _ = helpers.run_inprocess(tmp_path, "resumed", {**cfg, "output": {
+        **cfg["output"], "save": str(tmp_path / "c"), "load": str(tmp_path / "b")}})
+    assert [r["step"] for r in resumed] == [3, 4]
+    assert [r["valid_tokens"] for r in resumed] == [r["valid_tokens"] for r in full[2:]]  # the same samples
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[2:]], rel=1e-4)
+
+
+if __name__ == "__main__":  # a torchrun worker of the dp=2 run: OUT_DIR <finetune args>
+    _register_toy_formatter()
+    helpers.worker.run(sys.argv[2:], sys.argv[1])

@@ -14,16 +14,19 @@ Two modes share the formatter, the collator and the packer:
 
 Either way ``state_dict()`` describes exactly the micro-batches handed out so far (read-ahead
 ones excluded), and a loader built with the same settings continues with the next one after
-``load_state_dict``.
+``load_state_dict``. A map-style run also resumes on another ``dp_size`` with the same global
+batch, from the states of all its saved ranks (see :mod:`mm_core.data.resume`).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -35,6 +38,7 @@ from mm_core.data.config import DataConfig, load_data_config
 from mm_core.data.index import build_index
 from mm_core.data.packing import group, pack_rows
 from mm_core.data.records import dataset_files, iter_all_raw_records, iter_raw_records
+from mm_core.data.resume import resume_position
 from mm_core.data.sources import MapMicroBatches, StreamShards, collate_samples, identity, worker_init
 from mm_core.errors import ConfigError
 
@@ -89,6 +93,7 @@ class MMDataLoader:
             if not self._good:
                 raise ConfigError(f"no usable records in {config.basic_parameters.dataset}: {self.stats.summary()}")
             self._plans: dict[int, list[list[list[int]]]] = {}
+            self._plan_key: str | None = None
 
     # -- map-style ---------------------------------------------------------------------------
 
@@ -118,6 +123,15 @@ class MMDataLoader:
                               f"{self.micro_batch_size} x dp_size={self.dp_size} x grad_accum={self.grad_accum}")
         self._plans = {epoch: mbs[self.dp_rank::self.dp_size]}
         return self._plans[epoch]
+
+    def plan_key(self) -> str:
+        """Hash of what fixes the global plan besides the layout: usable records, lengths, sampler."""
+        if self._plan_key is None:
+            dl = self.config.dataloader_param
+            what = [[self.index.wheres[i] for i in self._good], [self.index.lengths[i] for i in self._good],
+                    dl.shuffle, dl.sampler_type, dl.drop_last, MAP_PACK_WINDOW]
+            self._plan_key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+        return self._plan_key
 
     def batches_per_epoch(self, epoch: int = 0) -> int:
         """Micro-batches this rank gets in ``epoch`` (map-style only: streaming does not know)."""
@@ -242,22 +256,24 @@ class MMDataLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Position after the last micro-batch returned by ``next`` (plus bad-record counts)."""
+        layout = {"dp_rank": self.dp_rank, "dp_size": self.dp_size, "seed": self.seed,
+                  "micro_batch_size": self.micro_batch_size, "seq_len": self.seq_len,
+                  "grad_accum": self.grad_accum, "packing": self.packing, "streaming": self.streaming}
+        if not self.streaming:
+            layout["plan_key"] = self.plan_key()
         return {"version": STATE_VERSION, "position": copy.deepcopy(self._state), "bad_records": self.stats.state_dict(),
-                "layout": {"dp_rank": self.dp_rank, "dp_size": self.dp_size, "seed": self.seed,
-                           "micro_batch_size": self.micro_batch_size, "seq_len": self.seq_len,
-                           "grad_accum": self.grad_accum,
-                           "packing": self.packing, "streaming": self.streaming}}
+                "layout": layout}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue after the saved position; the layout (ranks, seed, batch, packing) must match."""
-        mine = self.state_dict()["layout"]
-        saved = state.get("layout", {})
-        diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
-        if diff:
-            raise ConfigError("data loader state does not match this run's layout "
-                              + ", ".join(f"{k}: saved {a} vs now {b}" for k, (a, b) in diff.items()))
-        self._state = copy.deepcopy(state["position"])
-        self.stats.load_state_dict(state.get("bad_records", {}))
+    def load_state_dict(self, state: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+        """Continue after the saved position.
+
+        ``state``: this rank's saved state (the layout must match: ranks, seed, batch, packing), or
+        the list of every saved data rank's state in rank order, which also lets a map-style run
+        resume on another ``dp_size`` with the same global batch (``dp_size * grad_accum``).
+        """
+        position, bad_records = resume_position(copy.deepcopy(state), self.state_dict()["layout"])
+        self._state = position
+        self.stats.load_state_dict(bad_records)
         self._buffer.clear()
         self._source = None
 
@@ -285,8 +301,9 @@ def build_dataloader(config: DataConfig | Mapping[str, Any] | str | os.PathLike[
     The result iterates micro-batches (``next``), pre-reads with ``read_ahead(k)`` (for
     ``per_token_loss``: the window's token counts before its first micro-batch), has ``len()``
     (map-style: micro-batches per epoch on this rank), and saves/restores its position with
-    ``state_dict()``/``load_state_dict()`` (plain data: store it in the checkpoint; resume on the
-    same dp layout and settings). Bad records are skipped and counted in ``.stats``.
+    ``state_dict()``/``load_state_dict()`` (plain data: store every rank's in the checkpoint; resume
+    on the same layout and settings, or, map-style, from all ranks' states on another ``dp_size``
+    with the same global batch). Bad records are skipped and counted in ``.stats``.
     """
     del hf_config
     config = load_data_config(config)

@@ -176,7 +176,10 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
                     dp_rank: int, *, load_optim: bool = True) -> dict[str, Any]:
     """Load weights (and optimizer, train, data and RNG state when present) into this layout.
 
-    Returns ``{"train": ..., "data": ...}`` (empty dicts for a weights-only checkpoint).
+    Returns ``{"train": ..., "data": ...}`` (empty dicts for a weights-only checkpoint). ``data``
+    is this data rank's saved position (rank 0's if the checkpoint has fewer data ranks) plus
+    ``dp_states``: every saved data rank's, in rank order, from which a map-style loader resumes
+    on another data-parallel size.
     """
     meta_keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
     has_optim = any(k.startswith("optim.") for k in meta_keys)
@@ -189,8 +192,10 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
     if "train.step" in meta_keys:
         state["train"] = {k.split(".", 1)[1]: 0 for k in meta_keys if k.startswith("train.")}
     data_key = f"dp{dp_rank}" if f"data.dp{dp_rank}" in meta_keys else "dp0"
-    if f"data.{data_key}" in meta_keys:
-        state["data"] = {data_key: ""}
+    data_keys = sorted((k.split(".", 1)[1] for k in meta_keys if re.fullmatch(r"data\.dp\d+", k)),
+                       key=lambda k: int(k[2:]))
+    if data_keys:
+        state["data"] = {k: "" for k in data_keys}
     rng_key = f"rank{dist.get_rank()}"
     if f"rng.{rng_key}" in meta_keys:
         state["rng"] = {rng_key: b""}
@@ -221,5 +226,7 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
             set_optimizer_state_dict(stage, opt, _optim_local(stage, state["optim"], own), options=_OPT_OPTIONS)
     if "rng" in state:
         _set_rng_state(state["rng"][rng_key])
-    data = state.get("data", {}).get(data_key)
-    return {"train": state.get("train", {}), "data": json.loads(data) if data else {}}
+    saved = state.get("data", {})
+    data = {**json.loads(saved[data_key]), "dp_states": [json.loads(saved[k]) for k in data_keys]} \
+        if saved.get(data_key) else {}
+    return {"train": state.get("train", {}), "data": data}

@@ -137,7 +137,8 @@ class PipelineData:
 
     A step takes the next ``grad_accum`` micro-batches (the whole window is read before the first
     forward, which ``per_token_loss`` needs). The loader's position is saved per data rank; a run
-    resumes it on the same data-parallel size (the loader refuses another one).
+    resumes it on the same data-parallel size, or map-style on another one with the same global
+    batch (from every saved rank's position, ``dp_states``; the loader explains what it refuses).
     """
 
     def __init__(self, cfg: FinetuneConfig, layout: Layout, dp_rank: int, hf_config: dict[str, Any]):
@@ -149,7 +150,7 @@ class PipelineData:
         if not data_cfg.preprocess_parameters.model_name_or_path and cfg.model.hf_dir:
             data_cfg.preprocess_parameters.model_name_or_path = cfg.model.hf_dir  # tokenizer + processor
         self.loader = build_dataloader(data_cfg, seq_len=t.seq_length, micro_batch_size=t.micro_batch_size,
-                                       dp_rank=dp_rank, dp_size=layout.dp, seed=t.seed)
+                                       dp_rank=dp_rank, dp_size=layout.dp, seed=t.seed, grad_accum=layout.grad_accum)
         self.grad_accum = layout.grad_accum
 
     def next_window(self) -> list[Batch]:
@@ -164,7 +165,8 @@ class PipelineData:
         return self.loader.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state)
+        dp_states = state.get("dp_states")  # from a checkpoint: every saved data rank's state
+        self.loader.load_state_dict(dp_states if dp_states else {k: v for k, v in state.items() if k != "dp_states"})
 
 
 def build_data(cfg: FinetuneConfig, layout: Layout, dp_rank: int, hf_config: dict[str, Any]):
