@@ -89,8 +89,8 @@ def summary_text(s: dict[str, Any]) -> str:
         f"({a['correct']}/{a['total']} questions; chance {100 * s['chance']:.0f}%)",
         "  per question:        " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in a["per_kind"].items()),
         f"  training:            {s['steps']} steps in {s['train_seconds']:.0f}s, "
-        f"{s['throughput']['tokens_per_s']:.0f} tokens/s, {s['throughput']['samples_per_s']:.1f} samples/s "
-        f"(median), final loss {s['final_loss']:.4f}",
+        f"{s['throughput']['samples_per_s']:.1f} questions/s, {s['throughput']['tokens_per_s']:.0f} trained (answer) "
+        f"tokens/s (median step), final loss {s['final_loss']:.4f}",
         f"  transformers reload: {s['hf_check']['equal']}/{s['hf_check']['questions']} greedy answers equal "
         f"to mm-run infer's",
         f"  total time:          {s['total_seconds']:.0f}s on {s['cpu_threads']} CPU thread(s)"
