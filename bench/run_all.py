@@ -126,7 +126,8 @@ def _demo_rows(r: dict[str, Any]) -> list[Row]:
 def _demo_command(quick: bool) -> list[str]:
     cmd = [sys.executable, "-m", "mm_core.cli.main", "demo", "--workdir", str(DEMO_WORK), "--quiet"]
     if quick:
-        cmd += ["--train-images", "240", "--eval-images", "16", "--steps", "60", "--num-workers", "0"]
+        cmd += ["--train-images", "240", "--eval-images", "48", "--steps", "100", "--lr", "0.004",
+                "--num-workers", "0", "--hf-check-limit", "48"]  # the CI test's reduced run
     return cmd
 
 
