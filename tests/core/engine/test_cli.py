@@ -33,6 +33,15 @@ def test_examples_are_valid_at_their_world_size(size, world):
     assert layout.dp * layout.tp * layout.pp == world
 
 
+def test_sequence_parallel_without_tensor_parallel_is_refused():
+    from mm_core.errors import ConfigError
+
+    cfg = parse_finetune_config(["--config", str(EXAMPLES / "finetune_tiny.yaml"), "--parallel.sequence_parallel",
+                                 "true", "--parallel.tp", "1"])
+    with pytest.raises(ConfigError, match="parallel.sequence_parallel"):
+        validate(cfg, 1, cfg.model.hf_config)
+
+
 def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -1,7 +1,7 @@
 """Every parallel layout trains like one process (gloo on CPU, tiny Qwen2.5-VL, fp32).
 
 One in-process reference, then ONE launch of 2 processes running, one after the other: dp=2
-(saving a checkpoint), tp=2 (saving one too), pp=2 (vision and LLM on different stages), a
+(saving a checkpoint), tp=2 (saving one too), tp=2 with sequence parallel, pp=2 (vision and LLM on different stages), a
 resume at tp=2 of the dp=2 checkpoint, interleaved 1F1B with 2 virtual chunks, a fully frozen
 stage and tied embeddings split over stages; plus one launch of 4 processes for dp=2 x tp=2 and
 dp=2 x pp=2. Loss and
@@ -62,6 +62,9 @@ def two_process_runs(tmp_path_factory, reference):
     dp2 = helpers.base_config("qwen", **{"output.save": str(tmp / "ckpt_dp2")})
     tp2 = helpers.base_config(TP_MODEL, **{"output.save": str(tmp / "ckpt_tp2")})
     tp2["parallel"].update(tp=2)
+    # sequence parallel in the LLM (the qwen plan only): activations sharded over the sequence
+    tp2sp = helpers.base_config("qwen")
+    tp2sp["parallel"].update(tp=2, sequence_parallel=True)
     pp2 = helpers.base_config("qwen")
     pp2["parallel"].update(pp=2)
     pp2["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[0, 2])
@@ -88,8 +91,11 @@ def two_process_runs(tmp_path_factory, reference):
                                                         "training.train_iters": 6}))
     tied_resume["parallel"].update(pp=2)
     tied_resume["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[1, 1])
-    proc = helpers.run_torchrun_many(tmp, 2, {"dp2": dp2, "tp2": tp2, "pp2": pp2, "resume": resume, "vpp": vpp,
-                                              "frozen_pp2": frozen, "tied_pp2": tied, "tied_resume": tied_resume})
+    runs = {"dp2": dp2, "tp2": tp2, "pp2": pp2, "resume": resume, "vpp": vpp, "frozen_pp2": frozen,
+            "tied_pp2": tied, "tied_resume": tied_resume}
+    if TP_MODEL == "qwen":
+        runs["tp2sp"] = tp2sp
+    proc = helpers.run_torchrun_many(tmp, 2, runs)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tmp
 
@@ -109,6 +115,11 @@ def test_dp2(two_process_runs, reference):
 
 def test_tp2(two_process_runs, reference):
     _check(two_process_runs / "tp2", reference[TP_MODEL])
+
+
+@pytest.mark.skipif(TP_MODEL != "qwen", reason="needs the qwen tensor-parallel plan")
+def test_tp2_sequence_parallel(two_process_runs, reference):
+    _check(two_process_runs / "tp2sp", reference["qwen"])
 
 
 def test_pp2_vision_and_llm_on_different_stages(two_process_runs, reference):

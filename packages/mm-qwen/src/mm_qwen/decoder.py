@@ -27,8 +27,9 @@ class DecoderAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segment_ids: torch.Tensor | None,
                 cache: KVCache | None, layer: int) -> torch.Tensor:
-        bsz, seqlen, _ = x.shape
-        qkv = self.linear_qkv(x).view(bsz, seqlen, -1, self.q_per_group + 2, self.head_dim)  # local groups
+        qkv = self.linear_qkv(x)  # under sequence parallel: the whole sequence, gathered from x's shard
+        bsz, seqlen = qkv.shape[:2]
+        qkv = qkv.view(bsz, seqlen, -1, self.q_per_group + 2, self.head_dim)  # local groups
         q = qkv[:, :, :, : self.q_per_group].reshape(bsz, seqlen, -1, self.head_dim).transpose(1, 2)
         k = qkv[:, :, :, self.q_per_group].transpose(1, 2)
         v = qkv[:, :, :, self.q_per_group + 1].transpose(1, 2)
@@ -116,6 +117,8 @@ class TextDecoder(nn.Module):
         if hasattr(weight, "device_mesh"):  # tied to a vocab-parallel embedding: gather the vocab shards
             from torch.distributed.tensor import DTensor, Shard
 
+            if isinstance(hidden, DTensor):  # sequence parallel: the final norm's output is sequence-sharded
+                hidden = hidden.full_tensor()
             local = F.linear(hidden, weight.to_local())
             return DTensor.from_local(local, weight.device_mesh, [Shard(-1)]).full_tensor()
         return F.linear(hidden, weight)

@@ -13,6 +13,15 @@ gated ``linear_fc1`` under tp > 1 is that rank-blocked order; use ``unblock_gate
 ``[gate; up]`` order (e.g. before writing an HF checkpoint from a gathered tp state); the engine's
 DCP checkpoints do this for styles marked ``gated_rows``, so they reshard across tp sizes.
 
+Sequence parallel (``sequence_parallel=True``, text decoder only, Megatron-SP style): between
+the tp regions the decoder's activations (residual stream, RMSNorms) are sharded over the sequence
+(``Shard(1)``). The decoder's input (embedding output with the visual features scattered in, on
+the whole sequence) is split on entry; ``linear_qkv`` / ``linear_fc1`` all-gather the sequence first
+and ``linear_proj`` / ``linear_fc2`` reduce-scatter onto it, so attention (rotary, segment masks)
+still sees the whole sequence. A later pipeline stage receives the sequence shard as it was sent.
+The final norm returns a ``Shard(1)`` DTensor that the engine gathers for the loss. The sequence
+length must divide by tp (the engine pads to a multiple of it).
+
 Usage: ``parallelize_module(model, tp_mesh, tp_plan(model))`` on the (meta or loaded) full-size
 stage; then load a rank's mm file with ``mm_qwen.loading`` or keep the distributed full weights.
 """
@@ -59,14 +68,22 @@ def _gated_colwise():
     return GatedColwiseParallel
 
 
-def tp_plan(model: nn.Module, *, loss_parallel: bool = False) -> dict[str, Any]:
+def tp_plan(model: nn.Module, *, loss_parallel: bool = False, sequence_parallel: bool = False) -> dict[str, Any]:
     """``{module path: ParallelStyle}`` for this stage's modules.
+
+    ``sequence_parallel=True`` shards the text decoder's activations over the sequence between the
+    tp regions (see the module docstring).
 
     ``loss_parallel=True`` leaves the logits sharded over the vocabulary (``Shard(-1)`` DTensor) for
     a vocab-parallel cross-entropy; otherwise they are gathered (``Replicate``) as plain tensors.
     """
     from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+    )
 
     gated = _gated_colwise()
     plan: dict[str, Any] = {}
@@ -83,16 +100,34 @@ def tp_plan(model: nn.Module, *, loss_parallel: bool = False) -> dict[str, Any]:
             plan["image_encoder.projector.encoder.linear_fc2"] = RowwiseParallel()
     dec = getattr(model, "text_decoder", None)
     if dec is not None:
+        sp = sequence_parallel
+        seq = Shard(1)
         if hasattr(dec, "embedding"):
             plan["text_decoder.embedding.word_embeddings"] = RowwiseParallel(input_layouts=Replicate())
+        if sp:  # (hidden, cos, sin, segment_ids, cache): split the hidden states over the sequence on entry
+            first = Replicate() if hasattr(dec, "embedding") else seq  # a later stage gets the shard as sent
+            plan["text_decoder"] = PrepareModuleInput(input_layouts=(first, None, None, None, None),
+                                                      desired_input_layouts=(seq, None, None, None, None),
+                                                      use_local_output=True)
         for i in range(len(dec.decoder.layers)):
             p = f"text_decoder.decoder.layers.{i}"
-            plan[f"{p}.self_attention.linear_qkv"] = ColwiseParallel()
-            plan[f"{p}.self_attention.linear_proj"] = RowwiseParallel()
-            plan[f"{p}.mlp.linear_fc1"] = gated()
-            plan[f"{p}.mlp.linear_fc2"] = RowwiseParallel()
+            if sp:
+                plan[f"{p}.input_layernorm"] = SequenceParallel()
+                plan[f"{p}.pre_mlp_layernorm"] = SequenceParallel()
+                plan[f"{p}.self_attention.linear_qkv"] = ColwiseParallel(input_layouts=seq)
+                plan[f"{p}.self_attention.linear_proj"] = RowwiseParallel(output_layouts=seq)
+                plan[f"{p}.mlp.linear_fc1"] = gated(input_layouts=seq)
+                plan[f"{p}.mlp.linear_fc2"] = RowwiseParallel(output_layouts=seq)
+            else:
+                plan[f"{p}.self_attention.linear_qkv"] = ColwiseParallel()
+                plan[f"{p}.self_attention.linear_proj"] = RowwiseParallel()
+                plan[f"{p}.mlp.linear_fc1"] = gated()
+                plan[f"{p}.mlp.linear_fc2"] = RowwiseParallel()
+        if sp and hasattr(dec.decoder, "final_layernorm"):
+            plan["text_decoder.decoder.final_layernorm"] = SequenceParallel(use_local_output=False)
         if hasattr(dec, "output_layer"):
+            into = seq if sp else Replicate()
             plan["text_decoder.output_layer"] = (
-                ColwiseParallel(output_layouts=Shard(-1), use_local_output=False) if loss_parallel
-                else ColwiseParallel(output_layouts=Replicate()))
+                ColwiseParallel(input_layouts=into, output_layouts=Shard(-1), use_local_output=False)
+                if loss_parallel else ColwiseParallel(input_layouts=into, output_layouts=Replicate()))
     return plan

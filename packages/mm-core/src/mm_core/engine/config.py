@@ -59,6 +59,9 @@ class ParallelConfig:
     pp_pad_multiple: int = 256  # pp: a step's micro-batches are padded to a multiple of this (one schedule per length)
     device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
     reshard_after_forward: bool = True
+    # tp > 1: shard the LLM's activations between the tp regions over the sequence (Megatron-SP);
+    # sequences are padded to a multiple of tp
+    sequence_parallel: bool = False
 
 
 @dataclass
@@ -197,6 +200,9 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
     if world_size % (p.tp * p.pp):
         raise ConfigError(f"parallel: tp x pp = {p.tp} x {p.pp} = {p.tp * p.pp} does not divide the world size "
                           f"{world_size}; change parallel.tp/parallel.pp or the number of processes")
+    if p.sequence_parallel and p.tp == 1:
+        raise ConfigError("parallel.sequence_parallel: needs parallel.tp > 1 (it shards over the tp ranks); "
+                          "set it false or raise parallel.tp")
     dp = world_size // (p.tp * p.pp)
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(f"training.global_batch_size: {t.global_batch_size} is not a multiple of "

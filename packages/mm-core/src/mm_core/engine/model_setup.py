@@ -125,13 +125,22 @@ def freeze(model: nn.Module, spec: ModelSpec, groups: list[str]) -> int:
     return n
 
 
-def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel) -> dict[str, int]:
+def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel, sequence_parallel: bool = False) -> dict[str, int]:
     """Apply the family's plan; returns the gated parameters (see ``row_order``)."""
+    import inspect
+
     from torch.distributed.tensor.parallel import parallelize_module
 
     if spec.tp_plan is None:
         raise ConfigError(f"parallel.tp: model '{spec.name}' has no tensor-parallel plan; use parallel.tp 1")
-    plan = spec.tp_plan(model)
+    if sequence_parallel:
+        params = inspect.signature(spec.tp_plan).parameters
+        if "sequence_parallel" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise ConfigError(f"parallel.sequence_parallel: model '{spec.name}' has no sequence-parallel plan; "
+                              "set it false")
+        plan = spec.tp_plan(model, sequence_parallel=True)
+    else:
+        plan = spec.tp_plan(model)
     if plan:
         parallelize_module(model, par.mesh["tp"], plan)
     return gated_parameters(model, plan or {}, par.tp)
@@ -189,7 +198,7 @@ def load_stage_model(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, 
     model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
                          pp_rank=stage, device="meta", dtype=torch.float32)
     freeze(model, spec, cfg.model.freeze)
-    gated = _apply_tp(model, spec, par) if par.tp > 1 else {}
+    gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel) if par.tp > 1 else {}
     # the config's own (possibly nested) lists: the converter maps stage -> (pp rank, chunk) itself
     kw: dict[str, Any] = dict(vit_pp_layers=cfg.model.vit_pp_layers, llm_pp_layers=cfg.model.llm_pp_layers) \
         if layout.pp > 1 else {}
@@ -218,7 +227,7 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
                                  pp_rank=stage, device=par.device, dtype=torch.float32)
             _stage_from_full(model, names, full, stage)
             freeze(model, spec, cfg.model.freeze)
-            gated = _apply_tp(model, spec, par) if par.tp > 1 else {}
+            gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel) if par.tp > 1 else {}
         else:
             model, gated = load_stage_model(cfg, spec, hf_config, layout, stage, par)
         es = EngineStage(model, stage, layout.num_stages, names)

@@ -157,6 +157,9 @@ class Trainer:
         window = self.data.next_window()
         if self.layout.pp > 1:
             window = self._pad_for_pipeline(window)
+        if self.cfg.parallel.sequence_parallel:  # the sequence is sharded over tp: pad to a multiple of it
+            window = [pad_batch(b, padded_length(b["input_ids"].shape[1], self.par.tp, 1 << 62), self.pad_id)
+                      for b in window]
         mbs = prepare_window(window, self.loss_spec, self.par.device, self.par.group("dp"), self.par.dp)
         lr = self.schedule.apply(self.optimizers, self.step)
         self._forward_backward(mbs)
