@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {name}: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     verb = cfg.verb
-    init = parser.instantiate_classes(cfg)
+    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
     kwargs: dict[str, Any] = {k: v for k, v in vars(init[verb]).items() if k not in ("config", "__path__")}
     kwargs.pop("__default_config__", None)
     try:

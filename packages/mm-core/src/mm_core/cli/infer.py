@@ -179,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            stop_token_ids=stop_token_ids(gen_dir, processor.tokenizer), seed=args.seed)
     as_json = bool(args.input or args.output)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     sink = open(args.output, "w") if args.output else None  # noqa: SIM115 - closed below
     try:
         for start in range(0, len(records), args.batch_size):
