@@ -124,6 +124,20 @@ def data_config(tmp: Path, dataset: str, **basic) -> DataConfig:
     return cfg
 
 
+def jsonl_config(tmp: Path, n: int = 40, **basic) -> DataConfig:
+    """A data config over ``n`` generated records written to ``tmp/d.jsonl``."""
+    write_jsonl(tmp / "d.jsonl", make_records(tmp, n))
+    return data_config(tmp, "d.jsonl", **basic)
+
+
+def assert_same_batches(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert torch.equal(x[key], y[key]), key
+
+
 @pytest.fixture
 def toy():
     return ToyFormatter
@@ -135,4 +149,5 @@ def h():
     from types import SimpleNamespace
 
     return SimpleNamespace(make_image=make_image, make_video=make_video, make_records=make_records,
-                           write_jsonl=write_jsonl, data_config=data_config, Toy=ToyFormatter)
+                           write_jsonl=write_jsonl, data_config=data_config, Toy=ToyFormatter,
+                           jsonl_config=jsonl_config, same=assert_same_batches)

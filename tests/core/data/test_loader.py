@@ -4,7 +4,6 @@ import copy
 import json
 
 import pytest
-import torch
 
 from mm_core.data import build_dataloader
 
@@ -13,24 +12,11 @@ def _take(loader, k):
     return [next(loader) for _ in range(k)]
 
 
-def _same(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x:
-            assert torch.equal(x[key], y[key]), key
-
-
-def _cfg(tmp_path, h, n=40, **basic):
-    h.write_jsonl(tmp_path / "d.jsonl", h.make_records(tmp_path, n))
-    return h.data_config(tmp_path, "d.jsonl", **basic)
-
-
 @pytest.mark.parametrize("streaming,packing,workers", [
     (False, True, 0), (False, False, 2), (True, True, 2), (True, False, 0),
 ])
 def test_resume_equals_uninterrupted(tmp_path, h, streaming, packing, workers):
-    cfg = _cfg(tmp_path, h, streaming=streaming, packing=packing, pack_buffer=7)
+    cfg = h.jsonl_config(tmp_path, streaming=streaming, packing=packing, pack_buffer=7)
     cfg.dataloader_param.num_workers = workers
     kw = dict(seq_len=128, micro_batch_size=2, seed=3, num_epochs=2)
     full = list(build_dataloader(cfg, h.Toy(cfg), **kw))
@@ -43,18 +29,18 @@ def test_resume_equals_uninterrupted(tmp_path, h, streaming, packing, workers):
         json.dumps(state)  # plain data: goes into the checkpoint
         resumed = build_dataloader(cfg, h.Toy(cfg), **kw)
         resumed.load_state_dict(state)
-        _same(head + list(resumed), full)
+        h.same(head + list(resumed), full)
 
 
 def test_read_ahead_then_next_returns_the_same(tmp_path, h):
-    cfg = _cfg(tmp_path, h, packing=True)
+    cfg = h.jsonl_config(tmp_path, packing=True)
     loader = build_dataloader(cfg, h.Toy(cfg), seq_len=128, micro_batch_size=2, num_epochs=1)
     ahead = loader.read_ahead(3)
-    _same(ahead, _take(loader, 3))
+    h.same(ahead, _take(loader, 3))
 
 
 def test_dp_ranks_share_nothing_and_get_equal_steps(tmp_path, h):
-    cfg = _cfg(tmp_path, h, n=30)
+    cfg = h.jsonl_config(tmp_path, n=30)
     cfg.dataloader_param.shuffle = False
     cfg.dataloader_param.sampler_type = "sequential"
     kw = dict(seq_len=128, micro_batch_size=2, dp_size=2, num_epochs=1)
@@ -66,7 +52,7 @@ def test_dp_ranks_share_nothing_and_get_equal_steps(tmp_path, h):
 
 
 def test_streaming_dp_shards_are_disjoint(tmp_path, h):
-    cfg = _cfg(tmp_path, h, n=24, streaming=True)
+    cfg = h.jsonl_config(tmp_path, n=24, streaming=True)
     seen = []
     for r in range(2):
         for b in build_dataloader(cfg, h.Toy(cfg), seq_len=128, micro_batch_size=1, dp_rank=r, dp_size=2, num_epochs=1):
@@ -75,7 +61,7 @@ def test_streaming_dp_shards_are_disjoint(tmp_path, h):
 
 
 def test_index_cache_reused_and_keyed_by_content(tmp_path, h):
-    cfg = _cfg(tmp_path, h, n=12, cache_dir=str(tmp_path / "cache"))
+    cfg = h.jsonl_config(tmp_path, n=12, cache_dir=str(tmp_path / "cache"))
     toy = h.Toy(cfg)
     build_dataloader(cfg, toy, seq_len=128, micro_batch_size=2)
     files = list((tmp_path / "cache").glob("index-*.json"))
@@ -127,7 +113,7 @@ def test_engine_style_call_dict_config_len_and_grad_accum(tmp_path, h):
 
 
 def test_streaming_with_more_shards_than_records_does_not_hang(tmp_path, h):
-    cfg = _cfg(tmp_path, h, n=3, streaming=True)
+    cfg = h.jsonl_config(tmp_path, n=3, streaming=True)
     cfg.dataloader_param.num_workers = 2
     loader = build_dataloader(cfg, h.Toy(cfg), seq_len=128, micro_batch_size=1, dp_rank=1, dp_size=2)
     assert len([next(loader) for _ in range(4)]) == 4  # rank 1 worker 0 owns record 2; worker 1 owns none
@@ -144,7 +130,7 @@ def _index_in_child(cfg, toy_cls, q):
 def test_processes_sharing_cache_dir_agree(tmp_path, h):
     import multiprocessing as mp
 
-    cfg = _cfg(tmp_path, h, n=300, cache_dir=str(tmp_path / "cache"))
+    cfg = h.jsonl_config(tmp_path, n=300, cache_dir=str(tmp_path / "cache"))
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     procs = [ctx.Process(target=_index_in_child, args=(cfg, h.Toy, q)) for _ in range(3)]

@@ -4,23 +4,9 @@ import copy
 import json
 
 import pytest
-import torch
 
 from mm_core.data import build_dataloader
 from mm_core.errors import ConfigError
-
-
-def _same(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x:
-            assert torch.equal(x[key], y[key]), key
-
-
-def _cfg(tmp_path, h, n=40, **basic):
-    h.write_jsonl(tmp_path / "d.jsonl", h.make_records(tmp_path, n))
-    return h.data_config(tmp_path, "d.jsonl", **basic)
 
 
 def _ranks(cfg, h, dp, ga, **kw):
@@ -36,7 +22,7 @@ def _steps(loaders, ga, steps):
 
 @pytest.mark.parametrize("packing,workers", [(True, 0), (False, 2)])
 def test_dp2_states_resume_on_one_rank_with_doubled_accumulation(tmp_path, h, packing, workers):
-    cfg = _cfg(tmp_path, h, packing=packing)
+    cfg = h.jsonl_config(tmp_path, packing=packing)
     cfg.dataloader_param.num_workers = workers
     kw = dict(seq_len=128, micro_batch_size=2, seed=5, num_epochs=2)
     ranks = _ranks(cfg, h, 2, 1, **kw)
@@ -48,7 +34,7 @@ def test_dp2_states_resume_on_one_rank_with_doubled_accumulation(tmp_path, h, pa
     expected = [mb for pair in zip(*rest) for mb in pair]  # global order: rank 0, rank 1, rank 0, ...
     one = build_dataloader(cfg, h.Toy(cfg), dp_rank=0, dp_size=1, grad_accum=2, **kw)
     one.load_state_dict(copy.deepcopy(states))
-    _same(list(one), expected)
+    h.same(list(one), expected)
     # and back: the one-rank state resumes on two ranks (each continues with its share)
     one = build_dataloader(cfg, h.Toy(cfg), dp_rank=0, dp_size=1, grad_accum=2, **kw)
     one.load_state_dict(states)
@@ -57,11 +43,11 @@ def test_dp2_states_resume_on_one_rank_with_doubled_accumulation(tmp_path, h, pa
     tail = list(one)
     for r, loader in enumerate(_ranks(cfg, h, 2, 1, **kw)):
         loader.load_state_dict(saved)  # a single state from a one-rank run is the whole story
-        _same(list(loader), tail[r::2])
+        h.same(list(loader), tail[r::2])
 
 
 def test_refusals_name_the_saved_and_new_settings(tmp_path, h):
-    cfg = _cfg(tmp_path, h, n=24, packing=True)
+    cfg = h.jsonl_config(tmp_path, n=24, packing=True)
     kw = dict(seq_len=128, seed=1, num_epochs=1)
     ranks = _ranks(cfg, h, 2, 1, micro_batch_size=2, **kw)
     _steps(ranks, 1, 1)
@@ -83,7 +69,7 @@ def test_refusals_name_the_saved_and_new_settings(tmp_path, h):
     with pytest.raises(ConfigError, match=r"uneven positions \[1, 2\]"):
         one().load_state_dict(uneven)
     (tmp_path / "x").mkdir()
-    other = _cfg(tmp_path / "x", h, n=26, packing=True)
+    other = h.jsonl_config(tmp_path / "x", n=26, packing=True)
     with pytest.raises(ConfigError, match="plan_key: saved"):  # other records, other plan
         build_dataloader(other, h.Toy(other), dp_size=1, grad_accum=2, micro_batch_size=2, **kw).load_state_dict(states)
     mid = build_dataloader(cfg, h.Toy(cfg), dp_size=1, grad_accum=2, micro_batch_size=2, **kw)
@@ -98,7 +84,7 @@ def test_refusals_name_the_saved_and_new_settings(tmp_path, h):
 
 
 def test_streaming_states_stay_on_their_layout(tmp_path, h):
-    cfg = _cfg(tmp_path, h, n=12, streaming=True)
+    cfg = h.jsonl_config(tmp_path, n=12, streaming=True)
     kw = dict(seq_len=128, micro_batch_size=1, num_epochs=1)
     ranks = _ranks(cfg, h, 2, 1, **kw)
     _steps(ranks, 1, 1)
