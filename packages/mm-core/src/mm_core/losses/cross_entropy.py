@@ -34,6 +34,14 @@ def sample_ids_for(targets: torch.Tensor, segment_ids: torch.Tensor | None) -> t
     return torch.where(seg >= 0, seg + offsets.unsqueeze(1), torch.full_like(seg, -1))
 
 
+def _scaled_saved_grads(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The (hidden, weight) gradients computed in forward, scaled by the incoming gradient."""
+    grad_h, grad_w = ctx.saved_tensors
+    gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+    gw = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
+    return gh, gw
+
+
 class _ChunkedCE(torch.autograd.Function):
     """sum_i w_i * CE(h_i @ W^T, y_i) with gradients computed chunk by chunk in the forward."""
 
@@ -68,10 +76,7 @@ class _ChunkedCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        gw = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
-        return gh, gw, None, None, None
+        return *_scaled_saved_grads(ctx, grad_out), None, None, None
 
 
 class _VocabParallelChunkedCE(torch.autograd.Function):
@@ -122,10 +127,7 @@ class _VocabParallelChunkedCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        gw = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
-        return gh, gw, None, None, None, None, None
+        return *_scaled_saved_grads(ctx, grad_out), None, None, None, None, None
 
 
 def _vocab_shard(weight: torch.Tensor):
