@@ -180,6 +180,42 @@ def test_chunked_cross_entropy_equals_full(dtype, rtol):
                                    atol=1e-6 if dtype == torch.float32 else 1e-12)
 
 
+def test_chunked_cross_entropy_under_autocast_matches_the_full_low_precision_loss(monkeypatch):
+    """fp32 master weights under bf16 autocast: the head's matmuls run in bf16 (like the full mode),
+    gradients keep the inputs' fp32 dtype and agree with the full mode's."""
+    import mm_core.losses.cross_entropy as ce
+
+    g = torch.Generator().manual_seed(1)
+    n, h, v = 200, 32, 501
+    hidden = torch.randn(n, h, generator=g)
+    head = torch.randn(v, h, generator=g) * 0.3
+    targets = torch.randint(0, v, (n,), generator=g)
+    weights = torch.rand(n, generator=g)
+    low_precision_mm = []
+    real = ce.add_matmul_
+
+    def spy(out, a, b):
+        low_precision_mm.append(a.dtype)
+        return real(out, a, b)
+
+    monkeypatch.setattr(ce, "add_matmul_", spy)
+    results = {}
+    for mode in ("default", "chunk"):
+        hh, ww = hidden.clone().requires_grad_(), head.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = weighted_ce_sum(hh, ww, targets, weights, compute_mode=mode, chunk_size=64)
+        loss.backward()
+        assert hh.grad.dtype == ww.grad.dtype == torch.float32
+        results[mode] = (loss.detach(), hh.grad, ww.grad)
+    assert low_precision_mm and set(low_precision_mm) == {torch.bfloat16}
+    fp32 = weighted_ce_sum(hidden, head, targets, weights)
+    full, chunk = results["default"], results["chunk"]
+    torch.testing.assert_close(chunk[0], full[0], rtol=1e-3, atol=0)
+    assert chunk[0].item() != pytest.approx(fp32.item(), rel=1e-6), "autocast was ignored: fp32 result"
+    for a, b in zip(chunk[1:], full[1:]):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
 def test_chunked_cross_entropy_never_keeps_full_logits():
     n, h, v, chunk = 256, 8, 512, 32
     hidden = torch.randn(n, h, requires_grad=True)

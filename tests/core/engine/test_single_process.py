@@ -129,9 +129,35 @@ def test_weights_only_checkpoint_starts_a_new_run_from_its_weights(tmp):
     try:
         assert trainer.step == 0
         for name, p in trainer.stages.modules[0].named_parameters():
-            torch.testing.assert_close(p.detach().full_tensor(), trained[name[len("model."):]], rtol=0, atol=0)
+            assert not hasattr(p, "full_tensor"), "one data-parallel rank trains the plain module (no FSDP2)"
+            torch.testing.assert_close(p.detach(), trained[name[len("model."):]], rtol=0, atol=0)
     finally:
         shutdown()
+
+
+def test_one_rank_without_fsdp_trains_exactly_like_fsdp(tmp):
+    """dp == 1 leaves FSDP2 out (``parallel.fsdp auto``): the same losses and weights as wrapping anyway."""
+    plain, w_plain = run_inprocess(tmp, "plain", base_config())
+    always = base_config()
+    always["parallel"]["fsdp"] = "always"
+    wrapped, w_wrapped = run_inprocess(tmp, "wrapped", always)
+    assert [r["loss"] for r in plain] == pytest.approx([r["loss"] for r in wrapped], rel=1e-6)
+    assert set(w_plain) == set(w_wrapped)
+    for k, v in w_wrapped.items():
+        torch.testing.assert_close(w_plain[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_bf16_on_one_rank_computes_in_bf16_like_fsdp_mixed_precision(tmp):
+    """Without FSDP2, bf16 compute comes from autocast: close to FSDP2's parameter cast, and not fp32."""
+    fp32, _ = run_inprocess(tmp, "fp32", base_config())
+    auto, w_auto = run_inprocess(tmp, "bf16_auto", base_config(**{"training.dtype": "bf16"}))
+    always = base_config(**{"training.dtype": "bf16"})
+    always["parallel"]["fsdp"] = "always"
+    wrapped, _ = run_inprocess(tmp, "bf16_fsdp", always)
+    ref, got, full = ([r["loss"] for r in rs] for rs in (wrapped, auto, fp32))
+    assert got == pytest.approx(ref, rel=2e-2)
+    assert got != pytest.approx(full, rel=1e-5), "bf16 training gave exactly the fp32 losses"
+    assert all(v.dtype == torch.float32 for v in w_auto.values()), "master weights stay fp32"
 
 
 @pytest.mark.parametrize("override,message", [

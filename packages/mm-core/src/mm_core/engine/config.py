@@ -59,6 +59,10 @@ class ParallelConfig:
     pp_pad_multiple: int = 256  # pp: a step's micro-batches are padded to a multiple of this (one schedule per length)
     device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
     reshard_after_forward: bool = True
+    # "auto": FSDP2 shards over data parallel when dp > 1; one data-parallel rank trains the plain
+    # module (FSDP would only add its bookkeeping), with torch.autocast for bf16/fp16 compute.
+    # "always": FSDP2 even when dp == 1 (its mixed precision casts the parameters instead).
+    fsdp: Literal["auto", "always"] = "auto"
     # tp > 1: shard the LLM's activations between the tp regions over the sequence (Megatron-SP);
     # sequences are padded to a multiple of tp
     sequence_parallel: bool = False

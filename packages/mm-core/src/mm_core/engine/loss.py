@@ -33,11 +33,21 @@ class MicroBatch:
     scale: float  # 1 / grad_accum
     valid_tokens: int
     samples: int
+    positions: int  # non-padding positions the model runs over (what compute and MFU scale with)
     stats: dict[str, float] = field(default_factory=dict)
 
 
 def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _positions(batch: Mapping[str, Any]) -> int:
+    """Non-padding positions of a micro-batch (attention mask, else packed segments, else all)."""
+    if batch.get("attention_mask") is not None:
+        return int(batch["attention_mask"].sum())
+    if batch.get("segment_ids") is not None:
+        return int((batch["segment_ids"] >= 0).sum())
+    return int(batch["input_ids"].numel())
 
 
 def denominators(normalize: str, sums: torch.Tensor, rank_mean: torch.Tensor) -> list[float]:
@@ -67,7 +77,7 @@ def prepare_window(window: list[Mapping[str, Any]], spec: LossSpec, device: torc
             valid = valid & (seg >= 0)
         weights = spec.token_weights(valid, sample_ids_for(targets, seg))
         samples = int(b["num_samples"]) if "num_samples" in b else int(targets.shape[0])
-        prepared.append((b, targets, weights.float(), int(valid.sum()), samples))
+        prepared.append((b, targets, weights.float(), int(valid.sum()), samples, _positions(b)))
     sums = torch.tensor([p[2].sum().item() for p in prepared], dtype=torch.float64)
     rank_mean = sums
     if spec.normalize in ("rank_mean", "rank_mean_window") and dp > 1:
@@ -76,9 +86,9 @@ def prepare_window(window: list[Mapping[str, Any]], spec: LossSpec, device: torc
         rank_mean /= dp
     denoms = denominators(spec.normalize, sums, rank_mean)
     out = []
-    for (b, targets, weights, n_valid, samples), denom in zip(prepared, denoms):
+    for (b, targets, weights, n_valid, samples, positions), denom in zip(prepared, denoms):
         out.append(MicroBatch(_to(b, device), targets.to(device), weights.to(device), denom, 1.0 / ga,
-                              n_valid, samples))
+                              n_valid, samples, positions))
     return out
 
 

@@ -1,7 +1,8 @@
 """Step metrics: console progress bar, JSONL file and TensorBoard, written by global rank 0.
 
-MFU is estimated as 6 x trainable-and-frozen parameters x tokens (forward + backward of a dense
-model; frozen parts cost 2/3 of that, ignored here) over the device's peak FLOP/s, when known.
+MFU is estimated as 6 x trainable-and-frozen parameters x input tokens (every non-padding
+position; forward + backward of a dense model; frozen parts cost 2/3 of that, ignored here) over
+the device's peak FLOP/s, when known.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,10 +62,22 @@ class EngineStage(nn.Module):
         self.max_rows = 0  # set per step by the pipeline runner (4 x micro-batch tokens)
         self.gated: dict[str, int] = {}  # tp-blocked gated parameters (model-relative names) -> tp
         self.feed: list[Any] = []
+        # (device type, dtype) when the stage is not wrapped by FSDP2 but computes in a lower
+        # precision (see ``_apply_fsdp``)
+        self.autocast: tuple[str, torch.dtype] | None = None
         self.loss_fn: Callable[[torch.Tensor, Any, nn.Module], torch.Tensor] | None = None
 
     def set_feed(self, feed: list[Any]) -> None:
         self.feed = feed
+
+    def set_requires_gradient_sync(self, requires: bool) -> None:
+        """FSDP2's switch (reduce gradients on the last micro-batch only). FSDP2 puts its own class
+        first in the wrapped stage's bases, so this no-op is what a plain (unsharded) stage runs."""
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.autocast[0], dtype=self.autocast[1])
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         index = inputs[-1] if self.is_first else inputs[1]
@@ -73,12 +86,13 @@ class EngineStage(nn.Module):
         if not self.is_first:
             rows = int(inputs[2].reshape(-1)[0])
             prev = (inputs[0][:rows] if rows >= 0 else inputs[0],)
-        out = self.model(*prev, **mb.batch, return_hidden=True)
-        if isinstance(out, DTensor):
-            out = out.full_tensor()
-        if self.is_last:
-            assert self.loss_fn is not None
-            return torch.stack([self.loss_fn(out, mb, self.model)])  # [1]: the schedule concatenates outputs
+        with self._precision():
+            out = self.model(*prev, **mb.batch, return_hidden=True)
+            if isinstance(out, DTensor):
+                out = out.full_tensor()
+            if self.is_last:
+                assert self.loss_fn is not None
+                return torch.stack([self.loss_fn(out, mb, self.model)])  # [1]: the schedule concatenates outputs
         if not out.requires_grad and out.is_floating_point():
             out = out.detach().requires_grad_()  # a frozen stage: backward ends here, computes nothing
         rows = torch.full((1,), -1.0, device=out.device)
@@ -147,7 +161,16 @@ def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel, sequence_paralle
 
 
 def _apply_fsdp(stage: EngineStage, cfg: FinetuneConfig, par: Parallel) -> None:
+    """FSDP2 over the data-parallel mesh (each decoder/ViT layer a unit), with its mixed precision.
+
+    With one data-parallel rank there is nothing to shard: the stage stays a plain module
+    (``parallel.fsdp auto``) and a lower compute precision comes from ``torch.autocast``; the
+    fp32 result is the same as under FSDP2 (tested), without its per-layer bookkeeping.
+    """
     dtype = DTYPES[cfg.training.dtype]
+    if par.dp == 1 and cfg.parallel.fsdp == "auto":
+        stage.autocast = None if dtype == torch.float32 else (par.device.type, dtype)
+        return
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     mesh = par.mesh["dp"]
     for layers in _layer_lists(stage.model):

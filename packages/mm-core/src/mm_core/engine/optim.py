@@ -23,9 +23,15 @@ def build_optimizer(module: nn.Module, t: TrainingConfig) -> torch.optim.Optimiz
             (decay if p.ndim >= 2 else no_decay).append(p)  # norms and biases get no weight decay
     if not decay and not no_decay:
         return None
-    groups = [g for g in ({"params": decay, "weight_decay": t.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, foreach=True)
+    # foreach kernels cannot mix DTensors (tensor-parallel shards) with plain tensors (replicated
+    # parameters of a stage that FSDP2 does not wrap): one group per kind
+    groups = [{"params": [p for p in params if isinstance(p, DTensor) == dt], "weight_decay": wd}
+              for params, wd in ((decay, t.weight_decay), (no_decay, 0.0)) for dt in (False, True)]
+    groups = [g for g in groups if g["params"]]
+    # CUDA: one fused kernel for the whole update (DTensors included, as under FSDP2); elsewhere foreach
+    fused = groups[0]["params"][0].device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
+                             fused=fused, foreach=not fused)
 
 
 class LRSchedule:

@@ -177,7 +177,8 @@ class Trainer:
         first_tp = self.par.tp_rank == 0 and last
         tokens = sum(mb.valid_tokens for mb in mbs) if first_tp else 0
         samples = sum(mb.samples for mb in mbs) if first_tp else 0
-        loss, tokens, samples = self._reduce([loss, float(tokens), float(samples)])
+        positions = sum(mb.positions for mb in mbs) if first_tp else 0
+        loss, tokens, samples, positions = self._reduce([loss, float(tokens), float(samples), float(positions)])
         loss /= self.par.dp * self.par.tp
         self.step += 1
         dt = time.perf_counter() - t0
@@ -185,10 +186,11 @@ class Trainer:
                "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
                "tokens_per_s_per_device": tokens / dt / self.par.world_size,
                "samples_per_s_per_device": samples / dt / self.par.world_size,
+               "input_tokens_per_s": positions / dt, "input_tokens_per_s_per_device": positions / dt / self.par.world_size,
                "valid_tokens": int(tokens), "peak_memory_gb": peak_memory_gb(self.par.device)}
         peak = peak_flops(self.par.device)
-        if peak:
-            rec["mfu"] = 6.0 * self.n_params * tokens / dt / (peak * self.par.world_size)
+        if peak:  # every position costs compute, not only those with a loss
+            rec["mfu"] = 6.0 * self.n_params * positions / dt / (peak * self.par.world_size)
         return rec
 
     def save(self) -> None:

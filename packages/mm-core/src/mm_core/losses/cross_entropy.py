@@ -34,6 +34,29 @@ def sample_ids_for(targets: torch.Tensor, segment_ids: torch.Tensor | None) -> t
     return torch.where(seg >= 0, seg + offsets.unsqueeze(1), torch.full_like(seg, -1))
 
 
+def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The precision of the head's matmuls: autocast's when it is on (the weights are fp32 master
+    copies then), else the inputs' own. Logits, softmax and sums are at least fp32 either way."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+_FP32_OUTPUT_MM = {"cuda"}  # devices whose bf16/fp16 matmul can write fp32 results directly
+
+
+def add_matmul_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out += a @ b`` with ``out`` fp32 and ``a``, ``b`` possibly bf16/fp16: the matmul runs in
+    the inputs' precision (tensor cores) and only the accumulator is fp32."""
+    if a.dtype == out.dtype:
+        out.addmm_(a, b)
+    elif a.device.type in _FP32_OUTPUT_MM:
+        out.add_(torch.mm(a, b, out_dtype=out.dtype))
+    else:
+        out.add_(a @ b)
+
+
 def _scaled_saved_grads(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The (hidden, weight) gradients computed in forward, scaled by the incoming gradient."""
     grad_h, grad_w = ctx.saved_tensors
@@ -49,28 +72,31 @@ class _ChunkedCE(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 weights: torch.Tensor, chunk_size: int) -> torch.Tensor:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        acc = torch.promote_types(hidden.dtype, torch.float32)  # at least fp32 for logits and sums
+        cd = compute_dtype(hidden, weight)
+        acc = torch.promote_types(cd, torch.float32)  # at least fp32 for logits, sums and grad_w
         total = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        for start in range(0, hidden.shape[0], chunk_size):
-            h = hidden[start:start + chunk_size]
-            y = targets[start:start + chunk_size]
-            w = weights[start:start + chunk_size].to(acc)
-            logits = (h @ weight.t()).to(acc)
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, y.unsqueeze(1)).squeeze(1)
-            total += ((lse - picked) * w).sum()
-            if need_h or need_w:
-                g = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
-                g.mul_(w.unsqueeze(1))
-                g.scatter_add_(1, y.unsqueeze(1), -w.unsqueeze(1))
-                g = g.to(hidden.dtype)
-                if need_h:
-                    grad_h[start:start + chunk_size] = g @ weight
-                if need_w:
-                    grad_w.addmm_(g.t().to(acc), h.to(acc))
-            del logits
+        with torch.autocast(hidden.device.type, enabled=False):
+            hidden_c, weight_c = hidden.to(cd), weight.to(cd)
+            for start in range(0, hidden.shape[0], chunk_size):
+                h = hidden_c[start:start + chunk_size]
+                y = targets[start:start + chunk_size]
+                w = weights[start:start + chunk_size].to(acc)
+                logits = (h @ weight_c.t()).to(acc)
+                lse = torch.logsumexp(logits, dim=-1)
+                picked = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+                total += ((lse - picked) * w).sum()
+                if need_h or need_w:
+                    g = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
+                    g.mul_(w.unsqueeze(1))
+                    g.scatter_add_(1, y.unsqueeze(1), -w.unsqueeze(1))
+                    g = g.to(cd)
+                    if need_h:
+                        grad_h[start:start + chunk_size] = g @ weight_c
+                    if need_w:
+                        add_matmul_(grad_w, g.t(), h)
+                del logits
         ctx.save_for_backward(grad_h if need_h else None, grad_w.to(weight.dtype) if need_w else None)
         return total
 
@@ -91,35 +117,39 @@ class _VocabParallelChunkedCE(torch.autograd.Function):
         import torch.distributed as dist
 
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        acc = torch.promote_types(hidden.dtype, torch.float32)
+        cd = compute_dtype(hidden, weight)
+        acc = torch.promote_types(cd, torch.float32)
         n_local = weight.shape[0]
         total = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        for start in range(0, hidden.shape[0], chunk_size):
-            h = hidden[start:start + chunk_size]
-            y = targets[start:start + chunk_size] - vocab_start
-            w = weights[start:start + chunk_size].to(acc)
-            mine = (y >= 0) & (y < n_local)
-            y = torch.where(mine, y, torch.zeros_like(y))
-            logits = (h @ weight.t()).to(acc)
-            m = logits.max(dim=-1).values
-            dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-            logits.sub_(m.unsqueeze(1))
-            picked = logits.gather(1, y.unsqueeze(1)).squeeze(1) * mine
-            sums = torch.stack([logits.exp().sum(-1), picked])
-            dist.all_reduce(sums, group=group)
-            lse = sums[0].log()  # relative to m
-            total += ((lse - sums[1]) * w).sum()
-            if need_h or need_w:
-                g = logits.sub_(lse.unsqueeze(1)).exp_()
-                g.mul_(w.unsqueeze(1))
-                g.scatter_add_(1, y.unsqueeze(1), -(w * mine).unsqueeze(1))
-                if need_h:
-                    grad_h[start:start + chunk_size] = g @ weight.to(acc)
-                if need_w:
-                    grad_w.addmm_(g.t(), h.to(acc))
-            del logits
+        with torch.autocast(hidden.device.type, enabled=False):
+            hidden_c, weight_c = hidden.to(cd), weight.to(cd)
+            for start in range(0, hidden.shape[0], chunk_size):
+                h = hidden_c[start:start + chunk_size]
+                y = targets[start:start + chunk_size] - vocab_start
+                w = weights[start:start + chunk_size].to(acc)
+                mine = (y >= 0) & (y < n_local)
+                y = torch.where(mine, y, torch.zeros_like(y))
+                logits = (h @ weight_c.t()).to(acc)
+                m = logits.max(dim=-1).values
+                dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+                logits.sub_(m.unsqueeze(1))
+                picked = logits.gather(1, y.unsqueeze(1)).squeeze(1) * mine
+                sums = torch.stack([logits.exp().sum(-1), picked])
+                dist.all_reduce(sums, group=group)
+                lse = sums[0].log()  # relative to m
+                total += ((lse - sums[1]) * w).sum()
+                if need_h or need_w:
+                    g = logits.sub_(lse.unsqueeze(1)).exp_()
+                    g.mul_(w.unsqueeze(1))
+                    g.scatter_add_(1, y.unsqueeze(1), -(w * mine).unsqueeze(1))
+                    g = g.to(cd)
+                    if need_h:
+                        add_matmul_(grad_h[start:start + chunk_size], g, weight_c)
+                    if need_w:
+                        add_matmul_(grad_w, g.t(), h)
+                del logits
         if need_h:
             dist.all_reduce(grad_h, group=group)  # each rank holds its rows' share of dL/dh
         ctx.save_for_backward(grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None)
