@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/run_all.py               # full sizes (the convert benchmark writes ~15 GB, minutes)
     .venv/bin/python bench/run_all.py --quick       # reduced sizes, a few minutes in all
-    .venv/bin/python bench/run_all.py --only demo   # some of: convert, qwen_step, data, train_step, demo
+    .venv/bin/python bench/run_all.py --only demo   # some of: convert, qwen_step, data, train_step, demo, gpu_train
     .venv/bin/python bench/run_all.py --no-run      # only rebuild SUMMARY.md from the JSON already in results/
 
 Each benchmark runs as its own process (its one-line summary is shown) and writes its JSON to
 bench/results/<name>.json; `mm-run demo` writes its summary.json, copied to results/demo.json.
+gpu_train runs only where CUDA is visible (elsewhere its last JSON, if any, stays in the table).
 The table gives each figure and its ratio to the benchmark's baseline (transformers, `cp`, the
 reference's data loading, full-logits cross entropy, chance or the issue's goal). A benchmark that
 fails is reported in the table with its exit status, and the others still run. The README
@@ -123,6 +124,21 @@ def _demo_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _gpu_train_rows(r: dict[str, Any]) -> list[Row]:
+    auto, fsdp, ref = (_get(r, k, {}) for k in ("engine_auto", "engine_fsdp", "transformers"))
+    return [
+        (f"1-GPU training tokens/s ({_get(r, 'device')}, bf16, {_f(_get(auto, 'params', 0) / 1e9, '.2f')}B params, "
+         f"seq {_get(r, 'workload.seq')}; MFU {_f(100 * _get(auto, 'mfu', 0), '.1f', '%')})",
+         _f(_get(auto, "tokens_per_s"), ".0f"), f"transformers loop {_f(_get(ref, 'tokens_per_s'), '.0f')}",
+         _ratio(_get(r, "speedup_vs_transformers"))),
+        ("same, FSDP2 forced at dp=1 (`parallel.fsdp always`)", _f(_get(fsdp, "tokens_per_s"), ".0f"),
+         f"engine default {_f(_get(auto, 'tokens_per_s'), '.0f')}",
+         _ratio(1 / _get(r, "speedup_vs_fsdp_at_dp1") if _get(r, "speedup_vs_fsdp_at_dp1") else None)),
+        ("1-GPU training peak memory", _f(_get(auto, "peak_memory_gb"), ".1f", " GB"),
+         f"transformers {_f(_get(ref, 'peak_memory_gb'), '.1f', ' GB')}", _ratio(_get(r, "memory_ratio_vs_transformers"))),
+    ]
+
+
 def _demo_command(quick: bool) -> list[str]:
     cmd = [sys.executable, "-m", "mm_core.cli.main", "demo", "--workdir", str(DEMO_WORK), "--quiet"]
     if quick:
@@ -142,12 +158,25 @@ BENCHES: dict[str, dict[str, Any]] = {
                    "cmd": lambda q: [sys.executable, str(HERE / "train_step.py"), *(["--quick"] if q else [])]},
     "demo": {"title": "`mm-run demo` (tiny Qwen2.5-VL from random init, CPU)", "rows": _demo_rows,
              "cmd": _demo_command},
+    "gpu_train": {"title": "One-GPU training step (needs CUDA)", "rows": _gpu_train_rows, "needs_cuda": True,
+                  "cmd": lambda q: [sys.executable, str(HERE / "gpu_train.py"), *(["--quick"] if q else [])]},
 }
+
+
+def _cuda_visible() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def run_one(name: str, quick: bool, status: dict[str, Any]) -> None:
     """Run benchmark ``name``; its JSON lands in results/<name>.json."""
     spec = BENCHES[name]
+    if spec.get("needs_cuda") and not _cuda_visible():
+        print(f"\n== {name}: skipped (no CUDA device visible; its last results/{name}.json stays)", flush=True)
+        return
     cmd: list[str] = spec["cmd"](quick)
     if name != "demo":
         cmd += ["--out", str(RESULTS / f"{name}.json")]

@@ -55,7 +55,7 @@ class DemoSettings:
     train_images: int = 1200  # three questions each
     eval_images: int = 100
     image_size: int = 112  # 8x8 patches of 14 pixels -> 16 image tokens after the 2x2 merge
-    steps: int = 750
+    steps: int = 600  # ~98-100% held-out accuracy; 750 reaches 100% in ~1.2x the time
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mm_core.data.config import DataConfig as PipelineDataConfig
 from mm_core.errors import ConfigError
 
 FREEZABLE = ("vision_encoder", "vision_projector", "text_decoder")
@@ -37,7 +38,9 @@ class DataConfig:
     """Where micro-batches come from: the mllm data pipeline, or generated data for tests."""
 
     source: Literal["mllm", "synthetic"] = "mllm"
-    config: dict[str, Any] = field(default_factory=dict)  # the data pipeline's own fields (data.json style)
+    # the data pipeline's own fields (data.json's four sections), typed: command-line overrides
+    # such as --data.config.dataloader_param.num_workers 0 are checked and converted
+    config: PipelineDataConfig | None = None
     data_json: str | None = None  # a data.json file of the reference system, instead of `config`
     synthetic_samples: int = 256
     synthetic_min_len: int = 8
@@ -234,7 +237,7 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
         raise ConfigError("output.save_interval: set output.save (the checkpoint directory) too")
     if o.load is not None and not Path(o.load).is_dir():
         raise ConfigError(f"output.load: '{o.load}' is not a directory")
-    if cfg.data.source == "mllm" and not cfg.data.config and not cfg.data.data_json:
+    if cfg.data.source == "mllm" and cfg.data.config is None and not cfg.data.data_json:
         raise ConfigError("data: give data.config (the data pipeline's fields) or data.data_json")
     if p.pp == 1 and p.pp_schedule == "Interleaved1F1B":
         raise ConfigError("parallel.pp_schedule: Interleaved1F1B needs parallel.pp > 1")

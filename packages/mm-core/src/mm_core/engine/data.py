@@ -146,7 +146,7 @@ class PipelineData:
         from mm_core.data.config import load_data_config
 
         t = cfg.training
-        data_cfg = load_data_config(cfg.data.config if cfg.data.config else cfg.data.data_json)
+        data_cfg = load_data_config(cfg.data.config if cfg.data.config is not None else cfg.data.data_json)
         if not data_cfg.preprocess_parameters.model_name_or_path and cfg.model.hf_dir:
             data_cfg.preprocess_parameters.model_name_or_path = cfg.model.hf_dir  # tokenizer + processor
         self.loader = build_dataloader(data_cfg, seq_len=t.seq_length, micro_batch_size=t.micro_batch_size,
