@@ -38,21 +38,6 @@ def conv():
     return api.get_converter(CONV)
 
 
-@pytest.fixture(scope="session")
-def untied(tmp_path_factory) -> Path:
-    return tiny.cached(tmp_path_factory, "untied", tied=False)
-
-
-@pytest.fixture(scope="session")
-def tied(tmp_path_factory) -> Path:
-    return tiny.cached(tmp_path_factory, "tied", tied=True, dtype=torch.bfloat16)
-
-
-@pytest.fixture(params=["untied", "tied"])
-def hf(request, untied, tied) -> Path:
-    return untied if request.param == "untied" else tied
-
-
 def load_dir(d: Path) -> dict[str, torch.Tensor]:
     out = {}
     for f in sorted(d.glob("*.safetensors")):
@@ -89,19 +74,19 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("tp", [1, 2])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_hf_mm_hf_round_trip(conv, hf, tmp_path, tp, layout):
+def test_hf_mm_hf_round_trip(conv, qwen_hf, tmp_path, tp, layout):
     vit, llm = LAYOUTS[layout]
-    to_mm(conv, hf, tmp_path / "mm", tp, vit, llm)
+    to_mm(conv, qwen_hf, tmp_path / "mm", tp, vit, llm)
     to_hf(conv, tmp_path / "mm", tmp_path / "back")
-    assert_same(hf, tmp_path / "back")
+    assert_same(qwen_hf, tmp_path / "back")
     for name in ("config.json", "generation_config.json", "tokenizer_config.json"):
-        assert (tmp_path / "back" / name).read_bytes() == (hf / name).read_bytes()
+        assert (tmp_path / "back" / name).read_bytes() == (qwen_hf / name).read_bytes()
 
 
-def test_placement_of_every_tensor(conv, tied, tmp_path):
+def test_placement_of_every_tensor(conv, qwen_tied, tmp_path):
     """Layers renumbered per stage; embedding on the LLM's first stage, head and projector on the
     last stages of their modules; the tied output layer copied to a stage without the embedding."""
-    to_mm(conv, tied, tmp_path / "mm", 1, [2, 2, 0, 0], [0, 0, 3, 1])
+    to_mm(conv, qwen_tied, tmp_path / "mm", 1, [2, 2, 0, 0], [0, 0, 3, 1])
     keys = [set(api.read_mm_rank(tmp_path / "mm", pp_rank=p)[0]) for p in range(4)]
     assert "image_encoder.encoder.patch_embed.proj.weight" in keys[0]
     assert "image_encoder.projector.layernorm.weight" in keys[1]
@@ -120,55 +105,55 @@ def test_placement_of_every_tensor(conv, tied, tmp_path):
 
 @pytest.mark.parametrize("src,dst", [((1, None, None), (2, [3, 1], [0, 4])),
                                      ((2, [[2, 1], [1, 0]], [[0, 0], [2, 2]]), (1, [4, 0], [1, 3]))])
-def test_resplit_round_trip(conv, hf, tmp_path, src, dst):
-    to_mm(conv, hf, tmp_path / "a", *src)
+def test_resplit_round_trip(conv, qwen_hf, tmp_path, src, dst):
+    to_mm(conv, qwen_hf, tmp_path / "a", *src)
     engine.resplit(conv, ResplitConfig(mm_dir=str(tmp_path / "a"), save_dir=str(tmp_path / "b"),
                                        parallel_config=ParallelSection(*dst)), progress=False)
     layout = api.read_mm_layout(tmp_path / "b")
     assert (layout.tp_size, layout.vit_pp_layers, layout.llm_pp_layers) == dst
     # the resplit files equal a direct conversion to that layout
-    to_mm(conv, hf, tmp_path / "direct", *dst)
+    to_mm(conv, qwen_hf, tmp_path / "direct", *dst)
     for p in range(layout.pp_size):
         for t in range(layout.tp_size):
             a = api.read_mm_rank(tmp_path / "b", tp_rank=t, pp_rank=p)[0]
             b = api.read_mm_rank(tmp_path / "direct", tp_rank=t, pp_rank=p)[0]
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     to_hf(conv, tmp_path / "b", tmp_path / "back")
-    assert_same(hf, tmp_path / "back")
+    assert_same(qwen_hf, tmp_path / "back")
 
 
-def test_dcp_round_trip(conv, hf, tmp_path):
-    engine.hf_to_dcp(conv, HfToDcpConfig(hf_dir=str(hf), save_dir=str(tmp_path / "dcp")), progress=False)
+def test_dcp_round_trip(conv, qwen_hf, tmp_path):
+    engine.hf_to_dcp(conv, HfToDcpConfig(hf_dir=str(qwen_hf), save_dir=str(tmp_path / "dcp")), progress=False)
     assert (tmp_path / "dcp" / "latest_checkpointed_iteration.txt").read_text().strip() == "release"
-    engine.dcp_to_hf(conv, DcpToHfConfig(hf_dir=str(hf), dcp_dir=str(tmp_path / "dcp"), save_dir=str(tmp_path / "back")),
+    engine.dcp_to_hf(conv, DcpToHfConfig(hf_dir=str(qwen_hf), dcp_dir=str(tmp_path / "dcp"), save_dir=str(tmp_path / "back")),
                      progress=False)
-    assert_same(hf, tmp_path / "back")
+    assert_same(qwen_hf, tmp_path / "back")
 
 
-def test_training_checkpoint_to_hf(conv, tied, tmp_path):
+def test_training_checkpoint_to_hf(conv, qwen_tied, tmp_path):
     """A DCP save dir like the engine's (``model.<global mm name>`` among optimizer state, under
     iter_%07d) converts with dcp_to_hf and with mm_to_hf, from the save dir or the iteration dir."""
     import torch.distributed.checkpoint as dcp
 
-    full = api.hf_to_mm_rank(CONV, tied)  # one stage = global names
+    full = api.hf_to_mm_rank(CONV, qwen_tied)  # one stage = global names
     state = {"model": dict(full), "optim": {"state.x.step": torch.tensor(3.0)}, "train": {"step": 100}}
     # a pipeline's last stage also saves its copy of the tied output layer: ignored on export
     state["model"]["text_decoder.output_layer.weight"] = full["text_decoder.embedding.word_embeddings.weight"]
     save = tmp_path / "save"
     dcp.save(state, checkpoint_id=str(save / "iter_0000100"), no_dist=True)
     (save / "latest_checkpointed_iteration.txt").write_text("100")
-    engine.dcp_to_hf(conv, DcpToHfConfig(hf_dir=str(tied), dcp_dir=str(save / "iter_0000100"),
+    engine.dcp_to_hf(conv, DcpToHfConfig(hf_dir=str(qwen_tied), dcp_dir=str(save / "iter_0000100"),
                                          save_dir=str(tmp_path / "a")), progress=False)
-    assert_same(tied, tmp_path / "a")
-    to_hf(conv, save, tmp_path / "b", hf_config=HFConfigSection(str(tied)))
-    assert_same(tied, tmp_path / "b")
+    assert_same(qwen_tied, tmp_path / "a")
+    to_hf(conv, save, tmp_path / "b", hf_config=HFConfigSection(str(qwen_tied)))
+    assert_same(qwen_tied, tmp_path / "b")
 
 
-def test_dcp_written_by_hf_to_dcp_loads_like_the_engine(conv, untied, tmp_path):
+def test_dcp_written_by_hf_to_dcp_loads_like_the_engine(conv, qwen_untied, tmp_path):
     import torch.distributed.checkpoint as dcp
 
-    engine.hf_to_dcp(conv, HfToDcpConfig(hf_dir=str(untied), save_dir=str(tmp_path / "dcp")), progress=False)
-    full = api.hf_to_mm_rank(CONV, untied)
+    engine.hf_to_dcp(conv, HfToDcpConfig(hf_dir=str(qwen_untied), save_dir=str(tmp_path / "dcp")), progress=False)
+    full = api.hf_to_mm_rank(CONV, qwen_untied)
     state = {"model": {k: torch.zeros_like(v) for k, v in full.items()}}
     dcp.load(state, checkpoint_id=str(tmp_path / "dcp" / "release"), no_dist=True)
     assert all(torch.equal(state["model"][k], full[k]) for k in full)
@@ -206,10 +191,10 @@ def load_dir_file(f: Path) -> dict[str, torch.Tensor]:
         return {k: s.get_tensor(k) for k in s.keys()}
 
 
-def test_mindspeed_rank_files(conv, untied, tmp_path):
+def test_mindspeed_rank_files(conv, qwen_untied, tmp_path):
     """MindSpeed-MM dirs (model_optim_rng.pt, no layout record, no config.json) are read with
     weights_only=True, their layout inferred, and converted back exactly."""
-    to_mm(conv, untied, tmp_path / "ours", 2, [[2, 1], [1, 0]], [[0, 0], [2, 2]])
+    to_mm(conv, qwen_untied, tmp_path / "ours", 2, [[2, 1], [1, 0]], [[0, 0], [2, 2]])
     ms = tmp_path / "ms"
     for rank_dir in sorted((tmp_path / "ours" / "release").glob("mp_rank_*")):
         t, p = rank_dir.name.split("_")[2:]
@@ -222,17 +207,17 @@ def test_mindspeed_rank_files(conv, untied, tmp_path):
     (ms / "latest_checkpointed_iteration.txt").write_text("release")
     layout = api.read_mm_layout(ms, converter=conv) if (ms / "config.json").exists() else None
     assert layout is None  # no config.json: layer counts need the HF config, given below
-    to_hf(conv, ms, tmp_path / "back", hf_config=HFConfigSection(str(untied)))
-    assert_same(untied, tmp_path / "back")
+    to_hf(conv, ms, tmp_path / "back", hf_config=HFConfigSection(str(qwen_untied)))
+    assert_same(qwen_untied, tmp_path / "back")
     state, lay = api.read_mm_rank(ms, tp_rank=1, pp_rank=1)
     assert (lay.tp_size, lay.pp_size) == (2, 2) and len(state) == 2
 
 
-def test_tp2_files_are_what_parallel_layers_expect(conv, untied, tmp_path):
+def test_tp2_files_are_what_parallel_layers_expect(conv, qwen_untied, tmp_path):
     """Column-parallel (qkv, gated fc1, vocab) pieces times row-parallel pieces, summed over ranks,
     equal the unsplit computation: the split is really the tp layout."""
-    to_mm(conv, untied, tmp_path / "mm", 2)
-    full = api.hf_to_mm_rank(CONV, untied)
+    to_mm(conv, qwen_untied, tmp_path / "mm", 2)
+    full = api.hf_to_mm_rank(CONV, qwen_untied)
     ranks = [api.read_mm_rank(tmp_path / "mm", tp_rank=r)[0] for r in range(2)]
     full, ranks = {k: v.double() for k, v in full.items()}, [{k: v.double() for k, v in r.items()} for r in ranks]
     torch.manual_seed(0)
@@ -253,7 +238,7 @@ def test_tp2_files_are_what_parallel_layers_expect(conv, untied, tmp_path):
 
     torch.testing.assert_close(attn_v(ranks[0]) + attn_v(ranks[1]), attn_v(full), rtol=1e-10, atol=1e-10)
     # q of a rank's groups equals the HF q rows of those heads
-    hf = {k: v.double() for k, v in load_dir(untied).items()}
+    hf = {k: v.double() for k, v in load_dir(qwen_untied).items()}
     q_hf = hf["model.layers.1.self_attn.q_proj.weight"]
     qkv_r1 = ranks[1][pre + "self_attention.linear_qkv.weight"]
     assert torch.equal(qkv_r1[:32], q_hf[32:64])  # rank 1 holds kv group 1: q heads 2, 3
@@ -272,20 +257,20 @@ def test_tp2_files_are_what_parallel_layers_expect(conv, untied, tmp_path):
     assert torch.equal(ranks[0][b], ranks[1][b])
 
 
-def test_mm_to_hf_from_an_iteration_directory(conv, tied, tmp_path):
-    to_mm(conv, tied, tmp_path / "mm", 2, [4, 0], [2, 2])
+def test_mm_to_hf_from_an_iteration_directory(conv, qwen_tied, tmp_path):
+    to_mm(conv, qwen_tied, tmp_path / "mm", 2, [4, 0], [2, 2])
     to_hf(conv, tmp_path / "mm" / "release", tmp_path / "a")
-    assert_same(tied, tmp_path / "a")
+    assert_same(qwen_tied, tmp_path / "a")
     to_hf(conv, tmp_path / "mm", tmp_path / "b", iteration="release")
-    assert_same(tied, tmp_path / "b")
+    assert_same(qwen_tied, tmp_path / "b")
 
 
-def test_round_trip_without_kernel_copy(conv, untied, tmp_path, monkeypatch):
+def test_round_trip_without_kernel_copy(conv, qwen_untied, tmp_path, monkeypatch):
     """File systems without copy_file_range use the pread/pwrite fallback: same bytes."""
     from mm_convert import rowcopy
 
     monkeypatch.setattr(rowcopy, "_NO_KERNEL_COPY", True)
     monkeypatch.setattr(rowcopy.os, "copy_file_range", None)  # would fail if called
-    to_mm(conv, untied, tmp_path / "mm", 2, [3, 1, 0], [0, 2, 2])
+    to_mm(conv, qwen_untied, tmp_path / "mm", 2, [3, 1, 0], [0, 2, 2])
     to_hf(conv, tmp_path / "mm", tmp_path / "back")
-    assert_same(untied, tmp_path / "back")
+    assert_same(qwen_untied, tmp_path / "back")
