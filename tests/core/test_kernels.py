@@ -185,3 +185,28 @@ def test_attention_without_segments_and_with_cache_offset():
     out = reference.attention(q[:, :, -1:], k, v, causal=True, segment_ids=seg)
     torch.testing.assert_close(out[0], _naive_attention(q[:1, :, -1:], k[:1, :, 2:], v[:1, :, 2:], True, 8**-0.5)[0])
     torch.testing.assert_close(out[1], _naive_attention(q[1:, :, -1:], k[1:], v[1:], True, 8**-0.5)[0])
+
+
+def test_varlen_layout_of_packed_rows_and_padded_windows():
+    """The CUDA flash kernel's token gather and sample offsets, checked here on the CPU."""
+    from mm_core.kernels.cuda import cached_segments_to_varlen, segments_to_varlen
+
+    # two packed rows (samples of 3, 2 and 1 tokens, then 2 and 4), padding at the ends
+    seg = torch.tensor([[0, 0, 0, 1, 1, 2, -1, -1],
+                        [0, 0, 1, 1, 1, 1, -1, -1]])
+    index, cu, longest = segments_to_varlen(seg)
+    assert index.tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13]
+    assert cu.dtype == torch.int32 and cu.tolist() == [0, 3, 5, 6, 8, 12]
+    assert longest == 4
+    # the same sample number in two rows is two samples; vision windows: one sample per row
+    windows = torch.tensor([[0, 0, 0], [0, 0, -1], [0, -1, -1]])
+    index, cu, longest = segments_to_varlen(windows)
+    assert index.tolist() == [0, 1, 2, 3, 4, 6] and cu.tolist() == [0, 3, 5, 6] and longest == 3
+    # all padding: nothing to attend
+    index, cu, longest = segments_to_varlen(torch.full((2, 3), -1))
+    assert index.numel() == 0 and cu.tolist() == [0] and longest == 0
+    # every layer of a forward reuses the layout of one segment tensor; a changed tensor is redone
+    first = cached_segments_to_varlen(seg)
+    assert cached_segments_to_varlen(seg) is first
+    seg[1, 6] = 1
+    assert cached_segments_to_varlen(seg)[1].tolist() == [0, 3, 5, 6, 8, 13]

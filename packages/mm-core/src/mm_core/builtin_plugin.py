@@ -15,6 +15,10 @@ def mm_register_kernels(register: Callable[[KernelSpec], None]) -> None:
     for op, fn in (("rms_norm", ref.rms_norm), ("rotary", ref.rotary), ("attention", ref.attention),
                    ("swiglu", ref.swiglu)):
         register(KernelSpec(op, "any", "reference", fn, priority=0))
+    from mm_core.kernels import cuda
+
+    register(KernelSpec("attention", "cuda", "flash_varlen", cuda.attention, priority=10,
+                        is_available=cuda.varlen_available))
     from mm_core.kernels import npu  # no torch_npu import here: only inside the kernels
 
     for op, fn in npu.NPU_KERNELS.items():
