@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/run_all.py               # full sizes (the convert benchmark writes ~15 GB, minutes)
     .venv/bin/python bench/run_all.py --quick       # reduced sizes, a few minutes in all
-    .venv/bin/python bench/run_all.py --only demo   # some of: convert, qwen_step, data, train_step, demo, gpu_train
+    .venv/bin/python bench/run_all.py --only demo   # some of: convert, qwen_step, data, train_step, demo, gpu_train, packed_attention
     .venv/bin/python bench/run_all.py --no-run      # only rebuild SUMMARY.md from the JSON already in results/
 
 Each benchmark runs as its own process (its one-line summary is shown) and writes its JSON to
 bench/results/<name>.json; `mm-run demo` writes its summary.json, copied to results/demo.json.
-gpu_train runs only where CUDA is visible (elsewhere its last JSON, if any, stays in the table).
+gpu_train and packed_attention run only where CUDA is visible (elsewhere its last JSON, if any, stays in the table).
 The table gives each figure and its ratio to the benchmark's baseline (transformers, `cp`, the
 reference's data loading, full-logits cross entropy, chance or the issue's goal). A benchmark that
 fails is reported in the table with its exit status, and the others still run. The README
@@ -139,6 +139,12 @@ def _gpu_train_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _packed_attention_rows(r: dict[str, Any]) -> list[Row]:
+    return [(f"packed attention fwd+bwd ({_get(r, 'device')}, {_get(r, 'rows')}x{_get(r, 'seq')} tokens, "
+             f"{_get(r, 'samples_per_row')} samples/row)", _f(_get(r, "flash_varlen_ms"), ".2f", " ms"),
+             f"masked reference {_f(_get(r, 'masked_reference_ms'), '.2f', ' ms')}", _ratio(_get(r, "speedup")))]
+
+
 def _demo_command(quick: bool) -> list[str]:
     cmd = [sys.executable, "-m", "mm_core.cli.main", "demo", "--workdir", str(DEMO_WORK), "--quiet"]
     if quick:
@@ -160,6 +166,8 @@ BENCHES: dict[str, dict[str, Any]] = {
              "cmd": _demo_command},
     "gpu_train": {"title": "One-GPU training step (needs CUDA)", "rows": _gpu_train_rows, "needs_cuda": True,
                   "cmd": lambda q: [sys.executable, str(HERE / "gpu_train.py"), *(["--quick"] if q else [])]},
+    "packed_attention": {"title": "Packed-row attention (needs CUDA)", "rows": _packed_attention_rows,
+                         "needs_cuda": True, "cmd": lambda q: [sys.executable, str(HERE / "packed_attention.py")]},
 }
 
 
