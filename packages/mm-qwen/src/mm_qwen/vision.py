@@ -39,6 +39,9 @@ class SegmentBatch:
     gather: torch.Tensor  # [S, L] token index per slot (0 on padding slots)
     valid: torch.Tensor  # [S, L] bool
     segment_ids: torch.Tensor | None  # [S, L]: 0 real, -1 padding; None when no padding
+    # flat slot of each real token, in window order: ``valid`` as indices, found once per batch
+    # (a boolean-mask index in every layer would be a data-dependent shape, which torch.compile breaks on)
+    valid_slots: torch.Tensor | None = None
 
     @classmethod
     def from_ids(cls, ids: torch.Tensor) -> SegmentBatch:
@@ -48,11 +51,12 @@ class SegmentBatch:
         valid = slots[None] < lengths[:, None]
         gather = torch.where(valid, starts[:, None] + slots[None], 0)
         seg = None if bool(valid.all()) else torch.where(valid, 0, -1)
-        return cls(gather, valid, seg)
+        return cls(gather, valid, seg, valid.reshape(-1).nonzero().squeeze(1))
 
     def to(self, device: torch.device) -> SegmentBatch:
         seg = self.segment_ids.to(device) if self.segment_ids is not None else None
-        return SegmentBatch(self.gather.to(device), self.valid.to(device), seg)
+        slots = self.valid_slots.to(device) if self.valid_slots is not None else None
+        return SegmentBatch(self.gather.to(device), self.valid.to(device), seg, slots)
 
 
 def vision_geometry(grid_thw: torch.Tensor, cfg: VisionConfig, device: torch.device) -> VisionGeometry:
@@ -132,7 +136,11 @@ class VisionAttention(nn.Module):
         # windows (or frames) as a padded batch [S, H, L, D]: attention never crosses them
         q, k, v = (t[segments.gather].transpose(1, 2) for t in (q, k, v))
         out = attention(q, k, v, causal=False, segment_ids=segments.segment_ids, scale=self.head_dim**-0.5)
-        out = out.transpose(1, 2)[segments.valid]  # [N, H, D] in window order
+        out = out.transpose(1, 2)  # [S, L, H, D]
+        if segments.valid_slots is None:
+            out = out[segments.valid]
+        else:
+            out = out.reshape(-1, *out.shape[2:]).index_select(0, segments.valid_slots)  # [N, H, D] in window order
         return self.linear_proj(out.reshape(n, -1))
 
 

@@ -96,6 +96,10 @@ class TrainingConfig:
     compute_mode: Literal["default", "chunk", "dynamic_chunk"] = "default"
     chunk_size: int = 1024
     router_aux_loss_coef: float = 0.0
+    # torch.compile each transformer layer (ViT blocks and decoder layers) in place, before FSDP2
+    # wraps it: fewer kernel launches and fused elementwise work; the first steps pay the compile
+    compile: bool = False
+    compile_backend: str = "inductor"  # "aot_eager": the same graphs without code generation (tests)
 
 
 @dataclass

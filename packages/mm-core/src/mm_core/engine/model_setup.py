@@ -160,6 +160,23 @@ def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel, sequence_paralle
     return gated_parameters(model, plan or {}, par.tp)
 
 
+def compile_layers(model: nn.Module, backend: str) -> int:
+    """``torch.compile`` every layer of the model's layer lists in place (``Module.compile`` keeps
+    the module, its names and its parameters, so tp, FSDP2 and checkpoints see no difference).
+    Layers are the unit because they repeat: one graph serves them all. Returns how many."""
+    from mm_core.kernels.registry import resolve_kernels
+
+    devices = {p.device.type for p in model.parameters()}
+    for device_type in devices:
+        resolve_kernels(device_type)  # compiled code reads the chosen kernels, never the plugin lookup
+    n = 0
+    for layers in _layer_lists(model):
+        for layer in layers:
+            layer.compile(backend=backend)
+            n += 1
+    return n
+
+
 def _apply_fsdp(stage: EngineStage, cfg: FinetuneConfig, par: Parallel) -> None:
     """FSDP2 over the data-parallel mesh (each decoder/ViT layer a unit), with its mixed precision.
 
@@ -253,6 +270,8 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
             gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel) if par.tp > 1 else {}
         else:
             model, gated = load_stage_model(cfg, spec, hf_config, layout, stage, par)
+        if cfg.training.compile:
+            compile_layers(model, cfg.training.compile_backend)
         es = EngineStage(model, stage, layout.num_stages, names)
         es.gated = gated
         _apply_fsdp(es, cfg, par)

@@ -80,7 +80,10 @@ def attention(
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
     if segment_ids is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal and q.shape[2] > 1, scale=scale)
+        is_causal = causal
+        if causal and q.shape[2] == 1:  # one new token against a cache sees every key (a branch, so
+            is_causal = False           # torch.compile guards on it instead of passing a symbolic bool)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
     tq, tk = q.shape[2], k.shape[2]
     seg_q = segment_ids[:, -tq:] if segment_ids.shape[1] != tq else segment_ids
     seg_k = segment_ids[:, -tk:]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 
 from mm_core.errors import UnknownKeyError
 from mm_core.specs import KernelSpec
@@ -34,7 +33,6 @@ def kernel_candidates(op: str, device_type: str) -> list[KernelSpec]:
     return usable
 
 
-@cache
 def _lookup(op: str, device_type: str) -> Callable:
     found = kernel_candidates(op, device_type)
     if not found:
@@ -45,11 +43,24 @@ def _lookup(op: str, device_type: str) -> Callable:
     return found[0].fn
 
 
+# a plain dict (not functools.cache): torch.compile reads it as a constant instead of tracing the lookup
+_CHOSEN: dict[tuple[str, str], Callable] = {}
+
+
 def get_kernel(op: str, device_type: str) -> Callable:
-    """The implementation to use for ``op`` on ``device_type`` (cached)."""
-    return _lookup(op, device_type)
+    """The implementation to use for ``op`` on ``device_type`` (looked up once, then cached)."""
+    fn = _CHOSEN.get((op, device_type))
+    if fn is None:
+        fn = _CHOSEN[(op, device_type)] = _lookup(op, device_type)
+    return fn
+
+
+def resolve_kernels(device_type: str) -> None:
+    """Look up every op for ``device_type`` now (before torch.compile traces the layers using them)."""
+    for op in OPS:
+        get_kernel(op, device_type)
 
 
 def clear_kernel_cache() -> None:
     """Forget cached lookups (after plugins change)."""
-    _lookup.cache_clear()
+    _CHOSEN.clear()
