@@ -67,6 +67,9 @@ class DataloaderParameters:
     sampler_type: str = "random"  # "random" (shuffled each epoch) or "sequential"
     num_workers: int = 0
     shuffle: bool = True
+    # streaming: with shuffle, each window of this many samples (read in data order) is shuffled,
+    # like a shuffle buffer; windows are reproducible, so resume stays exact. Memory grows with it.
+    shuffle_buffer: int = 256
     drop_last: bool = True
     pin_memory: bool = False
     prefetch_factor: int = 2

@@ -9,8 +9,10 @@ Two modes share the formatter, the collator and the packer:
   and collate whole micro-batches.
 - streaming (``basic_parameters.streaming``): no pass over the data at start-up. Records are
   dealt to ``dp_size * workers`` shards (record ``i`` to shard ``i % n``); workers encode, the
-  main process packs ``pack_buffer`` samples at a time. The state is each shard's position,
-  whose turn is next, and how many micro-batches of the current buffer were already used.
+  main process packs ``pack_buffer`` samples at a time (with ``shuffle``, at least
+  ``shuffle_buffer`` samples, shuffled by a draw keyed on the seed, the rank and the window's start).
+  The state is each shard's position, whose turn is next, and how many micro-batches of the
+  current buffer were already used.
 
 Either way ``state_dict()`` describes exactly the micro-batches handed out so far (read-ahead
 ones excluded), and a loader built with the same settings continues with the next one after
@@ -168,6 +170,10 @@ class MMDataLoader:
         it = iter(self._torch_loader(shards))
         chunk_n = self.config.basic_parameters.pack_buffer if self.packing else self.micro_batch_size
         chunk_n = max(chunk_n, self.micro_batch_size)
+        dl = self.config.dataloader_param
+        shuffle = dl.shuffle and dl.sampler_type == "random"
+        if shuffle:
+            chunk_n = max(chunk_n, dl.shuffle_buffer)
         while True:
             start = {"positions": copy.deepcopy(positions), "rotation": rotation}
             samples, bads, ended = [], [], False
@@ -190,6 +196,8 @@ class MMDataLoader:
             if min(p[0] for p in positions) > min(p[0] for p in start["positions"]):
                 logger.info("data epoch %d done on dp rank %d: %s", min(p[0] for p in start["positions"]),
                             self.dp_rank, self.stats.summary())
+            if shuffle and len(samples) > 1:
+                samples = self._shuffled_window(samples, start)
             if self.packing and samples:
                 rows = pack_rows([len(s["input_ids"]) for s in samples], self.seq_len)
             else:
@@ -205,6 +213,13 @@ class MMDataLoader:
             skip = 0
             if ended:
                 return
+
+    def _shuffled_window(self, samples: list[dict[str, Any]], start: dict[str, Any]) -> list[dict[str, Any]]:
+        """The window's samples in an order drawn from the seed, the rank and where the window
+        starts: a resumed run re-reads the window from that position and draws the same order."""
+        key = json.dumps([self.seed, self.dp_rank, start["positions"], start["rotation"]])
+        g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+        return [samples[i] for i in torch.randperm(len(samples), generator=g).tolist()]
 
     # -- shared ------------------------------------------------------------------------------
 
