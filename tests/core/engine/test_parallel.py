@@ -3,8 +3,8 @@
 One in-process reference, then ONE launch of 2 processes running, one after the other: dp=2
 (saving a checkpoint), tp=2 (saving one too), tp=2 with sequence parallel, pp=2 (vision and LLM on different stages), a
 resume at tp=2 of the dp=2 checkpoint, interleaved 1F1B with 2 virtual chunks, a fully frozen
-stage and tied embeddings split over stages; plus one launch of 4 processes for dp=2 x tp=2 and
-dp=2 x pp=2. Loss and
+stage and tied embeddings split over stages; plus one launch of 4 processes for dp=2 x tp=2,
+dp=2 x pp=2 and pp=2 x tp=2 with sequence parallel. Loss and
 updated weights after 3 steps must match the single process (rtol 1e-5).
 """
 
@@ -169,14 +169,22 @@ def test_tp2_checkpoint_resumes_in_one_process(two_process_runs, reference, tmp_
     assert [r["loss"] for r in resumed] == pytest.approx(reference[TP_MODEL]["losses6"][3:], rel=RTOL)
 
 
-def test_four_processes_dp2_tp2_and_dp2_pp2(tmp_path, reference):
+def test_four_processes_dp2_tp2_dp2_pp2_and_pp2_tp2_sp(tmp_path, reference):
     cfg = helpers.base_config(TP_MODEL)
     cfg["parallel"].update(tp=2)
     # dp x pp: data ranks agree on each step's padded length (their FSDP collectives must match)
     dp_pp = helpers.base_config("qwen")
     dp_pp["parallel"].update(pp=2)
     dp_pp["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[0, 2])
-    proc = helpers.run_torchrun_many(tmp_path, 4, {"dp2tp2": cfg, "dp2pp2": dp_pp})
+    runs = {"dp2tp2": cfg, "dp2pp2": dp_pp}
+    if TP_MODEL == "qwen":  # pp x tp with sequence parallel in the LLM stage (no data parallel: plain stages)
+        pp_tp_sp = helpers.base_config("qwen")
+        pp_tp_sp["parallel"].update(pp=2, tp=2, sequence_parallel=True)
+        pp_tp_sp["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[0, 2])
+        runs["pp2tp2sp"] = pp_tp_sp
+    proc = helpers.run_torchrun_many(tmp_path, 4, runs)
     assert proc.returncode == 0, proc.stderr[-4000:]
     _check(tmp_path / "dp2tp2", reference[TP_MODEL])
     _check(tmp_path / "dp2pp2", reference["qwen"])
+    if "pp2tp2sp" in runs:
+        _check(tmp_path / "pp2tp2sp", reference["qwen"])
