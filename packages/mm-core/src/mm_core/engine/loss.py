@@ -34,7 +34,7 @@ class MicroBatch:
     valid_tokens: int
     samples: int
     positions: int  # non-padding positions the model runs over (what compute and MFU scale with)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # detached values (tensors) for logging
 
 
 def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -104,7 +104,7 @@ class LossComputer:
         total = weighted_ce_sum(hidden, w, mb.targets, mb.weights.to(torch.float32),
                                 compute_mode=self.compute_mode, chunk_size=self.chunk_size)
         loss = total / mb.denominator if mb.denominator > 0 else total * 0.0
-        mb.stats["loss"] = float(loss.detach()) * mb.scale
+        mb.stats["loss"] = loss.detach() * mb.scale  # a tensor: read once per step, not a sync per micro-batch
         aux = getattr(model, "router_aux_loss", None)
         if self.router_aux_loss_coef and aux is not None:
             loss = loss + self.router_aux_loss_coef * aux

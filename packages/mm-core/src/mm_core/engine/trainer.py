@@ -173,7 +173,7 @@ class Trainer:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         last = self.par.is_last_stage_rank
-        loss = sum(mb.stats.get("loss", 0.0) for mb in mbs) if last else 0.0
+        loss = float(sum(mb.stats.get("loss", 0.0) for mb in mbs)) if last else 0.0  # the step's one loss sync
         first_tp = self.par.tp_rank == 0 and last
         tokens = sum(mb.valid_tokens for mb in mbs) if first_tp else 0
         samples = sum(mb.samples for mb in mbs) if first_tp else 0
