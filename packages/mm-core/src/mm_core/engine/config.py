@@ -96,6 +96,11 @@ class TrainingConfig:
     compute_mode: Literal["default", "chunk", "dynamic_chunk"] = "default"
     chunk_size: int = 1024
     router_aux_loss_coef: float = 0.0
+    # activation recomputation (MindSpeed's recompute_granularity full): a layer keeps only its
+    # input for backward and runs its forward again there; ~1/3 more compute for far less memory.
+    # recompute_num_layers: the first N layers of each layer list of a stage (None: all of them)
+    recompute: Literal["none", "full"] = "none"
+    recompute_num_layers: int | None = None
     # torch.compile each transformer layer (ViT blocks and decoder layers) in place, before FSDP2
     # wraps it: fewer kernel launches and fused elementwise work; the first steps pay the compile
     compile: bool = False

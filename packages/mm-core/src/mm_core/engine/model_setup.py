@@ -160,6 +160,32 @@ def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel, sequence_paralle
     return gated_parameters(model, plan or {}, par.tp)
 
 
+def recompute_layers(model: nn.Module, first: int | None = None) -> int:
+    """Activation recomputation for the first ``first`` layers of each layer list (all: None).
+
+    The layer's own ``forward`` is replaced by one that runs it under non-reentrant
+    ``torch.utils.checkpoint``, so the module, its parameter names and the hooks that tp, FSDP2
+    and ``Module.compile`` put around its call all stay as they are. Returns how many layers.
+    """
+    n = 0
+    for layers in _layer_lists(model):
+        for layer in list(layers)[:first]:
+            layer.forward = _recomputed(layer.forward)
+            n += 1
+    return n
+
+
+def _recomputed(forward: Callable[..., Any]) -> Callable[..., Any]:
+    from torch.utils.checkpoint import checkpoint
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():  # inference / no-grad probes: nothing to save anyway
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
 def compile_layers(model: nn.Module, backend: str) -> int:
     """``torch.compile`` every layer of the model's layer lists in place (``Module.compile`` keeps
     the module, its names and its parameters, so tp, FSDP2 and checkpoints see no difference).
@@ -270,6 +296,8 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
             gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel) if par.tp > 1 else {}
         else:
             model, gated = load_stage_model(cfg, spec, hf_config, layout, stage, par)
+        if cfg.training.recompute == "full":
+            recompute_layers(model, cfg.training.recompute_num_layers)
         if cfg.training.compile:
             compile_layers(model, cfg.training.compile_backend)
         es = EngineStage(model, stage, layout.num_stages, names)
