@@ -51,7 +51,7 @@ def model_config(quick: bool) -> tuple[dict, dict]:
     return cfg, work
 
 
-def engine_config(hf: dict, work: dict, out: Path, fsdp: str, compile: bool = False) -> dict:
+def engine_config(hf: dict, work: dict, out: Path, fsdp: str, compile: bool = False, recompute: bool = False) -> dict:
     image_tokens = work["images"] * (work["image_px"] // 14) ** 2 // 4
     text = work["seq"] - image_tokens - 2 * work["images"]
     return {
@@ -62,19 +62,20 @@ def engine_config(hf: dict, work: dict, out: Path, fsdp: str, compile: bool = Fa
         "parallel": {"device": "cuda", "fsdp": fsdp},
         "training": {"micro_batch_size": 1, "global_batch_size": 2, "seq_length": work["seq"],
                      "train_iters": work["steps"] + 2, "lr": 1e-4, "dtype": "bf16", "loss_type": "per_token_loss",
-                     "compute_mode": "chunk", "chunk_size": 4096, "compile": compile},
+                     "compute_mode": "chunk", "chunk_size": 4096, "compile": compile,
+                     "recompute": "full" if recompute else "none"},
         "output": {"progress_bar": False, "log_interval": 1000, "metrics_file": str(out / f"metrics_{fsdp}.jsonl")},
     }
 
 
-def run_engine(hf: dict, work: dict, tmp: Path, fsdp: str, compile: bool = False) -> dict:
+def run_engine(hf: dict, work: dict, tmp: Path, fsdp: str, compile: bool = False, recompute: bool = False) -> dict:
     import yaml
 
     from mm_core.engine.config import parse_finetune_config
     from mm_core.engine.trainer import Trainer, shutdown
 
-    cfg_file = tmp / f"engine_{fsdp}{'_compiled' if compile else ''}.yaml"
-    cfg_file.write_text(yaml.safe_dump(engine_config(hf, work, tmp, fsdp, compile)))
+    cfg_file = tmp / f"engine_{fsdp}{'_compiled' if compile else ''}{'_recompute' if recompute else ''}.yaml"
+    cfg_file.write_text(yaml.safe_dump(engine_config(hf, work, tmp, fsdp, compile, recompute)))
     torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(parse_finetune_config(["--config", str(cfg_file)]))
     try:
@@ -132,20 +133,24 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeats", type=int, default=2, help="runs of each side; the fastest counts")
-    p.add_argument("--compile-only", action="store_true", help="only the engine with training.compile")
+    p.add_argument("--engine-only", action="store_true", help="only the engine (with --compile / --recompute)")
+    p.add_argument("--compile", action="store_true", help="--engine-only: training.compile true")
+    p.add_argument("--recompute", action="store_true", help="--engine-only: training.recompute full")
     p.add_argument("--out", default=str(HERE / "results" / "gpu_train.json"))
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("gpu_train: no CUDA device visible")
         return 1
     hf, work = model_config(args.quick)
-    if args.compile_only:  # the engine with training.compile, alone (compiling takes a while)
+    if args.engine_only:  # the default engine with training.compile and/or recompute, alone
         with tempfile.TemporaryDirectory() as tmp:
-            res = run_engine(hf, work, Path(tmp), "auto", compile=True)
+            res = run_engine(hf, work, Path(tmp), "auto", compile=args.compile, recompute=args.recompute)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "engine_compiled": res}, indent=1))
-        print(f"gpu_train --compile-only [{torch.cuda.get_device_name()}]: engine with training.compile "
-              f"{res['tokens_per_s']:.0f} tok/s (MFU {100 * res['mfu']:.1f}%, {res['peak_memory_gb']:.1f} GB) -> {args.out}")
+        Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "compile": args.compile,
+                                              "recompute": args.recompute, "engine": res}, indent=1))
+        print(f"gpu_train --engine-only [{torch.cuda.get_device_name()} compile={args.compile} "
+              f"recompute={args.recompute}]: {res['tokens_per_s']:.0f} tok/s (MFU {100 * res['mfu']:.1f}%, "
+              f"{res['peak_memory_gb']:.1f} GB) -> {args.out}")
         return 0
     runs: dict[str, list[dict]] = {"auto": [], "always": [], "transformers": []}
     with tempfile.TemporaryDirectory() as tmp:
