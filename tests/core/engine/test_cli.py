@@ -19,10 +19,10 @@ from mm_core.engine.config import parse_finetune_config, validate
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "qwen2_5_vl"
 # layer counts of the real checkpoints (vision depth, LLM layers, tied embeddings)
-SIZES = {"3b": (32, 36, True), "7b": (32, 28, False), "72b": (32, 80, False)}
+SIZES = {"3b": (32, 36, True), "3b_1gpu": (32, 36, True), "7b": (32, 28, False), "72b": (32, 80, False)}
 
 
-@pytest.mark.parametrize("size,world", [("3b", 8), ("7b", 8), ("72b", 32), ("tiny", 1)])
+@pytest.mark.parametrize("size,world", [("3b", 8), ("3b_1gpu", 1), ("7b", 8), ("72b", 32), ("tiny", 1)])
 def test_examples_are_valid_at_their_world_size(size, world):
     cfg = parse_finetune_config(["--config", str(EXAMPLES / f"finetune_{size}.yaml")])
     hf = cfg.model.hf_config
