@@ -61,8 +61,9 @@ def plot(path: Path, metrics: list[dict[str, Any]], before: Accuracy, after: Acc
     ax2.set_ylabel("held-out exact match (%)")
     ax2.set_title("accuracy (mm-run infer, greedy)")
     ax2.legend(loc="upper center", ncol=3, fontsize=8)
-    for i, v in enumerate(a):
-        ax2.text(i + 0.2, 100 * v + 1, f"{100 * v:.0f}", ha="center", fontsize=8)
+    for i, (vb, va) in enumerate(zip(b, a)):  # label both bars: a 0% bar has no height to show
+        ax2.text(i - 0.2, 100 * vb + 1, f"{100 * vb:.0f}", ha="center", fontsize=8)
+        ax2.text(i + 0.2, 100 * va + 1, f"{100 * va:.0f}", ha="center", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
