@@ -210,3 +210,18 @@ def test_varlen_layout_of_packed_rows_and_padded_windows():
     assert cached_segments_to_varlen(seg) is first
     seg[1, 6] = 1
     assert cached_segments_to_varlen(seg)[1].tolist() == [0, 3, 5, 6, 8, 13]
+
+
+def test_varlen_layout_runs_eagerly_inside_compiled_code():
+    """Compiled layers call the layout helper: it must run as plain Python there (its cache and
+    host syncs), giving the same answer as outside."""
+    from mm_core.kernels.cuda import cached_segments_to_varlen
+
+    seg = torch.tensor([[0, 0, 1, 1, 1, -1]])
+
+    def offsets(s: torch.Tensor) -> torch.Tensor:
+        index, cu, longest = cached_segments_to_varlen(s)
+        return cu * longest + index.sum()
+
+    compiled = torch.compile(offsets, backend="aot_eager")
+    assert torch.equal(compiled(seg), offsets(seg))

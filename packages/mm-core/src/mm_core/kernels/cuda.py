@@ -37,6 +37,7 @@ def varlen_available() -> bool:
 _last: list[Any] = []  # [segment_ids, its version, result]: every layer of a forward reuses one layout
 
 
+@torch.compiler.disable  # host syncs and a Python cache: run eagerly inside compiled layers
 def cached_segments_to_varlen(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``segments_to_varlen`` once per segment tensor (its two host syncs, not once per layer)."""
     if _last and _last[0] is segment_ids and _last[1] == segment_ids._version:
