@@ -1,7 +1,48 @@
-"""mm-internvl's hooks: thin on purpose, heavy modules are imported only when used.
-
-InternVL3 support lands family piece by family piece (model, converter, formatter); until then this
-plugin registers nothing but still shows up in `mm-run plugins`.
-"""
+"""mm-internvl's hooks: thin on purpose. Each registration names objects in modules that are
+imported only when used (building a model, converting)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mm_core.hookspecs import hookimpl
+from mm_core.specs import ConverterSpec, ModelSpec
+
+
+def _lazy(module: str, attr: str) -> Callable[..., Any]:
+    """A callable that imports ``module.attr`` on first call and forwards to it."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = f"{module}.{attr}"
+    return call
+
+
+@hookimpl
+def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
+    register(
+        ModelSpec(
+            name="internvl",
+            builder=_lazy("mm_internvl.model", "build_model"),
+            hf_model_types=("internvl",),
+            hf_architectures=("InternVLForConditionalGeneration",),
+            module_groups={
+                "vision_encoder": ("image_encoder.encoder",),
+                "vision_projector": ("image_encoder.projector",),
+                "text_decoder": ("text_decoder",),
+            },
+            pipeline_modules=("image_encoder", "text_decoder"),
+            converter="InternVLConverter",
+            description="InternVL3 (InternViT + Qwen2.5), the transformers '-hf' layout",
+        )
+    )
+
+
+@hookimpl
+def mm_register_converters(register: Callable[[ConverterSpec], None]) -> None:
+    register(ConverterSpec("InternVLConverter", _lazy("mm_internvl.convert", "InternVLConverter"),
+                           description="InternVL3: HF <-> mm (tp/pp, uneven vocabulary split) <-> DCP"))

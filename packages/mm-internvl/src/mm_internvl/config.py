@@ -1,0 +1,151 @@
+"""The numbers the mm InternVL3 modules need, read from an HF ``config.json`` (the ``-hf`` layout).
+
+transformers' ``InternVLConfig`` parses the file (defaults included), so a config.json written by
+any transformers 5 release works; options our modules do not implement are refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mm_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    depth: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_channels: int
+    image_size: tuple[int, int]
+    patch_size: int
+    qkv_bias: bool
+    qk_norm: bool  # RMSNorm over all heads of q and k (InternViT-6B)
+    norm_type: str  # "layer_norm" (300M) or "rms_norm" (6B)
+    eps: float
+    hidden_act: str
+    final_norm: bool  # use_mean_pooling False: a LayerNorm after the last block
+    layer_scale_init: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_positions(self) -> int:
+        return (self.image_size[0] // self.patch_size) * (self.image_size[1] // self.patch_size) + 1
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+
+
+@dataclass(frozen=True)
+class InternVLConfig:
+    vision: VisionConfig
+    text: TextConfig
+    image_token_id: int
+    downsample_ratio: float
+    projector_act: str
+    tie_word_embeddings: bool
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def shuffle(self) -> int:
+        """Patches merged per side by the pixel shuffle (2 for a ratio of 0.5)."""
+        return round(1 / self.downsample_ratio)
+
+    @property
+    def projector_in(self) -> int:
+        return self.vision.hidden_size * self.shuffle**2
+
+
+def load_hf_config(hf_config: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
+    """The config dict and a name for error messages, from a dict, a config.json or an HF dir."""
+    if isinstance(hf_config, dict):
+        return hf_config, "<config dict>"
+    path = Path(hf_config)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; pass an HF model directory containing config.json")
+    try:
+        return json.loads(path.read_text()), str(path)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+
+
+def _pair(x: Any) -> tuple[int, int]:
+    return (int(x[0]), int(x[1])) if isinstance(x, (list, tuple)) else (int(x), int(x))
+
+
+def parse_config(hf_config: dict[str, Any] | str | Path) -> InternVLConfig:
+    """Parse an HF InternVL config (dict, file or directory) of ``model_type`` ``internvl``."""
+    from transformers import InternVLConfig as HFInternVLConfig
+
+    raw, source = load_hf_config(hf_config)
+    if raw.get("model_type") == "internvl_chat":
+        raise ConfigError(f"{source}: model_type 'internvl_chat' is the original remote-code layout; use the "
+                          f"transformers layout (the '-hf' repositories, e.g. OpenGVLab/InternVL3-8B-hf)")
+    if raw.get("model_type") not in (None, "internvl"):
+        raise ConfigError(f"{source}: model_type is '{raw.get('model_type')}', expected 'internvl'")
+    try:
+        cfg = HFInternVLConfig.from_dict({k: v for k, v in raw.items() if k != "transformers_version"})
+    except Exception as e:  # transformers validates strictly (its own error types)
+        raise ConfigError(f"{source}: not a valid InternVL config: {e}") from e
+    v, t = cfg.vision_config, cfg.text_config
+    if t.model_type != "qwen2":
+        raise ConfigError(f"{source}: text_config.model_type is '{t.model_type}'; mm-internvl supports 'qwen2'")
+    if cfg.vision_feature_layer != -1 or cfg.vision_feature_select_strategy != "default":
+        raise ConfigError(f"{source}: vision_feature_layer {cfg.vision_feature_layer} / vision_feature_select_strategy "
+                          f"'{cfg.vision_feature_select_strategy}' are not supported (InternVL3 uses -1 / 'default')")
+    if v.norm_type not in ("layer_norm", "rms_norm"):
+        raise ConfigError(f"{source}: vision_config.norm_type '{v.norm_type}' must be 'layer_norm' or 'rms_norm'")
+    if not v.use_absolute_position_embeddings or v.use_mask_token:
+        raise ConfigError(f"{source}: vision_config needs use_absolute_position_embeddings true and use_mask_token false")
+    patch = _pair(v.patch_size)
+    if patch[0] != patch[1]:
+        raise ConfigError(f"{source}: vision_config.patch_size {list(patch)} must be square")
+    ratio = float(cfg.downsample_ratio)
+    if abs(round(1 / ratio) * ratio - 1) > 1e-9:
+        raise ConfigError(f"{source}: downsample_ratio {ratio} must be 1/n for an integer n")
+    if t.num_attention_heads % t.num_key_value_heads:
+        raise ConfigError(f"{source}: text_config.num_attention_heads must be a multiple of num_key_value_heads")
+    if getattr(t, "use_sliding_window", False):
+        raise ConfigError(f"{source}: text_config.use_sliding_window is not supported; set it to false")
+    rope = dict(t.rope_parameters or {})
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"{source}: text_config rope_type '{rope.get('rope_type')}' is not supported (only 'default')")
+    head_dim = int(getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads)
+    return InternVLConfig(
+        vision=VisionConfig(
+            depth=v.num_hidden_layers, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
+            num_heads=v.num_attention_heads, num_channels=v.num_channels, image_size=_pair(v.image_size),
+            patch_size=patch[0], qkv_bias=bool(v.attention_bias), qk_norm=bool(v.use_qk_norm),
+            norm_type=v.norm_type, eps=float(v.layer_norm_eps), hidden_act=v.hidden_act,
+            final_norm=not v.use_mean_pooling, layer_scale_init=float(v.layer_scale_init_value),
+        ),
+        text=TextConfig(
+            vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+            num_layers=t.num_hidden_layers, num_heads=t.num_attention_heads, num_kv_heads=t.num_key_value_heads,
+            head_dim=head_dim, rms_norm_eps=float(t.rms_norm_eps), rope_theta=float(rope.get("rope_theta", 1e6)),
+        ),
+        image_token_id=int(cfg.image_token_id),
+        downsample_ratio=ratio,
+        projector_act=cfg.projector_hidden_act,
+        tie_word_embeddings=bool(cfg.tie_word_embeddings),
+        raw=raw,
+    )
