@@ -82,7 +82,7 @@ def shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
 
 def build(hf: Path, scale: float) -> int:
     """Random bf16 weights, streamed into Hub-like shards (~4 GB each) with an index."""
-    from mm_convert.hf import HFWriter
+    from mm_core.checkpoint.hf import HFWriter
 
     hf.mkdir(parents=True)
     cfg = config(scale)
@@ -113,7 +113,8 @@ def dir_bytes(d: Path) -> int:
 
 def step(name: str, a: list[str]) -> dict:
     torch.set_num_threads(1)
-    from mm_convert import api, engine
+    from mm_convert import engine
+from mm_core.checkpoint import api
     from mm_convert.config import HFConfigSection, HfToMmConfig, MmToHfConfig, ParallelSection
 
     conv = api.get_converter("Qwen2_5_VLConverter")
@@ -125,7 +126,7 @@ def step(name: str, a: list[str]) -> dict:
     elif name == "mm_to_hf":
         engine.mm_to_hf(conv, MmToHfConfig(mm_dir=a[0], save_hf_dir=a[1]), progress=False)
     elif name == "verify":
-        from mm_convert.hf import HFReader
+        from mm_core.checkpoint.hf import HFReader
 
         x, y = HFReader(a[0], conv.hf_aliases), HFReader(a[1], conv.hf_aliases)
         assert x.keys() == y.keys(), sorted(x.keys() ^ y.keys())[:5]

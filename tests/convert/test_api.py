@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm_convert import api, engine
+from mm_convert import engine
+from mm_core.checkpoint import api
 from mm_convert.config import HFConfigSection, HfToMmConfig, ParallelSection
-from mm_convert.errors import ConfigError
+from mm_core.checkpoint.errors import ConfigError
 
 LAYOUTS = [
     (1, None, None),

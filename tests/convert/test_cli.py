@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mm_convert import api
+from mm_core.checkpoint import api
 from mm_convert.cli import main
 
 CONV = "Qwen2_5_VLConverter"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mm_convert.layout import Placement
+from mm_core.layout import Placement
 
 
 def test_module_starting_after_stage_0_keeps_every_layer():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mm_convert.errors import ConfigError
-from mm_convert.ops import (
+from mm_core.checkpoint.errors import ConfigError
+from mm_core.checkpoint.ops import (
     COLUMN,
     GATED_COLUMN,
     REPLICATED,
@@ -18,7 +18,7 @@ from mm_convert.ops import (
     HeadInterleave,
     Split,
 )
-from mm_convert.safetensors_io import SafetensorsError, StreamingWriter, read_header, read_tensor
+from mm_core.checkpoint.safetensors_io import SafetensorsError, StreamingWriter, read_header, read_tensor
 
 
 @pytest.mark.parametrize("trailing", [(), (6,)])

@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mm_convert import api, engine
+from mm_convert import engine
+from mm_core.checkpoint import api
 from mm_convert.config import HFConfigSection, HfToMmConfig, MmToHfConfig, ParallelSection
-from mm_convert.errors import ConfigError, ConversionError, KeyMismatchError, TargetExistsError
+from mm_core.checkpoint.errors import ConfigError, ConversionError, KeyMismatchError, TargetExistsError
 from mm_convert.output import Progress
 
 
@@ -36,8 +37,8 @@ def nothing_left(parent: Path, name: str = "out") -> bool:
     (1, [5, 0], [0, 4], r"vit_pp_layers \[5, 0\] sums to 5 but the model has 4"),
     (1, [4, 0, 0], [0, 4], r"vit_pp_layers has 3 stage\(s\).*llm_pp_layers has 2 stage"),
     (1, [[4, 0]], [0, 4], r"disagree on the pipeline shape"),
-    (1, [3, 1, 0], [1, 3, 0], r"stage 0 holds llm layers but vit layers remain on stage 1"),
-    (1, [[2, 1], [1, 0]], [[0, 1], [1, 2]], r"stage 1 holds llm layers but vit layers remain on stage 2"),
+    (1, [3, 1, 0], [1, 3, 0], r"stage 0 holds LLM layers but vision encoder layers remain on stage 1"),
+    (1, [[2, 1], [1, 0]], [[0, 1], [1, 2]], r"stage 1 holds LLM layers but vision encoder layers remain on stage 2"),
     (4, None, None, r"tp_size 4 does not divide num_key_value_heads 2"),
     (1, [-1, 5], [0, 4], r"negative"),
     (0, None, None, r"tp_size must be >= 1"),

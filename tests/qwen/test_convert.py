@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mm_convert import api, engine
+from mm_convert import engine
+from mm_core.checkpoint import api
 from mm_convert.config import (
     DcpToHfConfig,
     HFConfigSection,
@@ -267,7 +268,7 @@ def test_mm_to_hf_from_an_iteration_directory(conv, qwen_tied, tmp_path):
 
 def test_round_trip_without_kernel_copy(conv, qwen_untied, tmp_path, monkeypatch):
     """File systems without copy_file_range use the pread/pwrite fallback: same bytes."""
-    from mm_convert import rowcopy
+    from mm_core.checkpoint import rowcopy
 
     monkeypatch.setattr(rowcopy, "_NO_KERNEL_COPY", True)
     monkeypatch.setattr(rowcopy.os, "copy_file_range", None)  # would fail if called

@@ -25,10 +25,10 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from mm_convert.mm_dir import resolve_dcp_dir
+from mm_core.checkpoint.mm_dir import resolve_dcp_dir
 from mm_convert.output import Progress
-from mm_convert.rules import Plan
-from mm_convert.sources import Source, StateSource
+from mm_core.checkpoint.rules import Plan
+from mm_core.checkpoint.sources import Source, StateSource
 
 if TYPE_CHECKING:
     from mm_convert.converter import Converter

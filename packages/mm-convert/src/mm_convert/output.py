@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mm_convert.errors import TargetExistsError
+from mm_core.checkpoint.errors import TargetExistsError
 
 
 def check_target(target: str | Path, overwrite: bool, flag: str) -> Path:

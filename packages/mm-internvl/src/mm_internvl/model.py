@@ -27,7 +27,7 @@ from torch import nn
 from mm_core.kernels.reference import rotary_cos_sin
 from mm_internvl.config import InternVLConfig, parse_config
 from mm_internvl.decoder import TextDecoder
-from mm_internvl.stages import StagePlan, stage_plan
+from mm_core.layout import StagePlan, stage_plan
 from mm_internvl.vision import ImageEncoder
 
 
@@ -39,7 +39,7 @@ class InternVLModel(nn.Module):
         self.config = cfg
         self.plan = plan
         if plan.has_vision:
-            self.image_encoder = ImageEncoder(cfg, plan.vit_count, with_embeddings=plan.embeddings,
+            self.image_encoder = ImageEncoder(cfg, plan.vit_count, with_embeddings=plan.patch_embed,
                                               with_projector=plan.projector, device=device, dtype=dtype)
         if plan.has_text:
             self.text_decoder = TextDecoder(cfg.text, plan.llm_count, with_embedding=plan.embedding,
@@ -85,7 +85,7 @@ class InternVLModel(nn.Module):
                 width = self.config.text.hidden_size if self.plan.projector else self.config.vision.hidden_size
                 features = prev if prev is not None else torch.zeros(0, width, device=_device(input_ids))
             else:
-                features = self.image_encoder(prev if prev is not None and not self.plan.embeddings else pixel_values)
+                features = self.image_encoder(prev if prev is not None and not self.plan.patch_embed else pixel_values)
             if not self.plan.has_text:
                 return features
         elif self.plan.embedding:

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from mm_convert.converter import Converter
-from mm_convert.errors import ConfigError
-from mm_convert.layout import Placement
-from mm_convert.ops import (
+from mm_core.checkpoint.errors import ConfigError
+from mm_core.layout import Placement
+from mm_core.checkpoint.ops import (
     COLUMN,
     GATED_COLUMN,
     REPLICATED,
@@ -25,7 +25,7 @@ from mm_convert.ops import (
     HeadInterleave,
     Split,
 )
-from mm_convert.rules import Rule
+from mm_core.checkpoint.rules import Rule
 
 VIT = "image_encoder.encoder.blocks.layers.{layer}."
 HF_VIT = "visual.blocks.{layer}."

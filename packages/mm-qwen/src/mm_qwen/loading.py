@@ -1,8 +1,8 @@
 """Load Qwen2.5-VL (whole or one pipeline stage) from an HF directory or an mm directory.
 
 - HF dir: each rank streams only the tensors (and slices) it needs through the conversion rules
-  (``mm_convert.api.hf_to_mm_rank`` with ``Qwen2_5_VLConverter``); no separate conversion step.
-- mm dir: each rank reads its own ``mp_rank_*`` file (``mm_convert.api.read_mm_rank``).
+  (``mm_core.checkpoint.api.hf_to_mm_rank`` with ``Qwen2_5_VLConverter``); no separate conversion step.
+- mm dir: each rank reads its own ``mp_rank_*`` file (``mm_core.checkpoint.api.read_mm_rank``).
 
 Tensors are assigned into the meta-built module (no second copy). A DTensor parameter (after the
 engine applied ``mm_qwen.parallelize.tp_plan``) receives the rank's local tensor: the mm file *is*

@@ -34,7 +34,7 @@ from mm_core.nn import KVCache
 from mm_qwen.config import QwenVLConfig, parse_config
 from mm_qwen.decoder import TextDecoder
 from mm_qwen.rope_index import mrope_position_ids
-from mm_qwen.stages import StagePlan, stage_plan
+from mm_core.layout import StagePlan, stage_plan
 from mm_qwen.vision import ImageEncoder
 
 

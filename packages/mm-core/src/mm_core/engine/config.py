@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from mm_core.data.config import DataConfig as PipelineDataConfig
 from mm_core.errors import ConfigError
+from mm_core.layout import Placement
 
 FREEZABLE = ("vision_encoder", "vision_projector", "text_decoder")
 
@@ -146,6 +147,7 @@ class Layout:
     virtual: int  # pipeline chunks per pp rank
     vit_pp_layers: list[int]  # flattened over (chunk, pp rank): stage index v * pp + p
     llm_pp_layers: list[int]
+    placement: Placement  # the same, as the shared placement type (stage ranges, first/last stages)
 
     @property
     def num_stages(self) -> int:
@@ -185,22 +187,20 @@ def is_tied(hf_config: dict[str, Any]) -> bool:
     return bool(hf_config.get("tie_word_embeddings") or (hf_config.get("text_config") or {}).get("tie_word_embeddings"))
 
 
-def _flatten_layers(name: str, value: list[Any] | None, pp: int, total: int) -> tuple[list[int], int]:
-    if value is None:
-        if pp == 1:
-            return [total], 1
-        raise ConfigError(f"model.{name}: required when parallel.pp = {pp} (one layer count per stage)")
-    nested = bool(value) and isinstance(value[0], (list, tuple))
-    chunks = [list(v) for v in value] if nested else [list(value)]
-    for c in chunks:
-        if len(c) != pp:
-            raise ConfigError(f"model.{name}: {value} has {len(c)} entries per chunk, parallel.pp is {pp}")
-        if any((not isinstance(n, int)) or n < 0 for n in c):
+def _placement(m: ModelConfig, pp: int, tp: int, vit_total: int, llm_total: int) -> Placement:
+    """The pipeline placement of the config's layer lists (``model.*_pp_layers``), checked against ``pp``."""
+    for name, value in (("vit_pp_layers", m.vit_pp_layers), ("llm_pp_layers", m.llm_pp_layers)):
+        if value is None and pp > 1:
+            raise ConfigError(f"model.{name}: required when parallel.pp = {pp} (one layer count per stage)")
+        flat = [n for c in value for n in (c if isinstance(c, (list, tuple)) else [c])] if value else []
+        if any((not isinstance(n, int)) or n < 0 for n in flat):
             raise ConfigError(f"model.{name}: {value} must hold non-negative integers")
-    flat = [n for c in chunks for n in c]
-    if sum(flat) != total:
-        raise ConfigError(f"model.{name}: {value} sums to {sum(flat)}, the model has {total} layers")
-    return flat, len(chunks)
+    placement = Placement({"vit": vit_total, "llm": llm_total},
+                          {"vit": m.vit_pp_layers, "llm": m.llm_pp_layers}, tp, field="model.")
+    if placement.pp != pp:
+        raise ConfigError(f"model.llm_pp_layers/vit_pp_layers: {m.llm_pp_layers} / {m.vit_pp_layers} have "
+                          f"{placement.pp} entries per chunk, parallel.pp is {pp}")
+    return placement
 
 
 def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | None = None) -> Layout:
@@ -252,15 +252,8 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
         raise ConfigError("parallel.pp_schedule: Interleaved1F1B needs parallel.pp > 1")
     hf_config = hf_config if hf_config is not None else load_hf_config(cfg)
     vit_total, llm_total = model_layer_counts(hf_config)
-    vit, v1 = _flatten_layers("vit_pp_layers", m.vit_pp_layers, p.pp, vit_total)
-    llm, v2 = _flatten_layers("llm_pp_layers", m.llm_pp_layers, p.pp, llm_total)
-    if v1 != v2:
-        raise ConfigError(f"model.vit_pp_layers/llm_pp_layers: {v1} vs {v2} virtual chunks; give both the same nesting")
-    last_vit = max((i for i, n in enumerate(vit) if n), default=-1)
-    first_llm = min((i for i, n in enumerate(llm) if n), default=len(llm))
-    if first_llm < last_vit:
-        raise ConfigError(f"model.llm_pp_layers: the LLM starts on stage {first_llm} but vision layers remain on "
-                          f"stage {last_vit} ({m.vit_pp_layers}); the vision encoder must finish first")
+    placement = _placement(m, p.pp, p.tp, vit_total, llm_total)
+    vit, llm, v1 = placement.flat_counts("vit"), placement.flat_counts("llm"), placement.vpp
     if any(vit[i] == 0 and llm[i] == 0 for i in range(len(vit))):
         raise ConfigError(f"model.vit_pp_layers/llm_pp_layers: a pipeline stage has no layers "
                           f"(vit {m.vit_pp_layers}, llm {m.llm_pp_layers})")
@@ -268,4 +261,4 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
         raise ConfigError("parallel.pp_schedule: nested layer lists (virtual chunks) need Interleaved1F1B")
     if p.pp > 1 and ga < 1:
         raise ConfigError("training: pipeline parallel needs at least one micro-batch per step")
-    return Layout(world_size, p.tp, p.pp, dp, ga, v1, vit, llm)
+    return Layout(world_size, p.tp, p.pp, dp, ga, v1, vit, llm, placement)

@@ -287,7 +287,7 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
         full = random_full_state(spec, hf_config, *model_layer_counts(hf_config), cfg.training.seed)
     modules = []
     for stage in indices:
-        names = StageNames(spec.pipeline_modules, layout.vit_pp_layers, layout.llm_pp_layers, stage)
+        names = StageNames(spec.pipeline_modules, layout.placement, stage)
         if full is not None:
             model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
                                  pp_rank=stage, device=par.device, dtype=torch.float32)

@@ -11,17 +11,19 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from mm_core.layout import Placement
+
 _LAYER = re.compile(r"^(.*?\.layers)\.(\d+)\.(.*)$")
 
 
 class StageNames:
     """Renames between a stage's own parameter names and the whole model's."""
 
-    def __init__(self, pipeline_modules: Sequence[str], vit_pp_layers: Sequence[int],
-                 llm_pp_layers: Sequence[int], stage: int):
+    def __init__(self, pipeline_modules: Sequence[str], placement: Placement, stage: int):
         vision, text = (tuple(pipeline_modules) + ("image_encoder", "text_decoder"))[:2]
-        self.offsets = {vision: sum(vit_pp_layers[:stage]), text: sum(llm_pp_layers[:stage])}
-        self.counts = {vision: vit_pp_layers[stage], text: llm_pp_layers[stage]}
+        vit, llm = placement.range("vit", stage), placement.range("llm", stage)
+        self.offsets = {vision: vit.first, text: llm.first}
+        self.counts = {vision: vit.count, text: llm.count}
 
     def _module(self, name: str) -> str | None:
         for prefix in self.offsets:

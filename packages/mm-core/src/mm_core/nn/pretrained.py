@@ -28,10 +28,8 @@ def is_hf_dir(path: str | Path) -> bool:
 
 
 def _api():
-    try:
-        from mm_convert import api
-    except ImportError as e:  # pragma: no cover - every family package depends on mm-convert
-        raise ImportError("loading checkpoints needs the mm-convert package: pip install mm-convert") from e
+    from mm_core.checkpoint import api
+
     return api
 
 

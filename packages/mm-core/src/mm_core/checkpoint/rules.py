@@ -2,7 +2,7 @@
 
 A family converter is a table of :class:`Rule` s. A rule names the mm tensor and the HF tensor(s)
 it is made from, with ``{layer}`` standing for the layer number (global on the HF side, local to
-the stage on the mm side), a :mod:`transform <mm_convert.ops>` and a tensor-parallel split.
+the stage on the mm side), a :mod:`transform <mm_core.checkpoint.ops>` and a tensor-parallel split.
 The plan expands the table over the model's layer counts, so the exact set of expected keys is
 known before anything is read: missing and unexpected keys are reported by name up front.
 """
@@ -13,9 +13,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mm_convert.errors import KeyMismatchError
-from mm_convert.layout import Placement
-from mm_convert.ops import IDENTITY, REPLICATED, TPSplit, Transform
+from mm_core.checkpoint.errors import KeyMismatchError
+from mm_core.layout import Placement
+from mm_core.checkpoint.ops import IDENTITY, REPLICATED, TPSplit, Transform
 
 LAYER = "{layer}"
 

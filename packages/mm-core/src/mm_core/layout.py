@@ -1,5 +1,8 @@
 """Parallel layout: tp size and the pipeline placement of each module's layers.
 
+The one home of stage placement: the engine, model builders (``StagePlan``), weight loading and
+mm-convert all ask a :class:`Placement`.
+
 ``vit_pp_layers`` / ``llm_pp_layers`` give one layer count per stage; nested lists are virtual
 pipeline chunks (chunk v of pp rank p is the flattened stage ``v * pp + p``). Placement uses
 absolute stage ranges, so a module that starts after stage 0 lands where it should. A module's
@@ -18,6 +21,7 @@ from typing import Any
 from mm_core.errors import ConfigError
 
 LAYOUT_FILE = "mm_layout.json"
+_MODULE_WORDS = {"vit": "vision encoder", "llm": "LLM"}
 
 
 def _as_list(x: Any) -> Any:
@@ -62,14 +66,54 @@ class StageRange:
     count: int
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """The modules of one flattened pipeline stage of a vision-language model."""
+
+    stage: int
+    num_stages: int
+    vit_first: int  # absolute index of this stage's first vision layer
+    vit_count: int
+    llm_first: int
+    llm_count: int
+    patch_embed: bool  # the vision embeddings (first vision stage)
+    projector: bool  # the vision projector (last vision stage)
+    embedding: bool  # the word embedding (first LLM stage)
+    head: bool  # final norm + output layer (last LLM stage)
+
+    @property
+    def has_vision(self) -> bool:
+        return self.vit_count > 0 or self.patch_embed or self.projector
+
+    @property
+    def has_text(self) -> bool:
+        return self.llm_count > 0 or self.embedding or self.head
+
+    @property
+    def vision_done_before(self) -> bool:
+        """The vision encoder (with projector) ran entirely on earlier stages."""
+        return not self.has_vision and self.stage > 0
+
+
+def stage_plan(vit_depth: int, llm_depth: int, vit_pp_layers: Sequence | None, llm_pp_layers: Sequence | None,
+               stage: int) -> StagePlan:
+    """The modules of flattened stage ``stage`` of a validated layout (the model builders' entry)."""
+    placement = Placement({"vit": vit_depth, "llm": llm_depth}, {"vit": vit_pp_layers, "llm": llm_pp_layers},
+                          field="")
+    return placement.stage_plan(stage)
+
+
 class Placement:
     """Per-module layer ranges on every flattened stage, validated against the model's depths."""
 
-    def __init__(self, modules: Mapping[str, int], layers: Mapping[str, Sequence | None], tp_size: int = 1):
+    def __init__(self, modules: Mapping[str, int], layers: Mapping[str, Sequence | None], tp_size: int = 1,
+                 field: str = "parallel_config."):
         """``modules``: module name -> layer count, in pipeline order (vision first).
-        ``layers``: module name -> per-stage counts (flat or nested), or None."""
+        ``layers``: module name -> per-stage counts (flat or nested), or None.
+        ``field``: the config prefix errors name (``parallel_config.`` in mm-convert, ``model.`` in the engine)."""
         if int(tp_size) < 1:
-            raise ConfigError(f"parallel_config.tp_size must be >= 1, got {tp_size}")
+            raise ConfigError(f"{field}tp_size must be >= 1, got {tp_size}")
+        self.field = field
         self.tp_size = int(tp_size)
         self.modules = dict(modules)
         given = {m: (_as_list(v) if v is not None else None) for m, v in layers.items() if m in self.modules}
@@ -96,26 +140,27 @@ class Placement:
             else:
                 flat = [c for chunk in v for c in chunk] if self.nested else list(v)
             if any(c < 0 for c in flat):
-                raise ConfigError(f"parallel_config.{m}_pp_layers {v} has a negative count")
+                raise ConfigError(f"{self.field}{m}_pp_layers {v} has a negative count")
             if sum(flat) != self.modules[m]:
-                raise ConfigError(f"parallel_config.{m}_pp_layers {v} sums to {sum(flat)} but the model has "
+                raise ConfigError(f"{self.field}{m}_pp_layers {v} sums to {sum(flat)} but the model has "
                                   f"{self.modules[m]} {m} layers")
             self.counts[m] = flat
         for a, b in zip(names, names[1:]):  # the earlier module must finish before the next starts
             last_a = self.last_stage(a)
             first_b = self.first_stage(b)
             if self.modules[a] and self.modules[b] and first_b < last_a:
+                what_a, what_b = _MODULE_WORDS.get(a, a), _MODULE_WORDS.get(b, b)
                 raise ConfigError(
-                    f"invalid pipeline layout: stage {first_b} holds {b} layers but {a} layers remain on stage "
-                    f"{last_a} ({a}_pp_layers={given.get(a)}, {b}_pp_layers={given.get(b)}); the {a} must "
-                    f"finish on or before the first stage that holds {b} layers")
+                    f"invalid pipeline layout {self.field}{a}_pp_layers={given.get(a)} {self.field}{b}_pp_layers="
+                    f"{given.get(b)}: stage {first_b} holds {what_b} layers but {what_a} layers remain on stage "
+                    f"{last_a}; the {what_a} must finish first")
 
     def _shape(self, m: str, v: list[Any]) -> tuple[int, int]:
         if not v:
-            raise ConfigError(f"parallel_config.{m}_pp_layers is empty; give one layer count per stage")
+            raise ConfigError(f"{self.field}{m}_pp_layers is empty; give one layer count per stage")
         if isinstance(v[0], list):
             if not all(isinstance(c, list) and len(c) == len(v[0]) for c in v):
-                raise ConfigError(f"parallel_config.{m}_pp_layers {v}: every virtual chunk needs one count per stage")
+                raise ConfigError(f"{self.field}{m}_pp_layers {v}: every virtual chunk needs one count per stage")
             return len(v), len(v[0])
         return 1, len(v)
 
@@ -150,6 +195,21 @@ class Placement:
                 return s, layer - start
             start += c
         raise ConfigError(f"{m} layer {layer} is beyond the model's {self.modules[m]} layers")
+
+    def flat_counts(self, m: str) -> list[int]:
+        """Per flattened stage layer counts of module ``m`` (stage ``v * pp + p``)."""
+        return list(self.counts[m])
+
+    def stage_plan(self, stage: int) -> StagePlan:
+        """What flattened stage ``stage`` holds of a vision-language model (modules ``vit``, ``llm``)."""
+        n = self.num_stages
+        if not 0 <= stage < n:
+            raise ConfigError(f"pipeline stage {stage} is out of range for a {n}-stage layout")
+        vit, llm = self.range("vit", stage), self.range("llm", stage)
+        return StagePlan(stage=stage, num_stages=n, vit_first=vit.first, vit_count=vit.count, llm_first=llm.first,
+                         llm_count=llm.count, patch_embed=stage == self.first_stage("vit"),
+                         projector=stage == self.last_stage("vit"), embedding=stage == self.first_stage("llm"),
+                         head=stage == self.last_stage("llm"))
 
     def layout(self, **kw: Any) -> Layout:
         def shaped(m: str) -> list[Any]:

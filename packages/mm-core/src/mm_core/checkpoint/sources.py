@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from mm_convert.errors import ConfigError, ConversionError, KeyMismatchError
-from mm_convert.hf import HFReader
-from mm_convert.mm_dir import RankFile, rank_dir_name, rank_dirs
-from mm_convert.rowcopy import FdCache, RowSource, read_segments, row_ids, segments
-from mm_convert.rules import Item, Plan
-from mm_convert.safetensors_io import TensorInfo
+from mm_core.checkpoint.errors import ConfigError, ConversionError, KeyMismatchError
+from mm_core.checkpoint.hf import HFReader
+from mm_core.checkpoint.mm_dir import RankFile, rank_dir_name, rank_dirs
+from mm_core.checkpoint.rowcopy import FdCache, RowSource, read_segments, row_ids, segments
+from mm_core.checkpoint.rules import Item, Plan
+from mm_core.checkpoint.safetensors_io import TensorInfo
 
 RowPlan = tuple[torch.Tensor, list[RowSource]]
 
@@ -42,7 +42,7 @@ class Source:
 
     def rows(self, item: Item) -> RowPlan | None:
         """Row ids of the full mm tensor and the stored tensors they point into, when the item can
-        be copied file to file (see :mod:`mm_convert.rowcopy`); None otherwise."""
+        be copied file to file (see :mod:`mm_core.checkpoint.rowcopy`); None otherwise."""
         return None
 
     def close(self) -> None:

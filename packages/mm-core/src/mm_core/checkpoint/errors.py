@@ -1,4 +1,4 @@
-"""Errors of a conversion; each names the file, stage, key or config field at fault."""
+"""Errors of reading and converting checkpoints; each names the file, stage, key or config field at fault."""
 
 from __future__ import annotations
 

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import torch
 
-from mm_convert.converter import Converter
-from mm_convert.errors import ConfigError
-from mm_convert.hf import HFReader, load_hf_config
-from mm_convert.layout import Layout
-from mm_convert.mm_dir import RankFile, rank_dir_name, rank_dirs, read_layout, resolve_iteration_dir
-from mm_convert.rules import check_keys
-from mm_convert.sources import HFSource, check_shapes
+from mm_core.checkpoint.errors import ConfigError
+from mm_core.checkpoint.hf import HFReader, load_hf_config
+from mm_core.layout import Layout
+from mm_core.checkpoint.mm_dir import RankFile, rank_dir_name, rank_dirs, read_layout, resolve_iteration_dir
+from mm_core.checkpoint.rules import check_keys
+from mm_core.checkpoint.sources import HFSource, check_shapes
+from mm_core.checkpoint.table import RuleTable
 
 StateDict = dict[str, torch.Tensor]
 
 
-def get_converter(converter: str | Converter) -> Converter:
+def get_converter(converter: str | RuleTable) -> RuleTable:
     """A converter object from its registered name (``Qwen2_5_VLConverter``) or as is."""
     if isinstance(converter, str):
         from mm_core.plugins import get_plugin_manager
@@ -33,7 +33,7 @@ def get_converter(converter: str | Converter) -> Converter:
     return converter
 
 
-def hf_to_mm_rank(converter: str | Converter, hf_dir: str | Path, *, tp_size: int = 1, tp_rank: int = 0,
+def hf_to_mm_rank(converter: str | RuleTable, hf_dir: str | Path, *, tp_size: int = 1, tp_rank: int = 0,
                   vit_pp_layers: Sequence | None = None, llm_pp_layers: Sequence | None = None,
                   pp_rank: int = 0) -> StateDict | list[StateDict]:
     """One rank's mm state dict, streamed from an HF safetensors directory.
@@ -70,7 +70,7 @@ def hf_to_mm_rank(converter: str | Converter, hf_dir: str | Path, *, tp_size: in
 
 
 def read_mm_layout(mm_dir: str | Path, iteration: int | str | None = None,
-                   converter: str | Converter | None = None) -> Layout:
+                   converter: str | RuleTable | None = None) -> Layout:
     """The layout of an mm directory: ``tp_size``, ``pp_size``, ``vpp_size``, ``vit_pp_layers``,
     ``llm_pp_layers`` (as given at conversion; nested when virtual chunks were used).
 

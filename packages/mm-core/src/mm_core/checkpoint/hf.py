@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from mm_convert.errors import ConversionError
-from mm_convert.rowcopy import FdCache
-from mm_convert.safetensors_io import StreamingWriter, TensorInfo, nbytes_of, read_header
+from mm_core.checkpoint.errors import ConversionError
+from mm_core.checkpoint.rowcopy import FdCache
+from mm_core.checkpoint.safetensors_io import StreamingWriter, TensorInfo, nbytes_of, read_header
 
 INDEX = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".partial")
@@ -91,7 +91,7 @@ class HFReader:
         return set(self.infos)
 
     def read(self, key: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        from mm_convert.safetensors_io import read_tensor
+        from mm_core.checkpoint.safetensors_io import read_tensor
 
         return read_tensor(self.infos[key], rows)
 

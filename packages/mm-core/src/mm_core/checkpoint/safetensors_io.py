@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mm_convert.rowcopy import FdCache, copy_segments
+from mm_core.checkpoint.rowcopy import FdCache, copy_segments
 from mm_core.errors import MMError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -168,7 +168,7 @@ class StreamingWriter:
         return n
 
     def copy(self, name: str, segs: Sequence[tuple[Path, int, int]], fds: FdCache) -> int:
-        """Fill a tensor from file runs (see :mod:`mm_convert.rowcopy`), in the kernel."""
+        """Fill a tensor from file runs (see :mod:`mm_core.checkpoint.rowcopy`), in the kernel."""
         offset, n = self._check(name, None, None)
         got = sum(k for _, _, k in segs)
         if got != n:
