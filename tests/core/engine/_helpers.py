@@ -34,9 +34,9 @@ def model_section(model: str) -> dict:
         from mm_qwen.tiny import tiny_config_dict
 
         return {"hf_config": tiny_config_dict(vision_depth=2, text_layers=2), "random_init": True}
-    from mm_core.engine.toy_model import DEFAULT_CONFIG
+    from mm_core.testing.toy_model import DEFAULT_CONFIG
 
-    return {"name": "mm_core.engine.toy_model:TOY_SPEC", "hf_config": DEFAULT_CONFIG, "random_init": True}
+    return {"name": "mm_core.testing.toy_model:TOY_SPEC", "hf_config": DEFAULT_CONFIG, "random_init": True}
 
 
 def base_config(model: str = "qwen", **overrides) -> dict:

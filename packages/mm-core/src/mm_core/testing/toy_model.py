@@ -1,4 +1,5 @@
-"""A tiny vision-language model with the family interface, for engine tests and benchmarks.
+"""A tiny vision-language model with the family interface, for engine tests, benchmarks and the
+plugin template (it needs no transformers class and no download).
 
 It is shaped like a real family (a vision encoder + projector, then a decoder with an LM head),
 uses the mm parameter names, builds one pipeline stage from ``vit_pp_layers``/``llm_pp_layers``
@@ -13,6 +14,8 @@ on the last stage). The engine reads the LM head weight itself.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_core.kernels.reference import attention, rms_norm
+from mm_core.layout import StagePlan, stage_plan
 from mm_core.specs import ModelSpec
 
 DEFAULT_CONFIG: dict[str, Any] = {  # HF-like keys, so generic config readers work on it
@@ -34,17 +38,14 @@ DEFAULT_CONFIG: dict[str, Any] = {  # HF-like keys, so generic config readers wo
 }
 
 
-def _flat(hf_config: dict[str, Any]) -> dict[str, Any]:
+def _flat(hf_config: dict[str, Any] | str | Path) -> dict[str, Any]:
+    if not isinstance(hf_config, dict):  # a config.json or an HF directory (what load_pretrained passes)
+        path = Path(hf_config)
+        hf_config = json.loads((path / "config.json" if path.is_dir() else path).read_text())
     cfg = {**DEFAULT_CONFIG, **dict(hf_config)}
     vc = {**DEFAULT_CONFIG["vision_config"], **cfg["vision_config"]}
     return {**cfg, "vision_hidden": vc["hidden_size"], "patch_dim": vc["patch_dim"], "vision_layers": vc["depth"],
             "num_heads": cfg["num_attention_heads"], "num_layers": cfg["num_hidden_layers"]}
-
-
-def stage_range(counts: list[int], stage: int) -> tuple[int, int]:
-    """Global [start, end) of a stage's layers from per-stage counts."""
-    start = sum(counts[:stage])
-    return start, start + counts[stage]
 
 
 class RMSNorm(nn.Module):
@@ -157,43 +158,47 @@ class TextDecoder(nn.Module):
 class ToyVLModel(nn.Module):
     """One pipeline stage (or the whole model) of the toy vision-language model."""
 
-    def __init__(self, cfg: dict[str, Any], vit_pp_layers: list[int], llm_pp_layers: list[int], pp_rank: int):
+    def __init__(self, cfg: dict[str, Any], plan: StagePlan):
         super().__init__()
         self.cfg = cfg
-        vit_stages = [i for i, n in enumerate(vit_pp_layers) if n]
-        llm_stages = [i for i, n in enumerate(llm_pp_layers) if n]
-        self.vit_first, self.vit_last = vit_stages[0], vit_stages[-1]
-        self.llm_first, self.llm_last = llm_stages[0], llm_stages[-1]
-        self.has_vision = self.vit_first <= pp_rank <= self.vit_last
-        self.has_text = self.llm_first <= pp_rank <= self.llm_last
-        self.pp_rank = pp_rank
-        if self.has_vision:
-            self.image_encoder = ImageEncoder(cfg, vit_pp_layers[pp_rank], pp_rank == self.vit_first,
-                                              pp_rank == self.vit_last)
-        if self.has_text:
-            self.text_decoder = TextDecoder(cfg, llm_pp_layers[pp_rank], pp_rank == self.llm_first,
-                                            pp_rank == self.llm_last)
+        self.plan = plan
+        if plan.has_vision:
+            self.image_encoder = ImageEncoder(cfg, plan.vit_count, plan.patch_embed, plan.projector)
+        if plan.has_text:
+            self.text_decoder = TextDecoder(cfg, plan.llm_count, plan.embedding, plan.head)
+
+    def output_weight(self) -> torch.Tensor:
+        """The LM head weight ``[V, H]`` (last stage only), for a chunked loss or generation."""
+        if not self.plan.head:
+            raise RuntimeError(f"pipeline stage {self.plan.stage} holds no output layer")
+        return self.text_decoder.output_layer.weight
 
     def forward(self, *stage_input: torch.Tensor, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, return_hidden: bool = False,
                 dummy_vision: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        plan = self.plan
         h = stage_input[0] if stage_input else None
-        if self.has_vision:
+        if plan.has_vision:
             enc = self.image_encoder.encoder
-            v = enc.patch_embed.proj(pixel_values) if self.pp_rank == self.vit_first else h
+            if plan.patch_embed:
+                if pixel_values is None:
+                    pixel_values = torch.zeros(0, self.cfg["patch_dim"], device=input_ids.device)
+                v = enc.patch_embed.proj(pixel_values)
+            else:
+                v = h
             for layer in enc.blocks.layers:
                 v = layer(v)
-            if self.pp_rank != self.vit_last:
+            if not plan.projector:
                 return v
             proj = self.image_encoder.projector
             v = proj.encoder(proj.layernorm(v))
             if dummy_vision is not None and bool(dummy_vision):
                 v = v[:0] + 0.0 * v.sum()  # keep the graph (same collectives), contribute nothing
-            if not self.has_text:
+            if not plan.has_text:
                 return v
             h = v
         td = self.text_decoder
-        if self.pp_rank == self.llm_first:
+        if plan.embedding:
             emb = td.embedding.word_embeddings(input_ids)
             if h is not None and h.shape[0]:
                 emb = emb.masked_scatter((input_ids == self.cfg["image_token_id"]).unsqueeze(-1), h.to(emb.dtype))
@@ -202,21 +207,22 @@ class ToyVLModel(nn.Module):
             h = emb
         for layer in td.decoder.layers:
             h = layer(h, segment_ids)
-        if self.pp_rank == self.llm_last:
+        if plan.head:
             h = td.decoder.final_layernorm(h)
             if not return_hidden:
                 return td.output_layer(h)
         return h
 
 
-def build_model(hf_config: dict[str, Any], *, vit_pp_layers: list[int], llm_pp_layers: list[int],
-                pp_rank: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                ) -> ToyVLModel:
-    """Build one stage; weights are random (the engine loads or initialises them)."""
+def build_model(hf_config: dict[str, Any] | str | Path, *, vit_pp_layers: list[Any] | None = None,
+                llm_pp_layers: list[Any] | None = None, pp_rank: int = 0, device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = torch.float32) -> ToyVLModel:
+    """Build one flattened stage (the whole model without layer lists); weights are random."""
     cfg = _flat(hf_config)
+    plan = stage_plan(cfg["vision_layers"], cfg["num_layers"], vit_pp_layers, llm_pp_layers, pp_rank)
     with torch.device(device):
-        model = ToyVLModel(cfg, list(vit_pp_layers), list(llm_pp_layers), pp_rank)
-    return model.to(dtype)
+        model = ToyVLModel(cfg, plan)
+    return model.to(dtype or torch.float32)
 
 
 def tp_plan(model: ToyVLModel) -> dict[str, Any]:
@@ -224,7 +230,7 @@ def tp_plan(model: ToyVLModel) -> dict[str, Any]:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
     plan: dict[str, Any] = {}
-    if getattr(model, "has_text", False):
+    if model.plan.has_text:
         for i in range(len(model.text_decoder.decoder.layers)):
             p = f"text_decoder.decoder.layers.{i}"
             plan[f"{p}.self_attention.linear_qkv"] = ColwiseParallel()

@@ -1,0 +1,2 @@
+"""What a model family (in this repo or a third-party plugin) needs to prove it works with mm:
+the conformance suite ``FamilyConformance`` and a toy model for engine tests."""
