@@ -117,3 +117,45 @@ def test_cli_rejects_bad_settings_before_doing_anything(tmp_path, capsys):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def _registry_with(spec):
+    from mm_core.hookspecs import hookimpl
+    from mm_core.plugins import PluginManager
+
+    class Plugin:
+        @hookimpl
+        def mm_register_models(self, register):
+            register(spec)
+
+    return PluginManager([("fake-family", Plugin())], entry_points_=False)
+
+
+def test_the_model_step_asks_the_registry_for_the_family(tmp_path, monkeypatch):
+    """Core imports no family: the demo's tiny model comes from the registered spec's hook."""
+    from mm_core.demo import run
+    from mm_core.plugins import reset_plugin_manager
+    from mm_core.specs import ModelSpec
+
+    calls = []
+
+    def tiny_checkpoint(path, **kwargs):
+        calls.append(kwargs)
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"vocab_size": 7}))
+        return path
+
+    spec = ModelSpec("fake_vl", builder=lambda *a, **k: None, converter="FakeConverter",
+                     tiny_checkpoint=tiny_checkpoint)
+    settings = DemoSettings(workdir=tmp_path)
+    settings.model.family = "fake_vl"
+    runner = StepRunner(tmp_path, total=1, verbose=False)
+    reset_plugin_manager(_registry_with(spec))
+    try:
+        assert run._make_model(runner, settings, DemoPaths(tmp_path)) is spec
+        assert calls == [settings.model.save_kwargs()]
+        settings.model.family = "not_installed"
+        with pytest.raises(DemoStepError, match="unknown model 'not_installed'(.|\n)*Install the plugin"):
+            run._make_model(runner, settings, DemoPaths(tmp_path))
+    finally:
+        reset_plugin_manager()

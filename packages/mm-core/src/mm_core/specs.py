@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model family: how to recognise its HF config and build it (whole or one pipeline stage)."""
+    """A model family: how to recognise its HF config and build it (whole or one pipeline stage).
+
+    ``tiny_checkpoint(path, seed=0, **family_options) -> path`` writes a tiny random HF directory
+    (``config.json`` + safetensors) of the family, so the demo and the conformance suite get a
+    model through the registry instead of importing a family package. Import it lazily.
+    """
 
     name: str
     builder: Callable[..., Any]
@@ -22,6 +28,7 @@ class ModelSpec:
     converter: str | None = None
     formatter: str | None = None
     description: str = ""
+    tiny_checkpoint: Callable[..., Path] | None = None
 
     @property
     def key(self) -> str:

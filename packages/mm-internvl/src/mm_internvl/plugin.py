@@ -37,6 +37,7 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
             },
             pipeline_modules=("image_encoder", "text_decoder"),
             converter="InternVLConverter",
+            tiny_checkpoint=_lazy("mm_internvl.tiny", "save_tiny_model"),
             description="InternVL3 (InternViT + Qwen2.5), the transformers '-hf' layout",
         )
     )

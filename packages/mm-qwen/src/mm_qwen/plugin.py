@@ -38,6 +38,7 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
             tp_plan=_lazy("mm_qwen.parallelize", "tp_plan"),
             pipeline_modules=("image_encoder", "text_decoder"),
             converter="Qwen2_5_VLConverter",
+            tiny_checkpoint=_lazy("mm_qwen.tiny", "save_tiny_model"),
             formatter="qwen2vl",
             description="Qwen2.5-VL 3B/7B/32B/72B",
         )

@@ -33,9 +33,10 @@ class TinyModel:
     rope_theta: float = 10.0
     init_std: float = 0.1  # ~1/sqrt(hidden): HF's 0.02 is for wide models and leaves a tiny one stuck
     seed: int = 0
+    family: str = "qwen2_5_vl"  # the registered model whose ``tiny_checkpoint`` writes the model
 
     def save_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``mm_qwen.tiny.save_tiny_model``."""
+        """Keyword arguments of the family's ``tiny_checkpoint`` (mm-qwen's ``save_tiny_model``)."""
         head_dim = self.hidden // self.heads
         q = head_dim // 2
         section = [q - 2 * (q // 3), q // 3, q // 3]

@@ -23,8 +23,9 @@ from mm_core.demo.data import chance_accuracy, write_demo_data
 from mm_core.demo.evaluate import Accuracy, read_answers, score
 from mm_core.demo.report import plot, read_metrics, summary_text, throughput
 from mm_core.demo.steps import StepRunner
+from mm_core.errors import MMError
+from mm_core.specs import ModelSpec
 
-CONVERTER = "Qwen2_5_VLConverter"
 MARKER = ".mm-demo"  # marks a directory the demo made, so a rerun may replace its outputs
 OUTPUTS = ("data", "hf_init", "mm_init", "checkpoints", "hf_trained", "eval", "logs", "cache", "finetune.yaml",
            "metrics.jsonl", "demo.png", "summary.json")
@@ -47,17 +48,30 @@ def prepare_workdir(root: Path) -> None:
     (root / MARKER).write_text("made by mm-run demo; rerunning the demo replaces its outputs here\n")
 
 
-def _make_model(runner: StepRunner, s: DemoSettings, p: DemoPaths) -> None:
+def _family(runner: StepRunner, s: DemoSettings) -> ModelSpec:
+    """The demo's model family, asked of the plugin registry (core imports no family package)."""
+    from mm_core.plugins import get_plugin_manager
+
+    try:
+        spec = get_plugin_manager().model(s.model.family)
+    except MMError as e:
+        raise runner.fail("model", f"the demo's model family: {e}") from None
+    missing = [what for what, value in (("tiny_checkpoint", spec.tiny_checkpoint), ("converter", spec.converter))
+               if value is None]
+    if missing:
+        raise runner.fail("model", f"model '{spec.name}' registers no {' and no '.join(missing)}; the demo needs both")
+    return spec
+
+
+def _make_model(runner: StepRunner, s: DemoSettings, p: DemoPaths) -> ModelSpec:
+    spec = _family(runner, s)
     kwargs = s.model.save_kwargs()
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    print(f"python: mm_qwen.tiny.save_tiny_model('{p.hf_init.name}', {shown})", flush=True)
-    try:
-        from mm_qwen.tiny import save_tiny_model
-    except ImportError as e:
-        raise runner.fail("model", f"needs the mm-qwen plugin (pip install -e packages/mm-qwen): {e}") from None
+    print(f"python: get_plugin_manager().model({spec.name!r}).tiny_checkpoint('{p.hf_init.name}', {shown})",
+          flush=True)
     t0 = time.perf_counter()
     try:
-        save_tiny_model(p.hf_init, **kwargs)
+        spec.tiny_checkpoint(p.hf_init, **kwargs)
     except Exception as e:  # noqa: BLE001 - shown with the step's name
         raise runner.fail("model", f"{type(e).__name__}: {e}") from e
     runner.note("model", time.perf_counter() - t0)
@@ -66,6 +80,7 @@ def _make_model(runner: StepRunner, s: DemoSettings, p: DemoPaths) -> None:
     vocab = cfg.get("text_config", {}).get("vocab_size", cfg.get("vocab_size"))
     print(f"wrote {p.hf_init.name}/ ({size / 2**20:.1f} MiB of weights, vocabulary {vocab}, "
           f"tokenizer and processor files)", flush=True)
+    return spec
 
 
 def _show_accuracy(when: str, acc: Accuracy, answers: str) -> None:
@@ -109,10 +124,10 @@ def run_demo(s: DemoSettings, *, verbose: bool = True) -> dict[str, Any]:
 
     runner.begin("model", "create a tiny Qwen2.5-VL-architecture model from random weights (HF directory, "
                           "real Qwen tokenizer)")
-    _make_model(runner, s, p)
+    converter = _make_model(runner, s, p).converter
 
     runner.begin("convert", "convert the HF checkpoint to the mm training layout")
-    runner.run("convert", ["mm-convert", CONVERTER, "hf_to_mm", "--cfg.hf_config.hf_dir", rel(p.hf_init),
+    runner.run("convert", ["mm-convert", converter, "hf_to_mm", "--cfg.hf_config.hf_dir", rel(p.hf_init),
                            "--cfg.mm_dir", rel(p.mm_init), "--cfg.parallel_config.tp_size", "1"], env=env)
 
     infer = ["--input", rel(data.eval_prompts), "--max-new-tokens", str(s.max_new_tokens), "--batch-size", "50"]
@@ -128,7 +143,7 @@ def run_demo(s: DemoSettings, *, verbose: bool = True) -> dict[str, Any]:
 
     runner.begin("convert_back", "convert the trained checkpoint back to an HF directory")
     it_dir = _latest_iteration_dir(runner, p)
-    runner.run("convert_back", ["mm-convert", CONVERTER, "dcp_to_hf", "--hf_dir", rel(p.hf_init),
+    runner.run("convert_back", ["mm-convert", converter, "dcp_to_hf", "--hf_dir", rel(p.hf_init),
                                 "--dcp_dir", rel(it_dir), "--save_dir", rel(p.hf_trained)], env=env)
 
     runner.begin("eval_after", "answer the held-out questions with the trained model")
@@ -191,8 +206,6 @@ def _cpu_threads() -> int:
 
 def main_safe(s: DemoSettings, verbose: bool = True) -> int:
     """Run the demo; a failing step prints its message (step, command, log) and returns 1."""
-    from mm_core.errors import MMError
-
     try:
         run_demo(s, verbose=verbose)
     except (MMError, FileExistsError, FileNotFoundError) as e:
