@@ -31,18 +31,18 @@ def _worker(rank: int, world: int, port: int, hf_dir: str, out: dict) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor.parallel import parallelize_module
 
+        from mm_core.engine.tp_rules import plan_from_rules
         from mm_qwen.loading import load_hf_weights
         from mm_qwen.model import build_model
-        from mm_qwen.parallelize import tp_plan
 
         mesh = init_device_mesh("cpu", (world,))
         # the engine's path: whole weights on every rank, the plan distributes them
         torch.manual_seed(0)
         full = build_model(tiny_config_dict(tied=True), device="cpu")
-        parallelize_module(full, mesh, tp_plan(full))
+        parallelize_module(full, mesh, plan_from_rules(full, "Qwen2_5_VLConverter", tiny_config_dict(tied=True), world))
         # each rank streams its own shard and assigns it into the DTensor locals
         ranks = build_model(hf_dir, device="meta")
-        parallelize_module(ranks, mesh, tp_plan(ranks))
+        parallelize_module(ranks, mesh, plan_from_rules(ranks, "Qwen2_5_VLConverter", ranks.config.raw, world))
         load_hf_weights(ranks, hf_dir, tp_size=world, tp_rank=rank)
         assert ranks.text_decoder.decoder.layers[0].mlp.linear_fc1.weight.to_local().shape[0] == \
             ranks.config.text.intermediate_size  # [gate_r; up_r]: half of 2 * I

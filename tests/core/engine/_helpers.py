@@ -25,7 +25,7 @@ worker = _load_worker()
 
 
 def qwen_tp_plan_available() -> bool:
-    return importlib.util.find_spec("mm_qwen.parallelize") is not None
+    return importlib.util.find_spec("mm_qwen") is not None
 
 
 def model_section(model: str) -> dict:

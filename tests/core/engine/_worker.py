@@ -41,7 +41,7 @@ def run(argv: list[str], out: str | Path, kill_after: int | None = None, keep_gr
             for k, v in sd.items():
                 local = k[len("model."):]
                 if local in stage.gated:  # tp-blocked gated rows: compare in checkpoint order
-                    v = blocked_to_canonical(v, stage.gated[local])
+                    v = blocked_to_canonical(v, *stage.gated[local])
                 weights[stage.names.to_global(local)] = v.detach().clone()
         rank = trainer.par.rank
         torch.save(weights, out / f"weights_rank{rank}.pt")

@@ -35,7 +35,6 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
                 "vision_projector": ("image_encoder.projector",),
                 "text_decoder": ("text_decoder",),
             },
-            tp_plan=_lazy("mm_qwen.parallelize", "tp_plan"),
             pipeline_modules=("image_encoder", "text_decoder"),
             converter="Qwen2_5_VLConverter",
             tiny_checkpoint=_lazy("mm_qwen.tiny", "save_tiny_model"),

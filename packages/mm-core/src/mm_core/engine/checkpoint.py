@@ -45,9 +45,9 @@ def iter_dir(save: str | Path, step: int) -> Path:
 
 def _canonical(stage: EngineStage, local: str, v: Any) -> Any:
     """Checkpoint order for a tp-blocked gated tensor (a copy); anything else as is."""
-    tp = stage.gated.get(local)
-    if tp and isinstance(v, torch.Tensor) and v.dim() >= 1:
-        return to_canonical(v, tp)
+    blocks = stage.gated.get(local)
+    if blocks and isinstance(v, torch.Tensor) and v.dim() >= 1:
+        return to_canonical(v, blocks)
     return v
 
 
@@ -77,9 +77,9 @@ def _optim_local(stage: EngineStage, flat: dict[str, Any], own: set[str]) -> dic
         name, leaf = rest.rsplit(".", 1)
         local = stage.names.to_local(name)
         if local is not None and name in own:
-            tp = stage.gated.get(local)
-            if tp and isinstance(v, torch.Tensor) and v.dim() >= 1:
-                v = to_blocked(v, tp)
+            blocks = stage.gated.get(local)
+            if blocks and isinstance(v, torch.Tensor) and v.dim() >= 1:
+                v = to_blocked(v, blocks)
             out[f"{section}.{_PREFIX}{local}.{leaf}"] = v
     return out
 

@@ -60,7 +60,7 @@ class EngineStage(nn.Module):
         self.stage, self.num_stages, self.names = stage, num_stages, names
         self.is_first, self.is_last = stage == 0, stage == num_stages - 1
         self.max_rows = 0  # set per step by the pipeline runner (4 x micro-batch tokens)
-        self.gated: dict[str, int] = {}  # tp-blocked gated parameters (model-relative names) -> tp
+        self.gated: dict[str, tuple[int, int]] = {}  # tp-blocked parameters (model-relative names) -> (tp, parts)
         self.feed: list[Any] = []
         # (device type, dtype) when the stage is not wrapped by FSDP2 but computes in a lower
         # precision (see ``_apply_fsdp``)
@@ -139,25 +139,46 @@ def freeze(model: nn.Module, spec: ModelSpec, groups: list[str]) -> int:
     return n
 
 
-def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel, sequence_parallel: bool = False) -> dict[str, int]:
-    """Apply the family's plan; returns the gated parameters (see ``row_order``)."""
+def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel, sequence_parallel: bool = False,
+              derived: Callable[[nn.Module], dict[str, Any]] | None = None) -> dict[str, tuple[int, int]]:
+    """Apply the tensor-parallel plan; returns the tp-blocked parameters (see ``row_order``).
+
+    A family's plan is derived from its converter's rules (``derived``, see ``tp_rules``); a spec
+    without a converter (test models) brings its own ``tp_plan``.
+    """
     import inspect
 
     from torch.distributed.tensor.parallel import parallelize_module
 
-    if spec.tp_plan is None:
-        raise ConfigError(f"parallel.tp: model '{spec.name}' has no tensor-parallel plan; use parallel.tp 1")
-    if sequence_parallel:
-        params = inspect.signature(spec.tp_plan).parameters
-        if "sequence_parallel" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            raise ConfigError(f"parallel.sequence_parallel: model '{spec.name}' has no sequence-parallel plan; "
-                              "set it false")
-        plan = spec.tp_plan(model, sequence_parallel=True)
+    if spec.tp_plan is not None:
+        if sequence_parallel:
+            params = inspect.signature(spec.tp_plan).parameters
+            if "sequence_parallel" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                raise ConfigError(f"parallel.sequence_parallel: model '{spec.name}' has no sequence-parallel plan; "
+                                  "set it false")
+            plan = spec.tp_plan(model, sequence_parallel=True)
+        else:
+            plan = spec.tp_plan(model)
+    elif derived is not None:
+        plan = derived(model)
     else:
-        plan = spec.tp_plan(model)
+        raise ConfigError(f"parallel.tp: model '{spec.name}' has neither a converter (whose rules give the "
+                          f"tensor-parallel splits) nor a tp_plan; use parallel.tp 1")
     if plan:
         parallelize_module(model, par.mesh["tp"], plan)
     return gated_parameters(model, plan or {}, par.tp)
+
+
+def rules_tp_plan(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, Any], stage: int,
+                  tp: int) -> Callable[[nn.Module], dict[str, Any]] | None:
+    """The plan of stage ``stage`` derived from the family's converter rules (None without a converter)."""
+    if spec.converter is None:
+        return None
+    from mm_core.engine.tp_rules import plan_from_rules
+
+    layers = {"vit": cfg.model.vit_pp_layers, "llm": cfg.model.llm_pp_layers}
+    return lambda model: plan_from_rules(model, spec.converter, hf_config, tp, layers=layers, stage=stage,
+                                         sequence_parallel=cfg.parallel.sequence_parallel)
 
 
 def recompute_layers(model: nn.Module, first: int | None = None) -> int:
@@ -264,7 +285,8 @@ def load_stage_model(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, 
     model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
                          pp_rank=stage, device="meta", dtype=torch.float32)
     freeze(model, spec, cfg.model.freeze)
-    gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel) if par.tp > 1 else {}
+    gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel,
+                      rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
     # the config's own (possibly nested) lists: the converter maps stage -> (pp rank, chunk) itself
     kw: dict[str, Any] = dict(vit_pp_layers=cfg.model.vit_pp_layers, llm_pp_layers=cfg.model.llm_pp_layers) \
         if layout.pp > 1 else {}
@@ -293,7 +315,8 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
                                  pp_rank=stage, device=par.device, dtype=torch.float32)
             _stage_from_full(model, names, full, stage)
             freeze(model, spec, cfg.model.freeze)
-            gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel) if par.tp > 1 else {}
+            gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel,
+                              rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
         else:
             model, gated = load_stage_model(cfg, spec, hf_config, layout, stage, par)
         if cfg.training.recompute == "full":
