@@ -189,3 +189,27 @@ def test_four_processes_dp2_tp2_dp2_pp2_and_pp2_tp2_sp(tmp_path, reference):
     _check(tmp_path / "dp2pp2", reference["qwen"])
     if "pp2tp2sp" in runs:
         _check(tmp_path / "pp2tp2sp", reference["qwen"])
+
+
+def _tp3_qwen(**overrides) -> dict:
+    """A tiny Qwen2.5-VL whose every split divides by 3: 6/3 heads, vocab 324, widths multiple of 3."""
+    from mm_qwen.tiny import tiny_config_dict
+
+    hf = tiny_config_dict(vision_depth=2, text_layers=2, hidden=48, heads=6, kv_heads=3, vit_hidden=24,
+                          vit_heads=3, intermediate_size=96,
+                          vocab={"vocab_size": 324, "image_token_id": 300, "video_token_id": 301,
+                                 "vision_start_token_id": 302, "vision_end_token_id": 303})
+    hf["vision_config"]["intermediate_size"] = 48
+    cfg = helpers.base_config("qwen", **overrides)
+    cfg["model"]["hf_config"] = hf
+    return cfg
+
+
+def test_tp3_trains_like_one_process(tmp_path):
+    """tp=3 with sequence parallel: the plan derived from the converter's rules on a width that only 3 divides."""
+    three, weights = helpers.run_inprocess(tmp_path, "tp3_ref", _tp3_qwen())
+    cfg = _tp3_qwen()
+    cfg["parallel"].update(tp=3, sequence_parallel=True)
+    proc = helpers.run_torchrun_many(tmp_path, 3, {"tp3": cfg})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _check(tmp_path / "tp3", {"losses3": [r["loss"] for r in three], "weights3": weights})
