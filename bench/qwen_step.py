@@ -103,7 +103,7 @@ def _measure(which: str, hf_dir: str, config: dict, work: dict, args: argparse.N
     batch = {k: (v.to(dtype) if v.is_floating_point() and k.startswith("pixel") else v) for k, v in batch.items()}
     labels = batch.pop("labels")
     if which == "ours":
-        from mm_qwen.loading import load_model
+        from mm_core.nn.pretrained import load_pretrained as load_model
 
         model = load_model(hf_dir, device=device, dtype=dtype).train()
         inputs = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}

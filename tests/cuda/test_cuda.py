@@ -32,7 +32,7 @@ def no_tf32():
 def test_qwen_logits_match_transformers_on_cuda(tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from mm_qwen.loading import load_model
+    from mm_core.nn.pretrained import load_pretrained as load_model
     from mm_qwen.tiny import make_inputs, save_tiny_model, tiny_config_dict
 
     hf_dir = save_tiny_model(tmp_path / "hf", seed=0)

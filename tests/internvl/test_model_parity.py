@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm_internvl.loading import load_model
+from mm_core.nn.pretrained import load_pretrained as load_model
 from mm_internvl.tiny import make_inputs, save_tiny_model, tiny_config_dict
 
 CASES = {

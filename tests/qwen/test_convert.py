@@ -15,7 +15,6 @@ import torch
 from safetensors import safe_open
 
 from mm_convert import engine
-from mm_core.checkpoint import api
 from mm_convert.config import (
     DcpToHfConfig,
     HFConfigSection,
@@ -25,6 +24,7 @@ from mm_convert.config import (
     ParallelSection,
     ResplitConfig,
 )
+from mm_core.checkpoint import api
 
 _spec = importlib.util.spec_from_file_location(
     "mm_convert_tiny_qwen", Path(__file__).parents[1] / "convert" / "tiny_qwen.py")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mm_convert.cli import main as convert
-from mm_qwen.loading import CheckpointMismatchError, load_model
+from mm_core.nn.pretrained import load_pretrained as load_model
+from mm_core.nn.state import CheckpointMismatchError
 from mm_qwen.tiny import make_inputs, save_tiny_model, tiny_config_dict
 
 VIT, LLM = [4, 0], [1, 3]

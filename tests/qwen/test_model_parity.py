@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mm_qwen.loading import load_model
+from mm_core.nn.pretrained import load_pretrained as load_model
 from mm_qwen.tiny import make_inputs, save_tiny_model, tiny_config_dict
 
 CASES = {

@@ -32,7 +32,7 @@ def _worker(rank: int, world: int, port: int, hf_dir: str, out: dict) -> None:
         from torch.distributed.tensor.parallel import parallelize_module
 
         from mm_core.engine.tp_rules import plan_from_rules
-        from mm_qwen.loading import load_hf_weights
+        from mm_core.nn.pretrained import load_hf_weights
         from mm_qwen.model import build_model
 
         mesh = init_device_mesh("cpu", (world,))
@@ -43,7 +43,7 @@ def _worker(rank: int, world: int, port: int, hf_dir: str, out: dict) -> None:
         # each rank streams its own shard and assigns it into the DTensor locals
         ranks = build_model(hf_dir, device="meta")
         parallelize_module(ranks, mesh, plan_from_rules(ranks, "Qwen2_5_VLConverter", ranks.config.raw, world))
-        load_hf_weights(ranks, hf_dir, tp_size=world, tp_rank=rank)
+        load_hf_weights(ranks, hf_dir, "Qwen2_5_VLConverter", tp_size=world, tp_rank=rank)
         assert ranks.text_decoder.decoder.layers[0].mlp.linear_fc1.weight.to_local().shape[0] == \
             ranks.config.text.intermediate_size  # [gate_r; up_r]: half of 2 * I
         with torch.no_grad():
@@ -55,7 +55,7 @@ def _worker(rank: int, world: int, port: int, hf_dir: str, out: dict) -> None:
 
 @pytest.mark.distributed
 def test_tp2_equals_one_process(tmp_path):
-    from mm_qwen.loading import load_model
+    from mm_core.nn.pretrained import load_pretrained as load_model
     from mm_qwen.model import build_model
 
     hf_dir = save_tiny_model(tmp_path / "hf")

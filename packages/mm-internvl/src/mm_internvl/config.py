@@ -6,12 +6,13 @@ any transformers 5 release works; options our modules do not implement are refus
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mm_core.errors import ConfigError
+from mm_core.family.decoder import DecoderConfig, decoder_config_from_hf
+from mm_core.family.hf_config import read_hf_config
 
 
 @dataclass(frozen=True)
@@ -41,22 +42,9 @@ class VisionConfig:
 
 
 @dataclass(frozen=True)
-class TextConfig:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-
-
-@dataclass(frozen=True)
 class InternVLConfig:
     vision: VisionConfig
-    text: TextConfig
+    text: DecoderConfig  # the shared Qwen2 decoder's sizes
     image_token_id: int
     downsample_ratio: float
     projector_act: str
@@ -73,21 +61,6 @@ class InternVLConfig:
         return self.vision.hidden_size * self.shuffle**2
 
 
-def load_hf_config(hf_config: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
-    """The config dict and a name for error messages, from a dict, a config.json or an HF dir."""
-    if isinstance(hf_config, dict):
-        return hf_config, "<config dict>"
-    path = Path(hf_config)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file; pass an HF model directory containing config.json")
-    try:
-        return json.loads(path.read_text()), str(path)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
-
-
 def _pair(x: Any) -> tuple[int, int]:
     return (int(x[0]), int(x[1])) if isinstance(x, (list, tuple)) else (int(x), int(x))
 
@@ -96,7 +69,7 @@ def parse_config(hf_config: dict[str, Any] | str | Path) -> InternVLConfig:
     """Parse an HF InternVL config (dict, file or directory) of ``model_type`` ``internvl``."""
     from transformers import InternVLConfig as HFInternVLConfig
 
-    raw, source = load_hf_config(hf_config)
+    raw, source = read_hf_config(hf_config)
     if raw.get("model_type") == "internvl_chat":
         raise ConfigError(f"{source}: model_type 'internvl_chat' is the original remote-code layout; use the "
                           f"transformers layout (the '-hf' repositories, e.g. OpenGVLab/InternVL3-8B-hf)")
@@ -122,14 +95,11 @@ def parse_config(hf_config: dict[str, Any] | str | Path) -> InternVLConfig:
     ratio = float(cfg.downsample_ratio)
     if abs(round(1 / ratio) * ratio - 1) > 1e-9:
         raise ConfigError(f"{source}: downsample_ratio {ratio} must be 1/n for an integer n")
-    if t.num_attention_heads % t.num_key_value_heads:
-        raise ConfigError(f"{source}: text_config.num_attention_heads must be a multiple of num_key_value_heads")
     if getattr(t, "use_sliding_window", False):
         raise ConfigError(f"{source}: text_config.use_sliding_window is not supported; set it to false")
     rope = dict(t.rope_parameters or {})
     if rope.get("rope_type", "default") != "default":
         raise ConfigError(f"{source}: text_config rope_type '{rope.get('rope_type')}' is not supported (only 'default')")
-    head_dim = int(getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads)
     return InternVLConfig(
         vision=VisionConfig(
             depth=v.num_hidden_layers, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
@@ -138,11 +108,7 @@ def parse_config(hf_config: dict[str, Any] | str | Path) -> InternVLConfig:
             norm_type=v.norm_type, eps=float(v.layer_norm_eps), hidden_act=v.hidden_act,
             final_norm=not v.use_mean_pooling, layer_scale_init=float(v.layer_scale_init_value),
         ),
-        text=TextConfig(
-            vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_layers=t.num_hidden_layers, num_heads=t.num_attention_heads, num_kv_heads=t.num_key_value_heads,
-            head_dim=head_dim, rms_norm_eps=float(t.rms_norm_eps), rope_theta=float(rope.get("rope_theta", 1e6)),
-        ),
+        text=DecoderConfig(**decoder_config_from_hf(t, source)),
         image_token_id=int(cfg.image_token_id),
         downsample_ratio=ratio,
         projector_act=cfg.projector_hidden_act,

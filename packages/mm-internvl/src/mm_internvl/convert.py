@@ -19,9 +19,18 @@ from typing import Any
 
 from mm_convert.converter import Converter
 from mm_core.checkpoint.errors import ConfigError
-from mm_core.layout import Placement
-from mm_core.checkpoint.ops import COLUMN, GATED_COLUMN, REPLICATED, ROW, VOCAB, Concat, GroupInterleave, Split
+from mm_core.checkpoint.ops import (
+    COLUMN,
+    GATED_COLUMN,
+    REPLICATED,
+    ROW,
+    VOCAB,
+    Concat,
+    GroupInterleave,
+    Split,
+)
 from mm_core.checkpoint.rules import Rule
+from mm_core.layout import Placement
 
 VIT = "image_encoder.encoder.encoder.layers.{layer}."
 HF_VIT = "vision_tower.encoder.layer.{layer}."

@@ -4,22 +4,10 @@ imported only when used (building a model, converting)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from mm_core.family.lazy import lazy as _lazy
 from mm_core.hookspecs import hookimpl
 from mm_core.specs import ConverterSpec, ModelSpec
-
-
-def _lazy(module: str, attr: str) -> Callable[..., Any]:
-    """A callable that imports ``module.attr`` on first call and forwards to it."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        import importlib
-
-        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
-
-    call.__qualname__ = call.__name__ = f"{module}.{attr}"
-    return call
 
 
 @hookimpl

@@ -13,7 +13,6 @@ from typing import Any
 
 from mm_convert.converter import Converter
 from mm_core.checkpoint.errors import ConfigError
-from mm_core.layout import Placement
 from mm_core.checkpoint.ops import (
     COLUMN,
     GATED_COLUMN,
@@ -26,24 +25,14 @@ from mm_core.checkpoint.ops import (
     Split,
 )
 from mm_core.checkpoint.rules import Rule
+from mm_core.family.hf_config import is_tied, text_config, vision_config
+from mm_core.layout import Placement
 
 VIT = "image_encoder.encoder.blocks.layers.{layer}."
 HF_VIT = "visual.blocks.{layer}."
 LLM = "text_decoder.decoder.layers.{layer}."
 HF_LLM = "model.layers.{layer}."
 EMBED = "model.embed_tokens.weight"
-
-
-def text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
-    """Text fields: nested ``text_config`` (transformers >= 4.5x) over the flat Hub layout."""
-    return {**{k: v for k, v in hf.items() if k not in ("text_config", "vision_config")}, **(hf.get("text_config") or {})}
-
-
-def vision_config(hf: Mapping[str, Any]) -> dict[str, Any]:
-    v = hf.get("vision_config")
-    if not v:
-        raise ConfigError("config.json has no vision_config; is this a Qwen2.5-VL checkpoint?")
-    return dict(v)
 
 
 class Qwen2_5_VLConverter(Converter):
@@ -57,7 +46,7 @@ class Qwen2_5_VLConverter(Converter):
         return {"vit": int(vision_config(hf)["depth"]), "llm": int(text_config(hf)["num_hidden_layers"])}
 
     def tied(self, hf: Mapping[str, Any]) -> bool:
-        return bool(hf.get("tie_word_embeddings", text_config(hf).get("tie_word_embeddings", False)))
+        return is_tied(hf)
 
     def check(self, hf: Mapping[str, Any], placement: Placement) -> None:
         tp = placement.tp_size

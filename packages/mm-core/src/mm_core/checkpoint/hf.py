@@ -19,6 +19,7 @@ import torch
 from mm_core.checkpoint.errors import ConversionError
 from mm_core.checkpoint.rowcopy import FdCache
 from mm_core.checkpoint.safetensors_io import StreamingWriter, TensorInfo, nbytes_of, read_header
+from mm_core.family import hf_config as family_hf_config
 
 INDEX = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".partial")
@@ -27,13 +28,8 @@ SKIP_FILES = {INDEX, "pytorch_model.bin.index.json", "latest_checkpointed_iterat
 
 
 def load_hf_config(hf_dir: str | Path) -> dict[str, Any]:
-    path = Path(hf_dir) / "config.json"
-    if not path.is_file():
-        raise ConversionError(f"{hf_dir} has no config.json; point --cfg.hf_config.hf_dir at an HF model directory")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ConversionError(f"{path} is not valid JSON ({e})") from e
+    """An HF directory's config.json (read by ``mm_core.family.hf_config``, with mm-convert's flag as the fix)."""
+    return family_hf_config.load_hf_config(hf_dir, hint="point --cfg.hf_config.hf_dir at an HF model directory")
 
 
 def to_canonical(key: str, aliases: Sequence[tuple[str, str]]) -> tuple[str, bool]:

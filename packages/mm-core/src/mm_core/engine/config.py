@@ -7,7 +7,6 @@ parallel layout and returns the derived sizes (data parallel, accumulation steps
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any, Literal
 
 from mm_core.data.config import DataConfig as PipelineDataConfig
 from mm_core.errors import ConfigError
+from mm_core.family.hf_config import layer_counts as model_layer_counts
+from mm_core.family.hf_config import load_hf_config as load_hf_config_file
 from mm_core.layout import Placement
 
 FREEZABLE = ("vision_encoder", "vision_projector", "text_decoder")
@@ -167,24 +168,7 @@ def load_hf_config(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.model.hf_dir is None:
         raise ConfigError("model.hf_dir: required (the HF directory to take the model config from), "
                           "or give model.hf_config inline")
-    path = Path(cfg.model.hf_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"model.hf_dir: '{path}' does not exist; point it at an HF model directory")
-    return json.loads(path.read_text())
-
-
-def model_layer_counts(hf_config: dict[str, Any]) -> tuple[int, int]:
-    """(vision layers, LLM layers) read from the usual HF keys of vision-language configs."""
-    vc = hf_config.get("vision_config") or {}
-    tc = hf_config.get("text_config") or hf_config.get("llm_config") or {}
-    vit = vc.get("depth", vc.get("num_hidden_layers", 0))
-    llm = tc.get("num_hidden_layers", hf_config.get("num_hidden_layers", 0))
-    return int(vit), int(llm)
-
-
-def is_tied(hf_config: dict[str, Any]) -> bool:
-    """The model ties its word embedding and LM head."""
-    return bool(hf_config.get("tie_word_embeddings") or (hf_config.get("text_config") or {}).get("tie_word_embeddings"))
+    return load_hf_config_file(cfg.model.hf_dir, hint="point model.hf_dir at an HF model directory")
 
 
 def _placement(m: ModelConfig, pp: int, tp: int, vit_total: int, llm_total: int) -> Placement:

@@ -14,6 +14,7 @@ import torch
 from mm_core.batch import IGNORE_INDEX, Batch
 from mm_core.engine.config import FinetuneConfig, Layout
 from mm_core.errors import ConfigError
+from mm_core.family.hf_config import text_config, vision_config
 
 
 class SyntheticData:
@@ -22,14 +23,14 @@ class SyntheticData:
     def __init__(self, cfg: FinetuneConfig, layout: Layout, dp_rank: int, hf_config: dict[str, Any]):
         d, t = cfg.data, cfg.training
         self.cfg, self.layout, self.dp_rank = cfg, layout, dp_rank
-        self.vocab = int(hf_config.get("vocab_size") or hf_config.get("text_config", {}).get("vocab_size"))
+        self.vocab = int(text_config(hf_config)["vocab_size"])
         self.image_token = int(hf_config.get("image_token_id", 3))
         special = [int(hf_config[k]) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
                                                 "vision_end_token_id") if int(hf_config.get(k) or 0) > 4]
         self.high = min([self.vocab, *special])  # random text ids stay below the special tokens
         start, end = hf_config.get("vision_start_token_id"), hf_config.get("vision_end_token_id")
         self.wrap = [int(start), int(end)] if start is not None and end is not None else []
-        vc = hf_config.get("vision_config", {})
+        vc = vision_config(hf_config, required=False)
         self.patch_dim = int(vc.get("patch_dim", vc.get("in_channels", 3) * vc.get("temporal_patch_size", 2)
                                     * vc.get("patch_size", 14) ** 2))
         self.merge = int(vc.get("spatial_merge_size", 1))

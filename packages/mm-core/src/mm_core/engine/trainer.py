@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from mm_core.engine.checkpoint import iter_dir, latest_iteration, load_checkpoint, save_checkpoint
-from mm_core.engine.config import FinetuneConfig, is_tied, load_hf_config, validate
+from mm_core.engine.config import FinetuneConfig, load_hf_config, validate
 from mm_core.engine.data import build_data, pad_batch, padded_length
 from mm_core.engine.loss import LossComputer, prepare_window
 from mm_core.engine.mesh import build_mesh, init_distributed
@@ -19,6 +19,7 @@ from mm_core.engine.metrics import MetricsLogger, peak_flops, peak_memory_gb
 from mm_core.engine.model_setup import EMBEDDING, OUTPUT_LAYER, build_stages, resolve_spec
 from mm_core.engine.optim import LRSchedule, build_optimizer, clip_grad_norm
 from mm_core.engine.pipeline import PipelineRunner
+from mm_core.family.hf_config import is_tied, text_config
 
 
 class TiedHead:
@@ -105,8 +106,7 @@ class Trainer:
             if is_tied(self.hf_config) and self.layout.num_stages > 1 else None
         # pp: one schedule per padded sequence length, built when first needed (its shape probe needs data)
         self.runners: dict[tuple[int, ...], PipelineRunner] = {}
-        tc = self.hf_config.get("text_config") or {}
-        self.pad_id = int(self.hf_config.get("pad_token_id") or tc.get("pad_token_id") or 0)
+        self.pad_id = int(self.hf_config.get("pad_token_id") or text_config(self.hf_config).get("pad_token_id") or 0)
         # whole-model parameter count (DTensor numel is global; stages summed over the pipeline)
         n = torch.tensor([float(sum(p.numel() for m in self.stages.modules for p in m.parameters()))],
                          dtype=torch.float64)

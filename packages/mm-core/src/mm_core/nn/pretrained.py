@@ -7,7 +7,6 @@ through the conversion rules, or reads the rank's ``mp_rank`` file of an mm chec
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mm_core.family.hf_config import config_file, read_hf_config
 from mm_core.nn.state import CheckpointMismatchError, assign_state
 
 
@@ -116,19 +116,15 @@ def resolve_hf_config(path: str | Path, hf_config: Any = None) -> tuple[dict[str
         raise CheckpointMismatchError(
             f"{path} is neither an HF model directory (config.json + *.safetensors) nor an mm checkpoint "
             f"(latest_checkpointed_iteration.txt)")
-    if isinstance(hf_config, dict):
-        return hf_config, None
-    if hf_config is not None:
-        file = Path(hf_config) / "config.json" if Path(hf_config).is_dir() else Path(hf_config)
-        if not file.is_file():
-            raise CheckpointMismatchError(f"hf_config {hf_config}: no config.json there")
-    else:
-        file = path / "config.json"
-        if not file.is_file():
-            raise CheckpointMismatchError(
-                f"{path} is an mm checkpoint without config.json; pass the original HF directory "
-                f"(hf_config=..., or --processor <hf dir> for mm-run infer)")
-    return json.loads(file.read_text()), file
+    if isinstance(hf_config, Mapping):
+        return dict(hf_config), None
+    file = config_file(hf_config if hf_config is not None else path)
+    if not file.is_file():
+        raise CheckpointMismatchError(
+            f"hf_config {hf_config}: no config.json there" if hf_config is not None else
+            f"{path} is an mm checkpoint without config.json; pass the original HF directory "
+            f"(hf_config=..., or --processor <hf dir> for mm-run infer)")
+    return read_hf_config(file)[0], file
 
 
 def load_pretrained(path: str | Path, *, hf_config: Any = None, tp_size: int = 1, tp_rank: int = 0,
