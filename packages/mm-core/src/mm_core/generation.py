@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from mm_core.contracts import StageModel, missing_members
 from mm_core.nn.kv_cache import KVCache
 
 
@@ -53,9 +54,9 @@ def next_tokens(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Ge
 
 def _last_logits(model: torch.nn.Module, inputs: dict[str, Any], cache: KVCache) -> torch.Tensor:
     """Logits of each row's last position only: with a 150k vocabulary, full prefill logits of a
-    long multimodal prompt would cost gigabytes. Uses ``return_hidden`` + ``output_weight()`` when
-    the model offers them (mm models do), else slices the full logits."""
-    if hasattr(model, "output_weight"):
+    long multimodal prompt would cost gigabytes. Uses ``return_hidden`` + ``output_weight()`` for
+    mm stage models (``mm_core.contracts.StageModel``), else slices the full logits."""
+    if not missing_members(model, StageModel):
         hidden = model(**inputs, cache=cache, return_hidden=True)[:, -1:]
         return torch.nn.functional.linear(hidden, model.output_weight())[:, -1]
     return model(**inputs, cache=cache)[:, -1]

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
+from mm_core.contracts import StageModel, total_aux_loss
 from mm_core.engine.model_setup import output_weight
 from mm_core.losses.cross_entropy import sample_ids_for, shift_labels, weighted_ce_sum
 from mm_core.specs import LossSpec
@@ -99,13 +99,13 @@ class LossComputer:
         self.compute_mode, self.chunk_size = compute_mode, chunk_size
         self.router_aux_loss_coef = router_aux_loss_coef
 
-    def __call__(self, hidden: torch.Tensor, mb: MicroBatch, model: nn.Module) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor, mb: MicroBatch, model: StageModel) -> torch.Tensor:
         w = output_weight(model)
         total = weighted_ce_sum(hidden, w, mb.targets, mb.weights.to(torch.float32),
                                 compute_mode=self.compute_mode, chunk_size=self.chunk_size)
         loss = total / mb.denominator if mb.denominator > 0 else total * 0.0
         mb.stats["loss"] = loss.detach() * mb.scale  # a tensor: read once per step, not a sync per micro-batch
-        aux = getattr(model, "router_aux_loss", None)
-        if self.router_aux_loss_coef and aux is not None:
+        aux = total_aux_loss(model) if self.router_aux_loss_coef else None
+        if aux is not None:
             loss = loss + self.router_aux_loss_coef * aux
         return loss * mb.scale

@@ -13,6 +13,7 @@ from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from mm_core.contracts import StageModel, require
 from mm_core.engine.config import FinetuneConfig, Layout
 from mm_core.engine.mesh import Parallel
 from mm_core.engine.names import StageNames
@@ -105,9 +106,9 @@ class EngineStage(nn.Module):
         return out, index, rows
 
 
-def output_weight(model: nn.Module) -> torch.Tensor:
+def output_weight(model: StageModel) -> torch.Tensor:
     """The LM head weight (a DTensor under tensor parallel: the loss works on its vocabulary shards)."""
-    return model.output_weight() if hasattr(model, "output_weight") else model.get_submodule(OUTPUT_LAYER).weight
+    return model.output_weight()
 
 
 @dataclass
@@ -146,19 +147,13 @@ def _apply_tp(model: nn.Module, spec: ModelSpec, par: Parallel, sequence_paralle
     A family's plan is derived from its converter's rules (``derived``, see ``tp_rules``); a spec
     without a converter (test models) brings its own ``tp_plan``.
     """
-    import inspect
-
     from torch.distributed.tensor.parallel import parallelize_module
 
+    if sequence_parallel and not model.supports_sequence_parallel:
+        raise ConfigError(f"parallel.sequence_parallel: model '{spec.name}' does not support it "
+                          f"({type(model).__name__}.supports_sequence_parallel is False); set it false")
     if spec.tp_plan is not None:
-        if sequence_parallel:
-            params = inspect.signature(spec.tp_plan).parameters
-            if "sequence_parallel" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                raise ConfigError(f"parallel.sequence_parallel: model '{spec.name}' has no sequence-parallel plan; "
-                                  "set it false")
-            plan = spec.tp_plan(model, sequence_parallel=True)
-        else:
-            plan = spec.tp_plan(model)
+        plan = spec.tp_plan(model, sequence_parallel=True) if sequence_parallel else spec.tp_plan(model)
     elif derived is not None:
         plan = derived(model)
     else:
@@ -284,6 +279,7 @@ def load_stage_model(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, 
                           "set model.random_init true")
     model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
                          pp_rank=stage, device="meta", dtype=torch.float32)
+    require(model, StageModel, f"model '{spec.name}'")
     freeze(model, spec, cfg.model.freeze)
     gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel,
                       rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
@@ -313,6 +309,7 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
         if full is not None:
             model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
                                  pp_rank=stage, device=par.device, dtype=torch.float32)
+            require(model, StageModel, f"model '{spec.name}'")
             _stage_from_full(model, names, full, stage)
             freeze(model, spec, cfg.model.freeze)
             gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel,

@@ -158,6 +158,8 @@ class TextDecoder(nn.Module):
 class ToyVLModel(nn.Module):
     """One pipeline stage (or the whole model) of the toy vision-language model."""
 
+    supports_sequence_parallel = False  # mm_core.contracts.StageModel: its tp_plan has no sequence regions
+
     def __init__(self, cfg: dict[str, Any], plan: StagePlan):
         super().__init__()
         self.cfg = cfg
@@ -172,6 +174,9 @@ class ToyVLModel(nn.Module):
         if not self.plan.head:
             raise RuntimeError(f"pipeline stage {self.plan.stage} holds no output layer")
         return self.text_decoder.output_layer.weight
+
+    def aux_losses(self) -> list[torch.Tensor]:
+        return []  # dense
 
     def forward(self, *stage_input: torch.Tensor, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, return_hidden: bool = False,
