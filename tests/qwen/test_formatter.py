@@ -56,6 +56,7 @@ def _config(proc_dir, **basic):
     pre = cfg.preprocess_parameters
     pre.model_name_or_path = str(proc_dir)
     pre.image_min_pixels, pre.image_max_pixels, pre.video_min_pixels, pre.video_max_pixels = 3136, 262144, 3136, 16384
+    cfg.basic_parameters.template = "qwen2vl"  # the processor-only dir has no config.json naming the model
     for k, v in basic.items():
         setattr(cfg.basic_parameters, k, v)
     return cfg

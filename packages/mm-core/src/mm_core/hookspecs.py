@@ -33,8 +33,8 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
     Call ``register(ModelSpec(...))`` for each model. ``name`` is the key users type
     (``model: qwen2_5_vl``); ``hf_model_types`` and ``hf_architectures`` let core pick the spec
     from an HF ``config.json``. The spec carries the builder, the module groups used for
-    freezing (``vision_encoder``, ``vision_projector``, ``text_decoder``), the tensor-parallel plan
-    and the pipeline stage layout.
+    freezing (``vision_encoder``, ``vision_projector``, ``text_decoder``), the tensor-parallel plan,
+    the pipeline stage layout and its formatter (the data template's default).
     """
 
 
@@ -62,9 +62,9 @@ def mm_register_formatters(register: Callable[[FormatterSpec], None]) -> None:
 def mm_register_losses(register: Callable[[LossSpec], None]) -> None:
     """Register loss types.
 
-    Call ``register(LossSpec(name, fn))``; ``name`` is the training config's ``loss_type``. ``fn``
-    receives a ``mm_core.losses.LossInputs`` (per-token cross entropy, masks, sample ids, global
-    token counts) and returns the scalar loss of one micro-batch on one rank.
+    Call ``register(LossSpec(name, token_weights, normalize))``; ``name`` is the training config's
+    ``loss_type``, ``token_weights(valid, sample_ids)`` gives each token's weight and ``normalize``
+    (one of ``mm_core.specs.NORMALIZE_MODES``, checked at registration) how the engine divides.
     """
 
 

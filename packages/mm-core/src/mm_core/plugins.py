@@ -20,9 +20,9 @@ import pluggy
 
 from mm_core import __version__ as core_version
 from mm_core import hookspecs
-from mm_core.errors import UnknownKeyError
+from mm_core.errors import ConfigError, UnknownKeyError
 from mm_core.registry import Registry
-from mm_core.specs import ConverterSpec, FormatterSpec, KernelSpec, LossSpec, ModelSpec
+from mm_core.specs import NORMALIZE_MODES, ConverterSpec, FormatterSpec, KernelSpec, LossSpec, ModelSpec
 
 ENTRY_POINT_GROUP = "mm.plugins"
 DISABLE_ENV = "MM_DISABLE_PLUGINS"
@@ -114,6 +114,7 @@ class PluginManager:
             added: list[tuple[Registry, Hashable]] = []
             try:
                 for registry_name, item in staged:
+                    _check_spec(item, name)
                     registry = getattr(self, registry_name)
                     registry.add(item, name)
                     added.append((registry, item.key))
@@ -172,6 +173,14 @@ class PluginManager:
 
     def loss(self, name: str) -> LossSpec:
         return self.losses.get(name)
+
+
+def _check_spec(item: object, plugin: str) -> None:
+    """What a registry cannot see from the key: a loss's ``normalize`` rule, checked at
+    registration so a misspelt one fails here, not at the first training step."""
+    if isinstance(item, LossSpec) and item.normalize not in NORMALIZE_MODES:
+        raise ConfigError(f"plugin '{plugin}' registers loss '{item.name}' with normalize '{item.normalize}'; "
+                          f"valid: {', '.join(NORMALIZE_MODES)}")
 
 
 def _ep_version(ep: EntryPoint) -> str:

@@ -15,13 +15,14 @@ class ModelSpec:
     ``tiny_checkpoint(path, seed=0, **family_options) -> path`` writes a tiny random HF directory
     (``config.json`` + safetensors) of the family, so the demo and the conformance suite get a
     model through the registry instead of importing a family package. Import it lazily.
+    ``formatter`` names the model's data formatter: the data config's template defaults to it, and
+    a template that is not it is refused (``mm_core.data.template``).
     """
 
     name: str
     builder: Callable[..., Any]
     hf_model_types: Sequence[str] = ()
     hf_architectures: Sequence[str] = ()
-    config_class: Any = None
     module_groups: Mapping[str, Sequence[str]] = field(default_factory=dict)
     tp_plan: Callable[..., Any] | None = None
     pipeline_modules: Sequence[str] = ()
@@ -60,6 +61,9 @@ class FormatterSpec:
     @property
     def key(self) -> str:
         return self.name
+
+
+NORMALIZE_MODES = ("none", "micro_batch", "rank_mean", "rank_mean_window")  # LossSpec.normalize
 
 
 @dataclass(frozen=True)

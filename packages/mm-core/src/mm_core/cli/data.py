@@ -87,10 +87,11 @@ def main(argv: Sequence[str]) -> int:
                   f"missing image and {counts['bad_format']} malformed")
             return 0
         from mm_core.data.inspect import inspect_data
+        from mm_core.data.template import resolve_template
         from mm_core.plugins import get_plugin_manager
 
         cfg = load_data_config(args.config)
-        formatter = get_plugin_manager().formatter(cfg.basic_parameters.template).factory(cfg)
+        formatter = get_plugin_manager().formatter(resolve_template(cfg, None)).factory(cfg)
         summary = inspect_data(cfg, formatter, seq_len=args.seq_len)
         print(json.dumps(summary, indent=1)) if args.json else _print_summary(summary)
         return 0

@@ -32,7 +32,7 @@ class PreprocessParameters:
 class BasicParameters:
     """Which files, which template, and how samples are turned into sequences."""
 
-    template: str = "qwen2vl"
+    template: str | None = None  # the formatter; default: the model's (ModelSpec.formatter)
     dataset_dir: str = "."
     dataset: str = ""  # comma-separated list of .json / .jsonl files (relative to dataset_dir)
     cache_dir: str | None = None

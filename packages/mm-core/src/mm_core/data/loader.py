@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mm_core.batch import Batch
+from mm_core.contracts import Formatter, require
 from mm_core.data.bad_records import BadRecord, BadRecordStats
 from mm_core.data.config import DataConfig, load_data_config
 from mm_core.data.index import build_index
@@ -42,7 +43,9 @@ from mm_core.data.packing import group, pack_rows
 from mm_core.data.records import dataset_files, iter_all_raw_records, iter_raw_records
 from mm_core.data.resume import resume_position
 from mm_core.data.sources import MapMicroBatches, StreamShards, collate_samples, identity, worker_init
+from mm_core.data.template import resolve_template
 from mm_core.errors import ConfigError
+from mm_core.specs import ModelSpec
 
 logger = logging.getLogger("mm.data")
 MAP_PACK_WINDOW = 4096  # map-style: samples packed together (lengths are known, pixels are not held)
@@ -297,13 +300,15 @@ def build_dataloader(config: DataConfig | Mapping[str, Any] | str | os.PathLike[
                      seq_len: int | None = None, micro_batch_size: int, dp_rank: int = 0, dp_size: int = 1,
                      seed: int = 0, packing: bool | None = None, num_epochs: int | None = None,
                      grad_accum: int = 1, seq_length: int | None = None,
-                     hf_config: Mapping[str, Any] | None = None) -> MMDataLoader:
+                     hf_config: Mapping[str, Any] | None = None, model: ModelSpec | None = None) -> MMDataLoader:
     """Micro-batches of the batch contract (:mod:`mm_core.batch`) for one data-parallel rank.
 
     - ``config``: a :class:`DataConfig`, a dict of its sections, or a data.json/YAML file (the
       reference's layout, ``dataset_param`` wrapper allowed).
     - ``formatter``: the family formatter (``None``: the one registered under
       ``basic_parameters.template``, built with the config).
+    - ``model``: the model's spec; an unset template becomes its formatter, and a template that
+      does not fit it is a ConfigError naming both.
     - ``seq_len`` (alias ``seq_length``): longest sample / packed row; longer samples are skipped
       and counted as ``too_long``.
     - ``micro_batch_size``: rows per micro-batch (a row holds several samples when packing).
@@ -328,7 +333,9 @@ def build_dataloader(config: DataConfig | Mapping[str, Any] | str | os.PathLike[
     if formatter is None:
         from mm_core.plugins import get_plugin_manager
 
-        formatter = get_plugin_manager().formatter(config.basic_parameters.template).factory(config)
+        template = resolve_template(config, model)
+        formatter = get_plugin_manager().formatter(template).factory(config)
+        require(formatter, Formatter, f"formatter '{template}'")
     return MMDataLoader(config, formatter, seq_len=seq_len, micro_batch_size=micro_batch_size, dp_rank=dp_rank,
                         dp_size=dp_size, seed=seed, packing=packing, num_epochs=num_epochs, grad_accum=grad_accum)
 

@@ -171,6 +171,20 @@ def load_hf_config(cfg: FinetuneConfig) -> dict[str, Any]:
     return load_hf_config_file(cfg.model.hf_dir, hint="point model.hf_dir at an HF model directory")
 
 
+def _check_template(cfg: FinetuneConfig, hf_config: dict[str, Any]) -> None:
+    """The data template fits the model (an unset one becomes the model's formatter)."""
+    from mm_core.data.config import load_data_config
+    from mm_core.data.template import resolve_template
+    from mm_core.engine.model_setup import resolve_spec
+
+    spec = resolve_spec(cfg, hf_config)
+    if cfg.data.config is not None:
+        resolve_template(cfg.data.config, spec, field="data.config.basic_parameters.template")
+    else:
+        path = cfg.data.data_json
+        resolve_template(load_data_config(path), spec, field=f"data.data_json {path}: basic_parameters.template")
+
+
 def _placement(m: ModelConfig, pp: int, tp: int, vit_total: int, llm_total: int) -> Placement:
     """The pipeline placement of the config's layer lists (``model.*_pp_layers``), checked against ``pp``."""
     for name, value in (("vit_pp_layers", m.vit_pp_layers), ("llm_pp_layers", m.llm_pp_layers)):
@@ -232,9 +246,11 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
         raise ConfigError(f"output.load: '{o.load}' is not a directory")
     if cfg.data.source == "mllm" and cfg.data.config is None and not cfg.data.data_json:
         raise ConfigError("data: give data.config (the data pipeline's fields) or data.data_json")
+    hf_config = hf_config if hf_config is not None else load_hf_config(cfg)
+    if cfg.data.source == "mllm":
+        _check_template(cfg, hf_config)
     if p.pp == 1 and p.pp_schedule == "Interleaved1F1B":
         raise ConfigError("parallel.pp_schedule: Interleaved1F1B needs parallel.pp > 1")
-    hf_config = hf_config if hf_config is not None else load_hf_config(cfg)
     vit_total, llm_total = model_layer_counts(hf_config)
     placement = _placement(m, p.pp, p.tp, vit_total, llm_total)
     vit, llm, v1 = placement.flat_counts("vit"), placement.flat_counts("llm"), placement.vpp

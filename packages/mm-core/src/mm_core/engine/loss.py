@@ -19,7 +19,7 @@ import torch.distributed as dist
 from mm_core.contracts import StageModel, total_aux_loss
 from mm_core.engine.model_setup import output_weight
 from mm_core.losses.cross_entropy import sample_ids_for, shift_labels, weighted_ce_sum
-from mm_core.specs import LossSpec
+from mm_core.specs import NORMALIZE_MODES, LossSpec
 
 
 @dataclass
@@ -61,7 +61,7 @@ def denominators(normalize: str, sums: torch.Tensor, rank_mean: torch.Tensor) ->
         return [float(s) for s in rank_mean]
     if normalize == "rank_mean_window":
         return [float(rank_mean.sum()) / ga] * ga
-    raise ValueError(f"unknown normalize rule '{normalize}'; valid: none, micro_batch, rank_mean, rank_mean_window")
+    raise ValueError(f"unknown normalize rule '{normalize}'; valid: {', '.join(NORMALIZE_MODES)}")
 
 
 def prepare_window(window: list[Mapping[str, Any]], spec: LossSpec, device: torch.device,
