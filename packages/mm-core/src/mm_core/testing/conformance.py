@@ -66,12 +66,6 @@ class FamilyConformance(ModelChecks, ConverterChecks, GenerationChecks, Formatte
         """A directory with the processor/tokenizer files the formatter and ``AutoProcessor`` load."""
         return self.tiny_hf_dir(path)
 
-    def derived_tp_shards(self, hf_dir: Path, tp_size: int, tp_rank: int) -> dict[str, torch.Tensor] | None:
-        """Rank ``tp_rank``'s tensors as the engine's tensor-parallel plan shards them (mm names),
-        or None while the engine cannot say: ``test_derived_tp_shards_equal_converter`` compares
-        them byte for byte with the converter's rank file."""
-        return None
-
     # -- shared fixtures and helpers -------------------------------------------------------------
 
     def registered_spec(self) -> ModelSpec:

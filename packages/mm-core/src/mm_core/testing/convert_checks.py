@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from mm_core.testing.hf_files import assert_same_hf_dirs
 from mm_core.testing.layouts import pipeline_layouts
@@ -61,17 +60,3 @@ class ConverterChecks:
         converter.hf_to_dcp(hf_dir=str(hf_dir), save_dir=str(tmp_path / "dcp"))
         converter.dcp_to_hf(hf_dir=str(hf_dir), dcp_dir=str(tmp_path / "dcp"), save_dir=str(tmp_path / "back"))
         assert_same_hf_dirs(hf_dir, tmp_path / "back")
-
-    def test_derived_tp_shards_equal_the_converter(self, converter: Any, hf_dir: Path) -> None:
-        """The engine's tp shards (derived from the rule table) equal the converter's rank files."""
-        from mm_core.checkpoint import api
-
-        self.require("tp")
-        for rank in range(2):
-            derived = self.derived_tp_shards(hf_dir, 2, rank)
-            if derived is None:
-                pytest.skip("not yet: derived_tp_shards has no engine implementation to compare")
-            expected = api.hf_to_mm_rank(converter, hf_dir, tp_size=2, tp_rank=rank)
-            assert derived.keys() == expected.keys()
-            for k, v in expected.items():
-                assert torch.equal(derived[k], v), f"tp rank {rank}: {k} differs from the converter's shard"

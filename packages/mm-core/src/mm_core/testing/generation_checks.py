@@ -48,6 +48,7 @@ class GenerationChecks:
                                                         pad_token_id=pad))
         with torch.no_grad():
             seqs = hf_model.generate(**prompt, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=pad)
+        assert max(len(row) for row in ours) > 1, "every row stopped at its first token: the cache was never used"
         width = prompt["input_ids"].shape[1]
         for row, got in enumerate(ours):
             want = seqs[row, width:].tolist()

@@ -1,4 +1,5 @@
-"""One training step at tp 2, at pp 2 and at dp 2 equals one process (gloo on CPU, fp32).
+"""One training step at tp 2, at pp 2 and at dp 2 equals one process (gloo on CPU, fp32), and the
+engine's tp shards are the converter's.
 
 The one-process reference trains in this process; the parallel layouts run one after the other
 in ONE launch of 2 processes (``train_worker``). Two steps are taken so the second loss shows the
@@ -39,7 +40,7 @@ def finetune_config(spec: ModelSpec, hf_dir: Path, save: Path, **parallel: Any) 
         model.update(vit_pp_layers=layers[0], llm_pp_layers=layers[1])
     return {
         "model": model,
-        "data": {"source": "synthetic"},  # replaced by the suite's fixed micro-batches
+        "data": {"source": "synthetic"},  # never built: the worker hands the trainer fixed micro-batches
         "parallel": {"device": "cpu", "pp_pad_multiple": 8, **parallel},
         "training": {"micro_batch_size": 1, "global_batch_size": 2, "seq_length": 512, "train_iters": STEPS,
                      "lr": 3e-3, "lr_schedule": "constant", "clip_grad": 1.0, "dtype": "fp32",
@@ -68,13 +69,14 @@ class ParallelChecks:
         root = tmp_path_factory.mktemp(f"{spec.name}_train")
         torch.save(self.training_samples(hf_config), root / "batches.pt")
 
-        def job(name: str, runs: dict[str, dict[str, Any]]) -> Path:
+        def job(name: str, runs: dict[str, dict[str, Any]], **extra: Any) -> Path:
             files = {}
             for run, cfg in runs.items():
                 files[run] = str(root / f"{run}.yaml")
                 Path(files[run]).write_text(yaml.safe_dump(cfg, sort_keys=False))
             path = root / f"{name}.json"
-            path.write_text(json.dumps({"batches": str(root / "batches.pt"), "runs": files, "out": str(root)}))
+            path.write_text(json.dumps({"batches": str(root / "batches.pt"), "runs": files, "out": str(root),
+                                        **extra}))
             return path
 
         run_all(job("reference", {"one": finetune_config(spec, hf_dir, root / "one" / "ckpt")}))
@@ -85,7 +87,8 @@ class ParallelChecks:
             runs["pp2"] = finetune_config(spec, hf_dir, root / "pp2" / "ckpt", pp=2,
                                           layers=pipeline_layouts(*depths)["pp2"])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "mm_core.testing.train_worker", str(job("parallel", runs))]
+               "-m", "mm_core.testing.train_worker",
+               str(job("parallel", runs, tp_shards=str(hf_dir) if "tp" in self.capabilities else None))]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, f"the 2-process launch failed:\n{proc.stderr[-4000:]}"
@@ -112,3 +115,11 @@ class ParallelChecks:
     def test_training_step_at_pp2_equals_one_process(self, parallel_runs: Path) -> None:
         self.require("pp")
         self._matches_one_process(parallel_runs, "pp2")
+
+    def test_derived_tp_shards_equal_the_converter(self, parallel_runs: Path) -> None:
+        """At tp 2, each rank's shard of every parameter, as the engine's plan (derived from the
+        converter's rules) cuts it, equals the converter's piece for that rank, byte for byte."""
+        self.require("tp")
+        for rank in range(2):
+            bad = json.loads((parallel_runs / "tp_shards" / f"rank{rank}.json").read_text())
+            assert not bad, f"tp rank {rank}: " + "; ".join(bad[:8])

@@ -4,7 +4,9 @@ Run in process (``run_all(job)``: the one-process reference) or under torchrun, 
 in one launch (``python -m torch.distributed.run --nproc-per-node 2 -m mm_core.testing.train_worker
 JOB.json``), because starting gloo process groups is what costs time on a small machine.
 ``JOB.json``: ``{"batches": file of torch.save'd micro-batches, "runs": {name: finetune yaml},
-"out": directory}``; each run writes ``<out>/<name>/records.json`` (rank 0) and its checkpoint.
+"out": directory, "tp_shards": HF dir (optional)}``; each run writes ``<out>/<name>/records.json``
+(rank 0) and its checkpoint; ``tp_shards`` compares, on every rank of a tp group over the whole
+world, the engine's derived shards with the converter's (``<out>/tp_shards/rank<r>.json``).
 """
 
 from __future__ import annotations
@@ -42,17 +44,36 @@ class FixedWindows:
 
 
 def run_one(config_file: str, samples: list[dict[str, torch.Tensor]], out: Path) -> list[dict[str, Any]]:
-    from mm_core.engine.config import parse_finetune_config
-    from mm_core.engine.trainer import Trainer
+    from unittest import mock
 
-    trainer = Trainer(parse_finetune_config(["--config", config_file]))
-    trainer.data = FixedWindows(samples, trainer.layout.dp, trainer.par.dp_rank)
+    from mm_core.engine import trainer as trainer_module
+    from mm_core.engine.config import parse_finetune_config
+
+    def fixed_data(cfg: Any, layout: Any, dp_rank: int, hf_config: Any) -> FixedWindows:
+        return FixedWindows(samples, layout.dp, dp_rank)
+
+    # the engine has no data-source hook; its own sources (synthetic, the data pipeline) assume a
+    # family's processor layout, so the suite hands the trainer the family's own micro-batches
+    with mock.patch.object(trainer_module, "build_data", fixed_data):
+        trainer = trainer_module.Trainer(parse_finetune_config(["--config", config_file]))
     records = trainer.train()
     if trainer.par.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "records.json").write_text(json.dumps([{"loss": r["loss"], "grad_norm": r["grad_norm"]}
                                                       for r in records]))
     return records
+
+
+def compare_tp_shards(hf_dir: str, out: Path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from mm_core.testing.tp_shards import tp_shard_mismatches
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    bad = tp_shard_mismatches(hf_dir, world, rank, init_device_mesh("cpu", (world,)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.json").write_text(json.dumps(bad))
 
 
 def run_all(job_file: str | Path) -> None:
@@ -64,6 +85,8 @@ def run_all(job_file: str | Path) -> None:
     try:
         for name, config_file in job["runs"].items():
             run_one(config_file, samples, Path(job["out"]) / name)
+        if job.get("tp_shards"):
+            compare_tp_shards(job["tp_shards"], Path(job["out"]) / "tp_shards")
     finally:
         shutdown()
 
