@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mm_convert import engine
-from mm_core.checkpoint import api
 from mm_convert.config import HFConfigSection, HfToMmConfig, ParallelSection
+from mm_core.checkpoint import api
 from mm_core.checkpoint.errors import ConfigError
 
 LAYOUTS = [

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mm_core.checkpoint import api
 from mm_convert.cli import main
+from mm_core.checkpoint import api
 
 CONV = "Qwen2_5_VLConverter"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mm_core.layout import Placement
 from mm_core.checkpoint.ops import ROW, Concat
 from mm_core.checkpoint.rules import Rule, expand
+from mm_core.layout import Placement
 
 RULES = [
     Rule("enc.first.w", ("v.embed",), "vit", place="first"),

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mm_convert import engine
-from mm_core.checkpoint import api
 from mm_convert.config import HFConfigSection, HfToMmConfig, MmToHfConfig, ParallelSection
-from mm_core.checkpoint.errors import ConfigError, ConversionError, KeyMismatchError, TargetExistsError
 from mm_convert.output import Progress
+from mm_core.checkpoint import api
+from mm_core.checkpoint.errors import ConfigError, ConversionError, KeyMismatchError, TargetExistsError
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from mm_core.checkpoint.mm_dir import resolve_dcp_dir
 from mm_convert.output import Progress
+from mm_core.checkpoint.mm_dir import resolve_dcp_dir
 from mm_core.checkpoint.rules import Plan
 from mm_core.checkpoint.sources import Source, StateSource
 

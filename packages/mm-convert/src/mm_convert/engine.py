@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mm_convert.config import DcpToHfConfig, HfToDcpConfig, HfToMmConfig, MmToHfConfig, ResplitConfig
+from mm_convert.output import Progress, atomic_dir, check_target
 from mm_core.checkpoint.errors import ConfigError, ConversionError
 from mm_core.checkpoint.hf import HFReader, HFWriter, copy_aux_files, from_canonical, load_hf_config
-from mm_core.layout import LAYOUT_FILE, Layout, Placement
 from mm_core.checkpoint.mm_dir import (
     chunk_file_name,
     iteration_dir_name,
@@ -27,11 +27,11 @@ from mm_core.checkpoint.mm_dir import (
     resolve_iteration_dir,
     write_latest,
 )
-from mm_convert.output import Progress, atomic_dir, check_target
 from mm_core.checkpoint.rowcopy import segments
 from mm_core.checkpoint.rules import Plan, check_keys
 from mm_core.checkpoint.safetensors_io import StreamingWriter, nbytes_of
 from mm_core.checkpoint.sources import HFSource, MMSource, Source, check_shapes
+from mm_core.layout import LAYOUT_FILE, Layout, Placement
 
 if TYPE_CHECKING:
     from mm_convert.converter import Converter

@@ -15,11 +15,11 @@ import torch
 
 from mm_core.checkpoint.errors import ConfigError
 from mm_core.checkpoint.hf import HFReader, load_hf_config
-from mm_core.layout import Layout
 from mm_core.checkpoint.mm_dir import RankFile, rank_dir_name, rank_dirs, read_layout, resolve_iteration_dir
 from mm_core.checkpoint.rules import check_keys
 from mm_core.checkpoint.sources import HFSource, check_shapes
 from mm_core.checkpoint.table import RuleTable
+from mm_core.layout import Layout
 
 StateDict = dict[str, torch.Tensor]
 

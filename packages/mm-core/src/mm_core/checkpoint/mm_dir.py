@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from mm_core.checkpoint.errors import ConversionError
-from mm_core.layout import LAYOUT_FILE, Layout
 from mm_core.checkpoint.safetensors_io import TensorInfo, read_header, read_tensor
+from mm_core.layout import LAYOUT_FILE, Layout
 
 LATEST = "latest_checkpointed_iteration.txt"
 RANK_RE = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")

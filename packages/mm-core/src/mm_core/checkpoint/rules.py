@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mm_core.checkpoint.errors import KeyMismatchError
-from mm_core.layout import Placement
 from mm_core.checkpoint.ops import IDENTITY, REPLICATED, TPSplit, Transform
+from mm_core.layout import Placement
 
 LAYER = "{layer}"
 
