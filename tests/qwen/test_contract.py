@@ -1,4 +1,4 @@
-"""Qwen2.5-VL fulfils mm_core.contracts: the stage model (through mm_core.family.StageModel, with
+"""Qwen2.5-VL fulfils mm_core.contracts: the stage model (through mm_core.family.stage_model, with
 sequence parallel) and the formatter; its spec's formatter is the data template's default."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A family's stage model and formatter are plain objects from a plugin; these Protocols say which
 members core calls, so core asks once (``require``) instead of probing attributes at each use,
-and a plugin author gets one error listing everything missing. ``mm_core.family.StageModel``
+and a plugin author gets one error listing everything missing. ``mm_core.family.stage_model.StageModel``
 implements :class:`StageModel`; a family that subclasses it has nothing left to add.
 """
 
@@ -90,7 +90,7 @@ def require(obj: object, protocol: type, what: str) -> None:
         raise ConfigError(
             f"{what} ({type(obj).__module__}.{type(obj).__qualname__}) does not fulfil "
             f"mm_core.contracts.{protocol.__name__}: it lacks {', '.join(missing)}. "
-            + ("Subclass mm_core.family.StageModel, or add them." if protocol is StageModel else "Add them."))
+            + ("Subclass mm_core.family.stage_model.StageModel, or add them." if protocol is StageModel else "Add them."))
 
 
 def total_aux_loss(model: StageModel) -> torch.Tensor | None:

@@ -23,7 +23,7 @@ import torch
 
 from mm_core.family.stage_model import StageModel, empty_features
 from mm_core.kernels.reference import rotary_cos_sin
-from mm_core.layout import StagePlan, stage_plan
+from mm_core.layout import StagePlan
 from mm_internvl.config import InternVLConfig, parse_config
 from mm_internvl.vision import ImageEncoder
 
@@ -93,14 +93,7 @@ def build_model(
     device: str | torch.device = "meta",
     dtype: torch.dtype | None = None,
 ) -> InternVLModel:
-    """Build the whole model, or flattened pipeline stage ``pp_rank`` of the given layout.
-
-    On ``device="meta"`` (the default) nothing is allocated: load a checkpoint with
-    ``mm_core.nn.pretrained`` afterwards. On a real device the weights get a small random init.
-    """
+    """The whole model or one pipeline stage (see ``mm_core.family.stage_model.StageModel.build``)."""
     cfg = parse_config(hf_config)
-    plan = stage_plan(cfg.vision.depth, cfg.text.num_layers, vit_pp_layers, llm_pp_layers, pp_rank)
-    model = InternVLModel(cfg, plan, device=device, dtype=dtype)
-    if torch.device(device).type != "meta":
-        model.init_weights()
-    return model
+    return InternVLModel.build(cfg, cfg.vision.depth, cfg.text.num_layers, vit_pp_layers=vit_pp_layers,
+                               llm_pp_layers=llm_pp_layers, pp_rank=pp_rank, device=device, dtype=dtype)

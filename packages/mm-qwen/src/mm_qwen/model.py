@@ -21,7 +21,7 @@ import torch
 
 from mm_core.family.stage_model import StageModel, empty_features
 from mm_core.kernels.reference import mrope_cos_sin
-from mm_core.layout import StagePlan, stage_plan
+from mm_core.layout import StagePlan
 from mm_qwen.config import QwenVLConfig, parse_config
 from mm_qwen.rope_index import mrope_position_ids
 from mm_qwen.vision import ImageEncoder
@@ -95,14 +95,7 @@ def build_model(
     device: str | torch.device = "meta",
     dtype: torch.dtype | None = None,
 ) -> Qwen2_5_VLModel:
-    """Build the whole model, or flattened pipeline stage ``pp_rank`` of the given layout.
-
-    On ``device="meta"`` (the default) nothing is allocated: load a checkpoint with
-    ``mm_core.nn.pretrained`` afterwards. On a real device the weights get a small random init.
-    """
+    """The whole model or one pipeline stage (see ``mm_core.family.stage_model.StageModel.build``)."""
     cfg = parse_config(hf_config)
-    plan = stage_plan(cfg.vision.depth, cfg.text.num_layers, vit_pp_layers, llm_pp_layers, pp_rank)
-    model = Qwen2_5_VLModel(cfg, plan, device=device, dtype=dtype)
-    if torch.device(device).type != "meta":
-        model.init_weights()
-    return model
+    return Qwen2_5_VLModel.build(cfg, cfg.vision.depth, cfg.text.num_layers, vit_pp_layers=vit_pp_layers,
+                                 llm_pp_layers=llm_pp_layers, pp_rank=pp_rank, device=device, dtype=dtype)

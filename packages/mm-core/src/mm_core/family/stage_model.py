@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mm_core.family.decoder import DecoderConfig, TextDecoder
-from mm_core.layout import StagePlan
+from mm_core.layout import StagePlan, stage_plan
 from mm_core.nn import KVCache
 
 
@@ -41,6 +41,21 @@ class StageModel(nn.Module):
         super().__init__()
         self.config = config
         self.plan = plan
+
+    @classmethod
+    def build(cls, config: Any, vision_layers: int, text_layers: int, *, vit_pp_layers: Any = None,
+              llm_pp_layers: Any = None, pp_rank: int = 0, device: str | torch.device = "meta",
+              dtype: torch.dtype | None = None) -> StageModel:
+        """The whole model, or flattened pipeline stage ``pp_rank`` of the layer lists' layout.
+
+        On ``device="meta"`` nothing is allocated (load a checkpoint with ``mm_core.nn.pretrained``
+        afterwards); on a real device the weights get a small random init.
+        """
+        plan = stage_plan(vision_layers, text_layers, vit_pp_layers, llm_pp_layers, pp_rank)
+        model = cls(config, plan, device=device, dtype=dtype)
+        if torch.device(device).type != "meta":
+            model.init_weights()
+        return model
 
     def build_text_decoder(self, text: DecoderConfig, tied: bool, *, device=None, dtype=None) -> None:
         """The shared decoder for this stage's LLM layers (when it has any)."""
