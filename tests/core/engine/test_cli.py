@@ -28,7 +28,8 @@ def test_examples_are_valid_at_their_world_size(size, world):
     hf = cfg.model.hf_config
     if size in SIZES:
         vit, llm, tied = SIZES[size]
-        hf = {"vision_config": {"depth": vit}, "num_hidden_layers": llm, "tie_word_embeddings": tied}
+        hf = {"model_type": "qwen2_5_vl", "vision_config": {"depth": vit}, "num_hidden_layers": llm,
+              "tie_word_embeddings": tied}  # model_type: the data template is checked against its spec
     layout = validate(cfg, world, hf)
     assert layout.dp * layout.tp * layout.pp == world
 
