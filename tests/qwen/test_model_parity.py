@@ -50,7 +50,8 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
-PARITY = [("untied", case) for case in CASES] + [("tied", "text_only"), ("tied", "one_image")]
+# untied text, one image, two images and video run in the conformance suite (test_conformance.py)
+PARITY = [("untied", "left_padded_mixed_batch"), ("tied", "text_only"), ("tied", "one_image")]
 
 
 @pytest.mark.parametrize("kind,case", PARITY)
@@ -71,14 +72,6 @@ def test_tied_model_has_no_separate_output_layer(pair):
     names = set(ours.state_dict())
     assert ("text_decoder.output_layer.weight" in names) != tied
     assert ours.output_weight().shape == (ours.config.text.vocab_size, ours.config.text.hidden_size)
-
-
-def test_return_hidden_times_output_weight_gives_the_logits(pair):
-    _, ours, config, _ = pair
-    batch = make_inputs(config, CASES["one_image"])
-    with torch.no_grad():
-        hidden = ours(**batch, return_hidden=True)
-        torch.testing.assert_close(hidden @ ours.output_weight().t(), ours(**batch))
 
 
 def test_dummy_vision_runs_the_encoder_and_adds_exactly_zero(pair):

@@ -11,11 +11,10 @@ from mm_core.errors import ConfigError
 from mm_qwen.model import build_model
 from mm_qwen.tiny import make_inputs, tiny_config_dict
 
-LAYOUTS = [  # (vit_pp_layers, llm_pp_layers, tied)
+LAYOUTS = [  # (vit_pp_layers, llm_pp_layers, tied); virtual chunks: the conformance suite
     ([4, 0], [1, 3], True),  # vision and the first LLM layer share stage 0; tied: the head holds a copy
     ([2, 2], [0, 4], False),  # the projector and the embedding live on different stages
     ([1, 3, 0], [0, 0, 4], False),  # the stage with the projector hands visual features on
-    ([[2, 2], [0, 0]], [[0, 0], [1, 3]], False),  # virtual chunks: flattened stage v * pp + p
     ([0, 4], [0, 4], False),  # an empty first stage hands an empty tensor on
 ]
 
