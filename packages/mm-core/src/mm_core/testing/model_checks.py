@@ -60,6 +60,27 @@ class ModelChecks:
             hidden = model(**batch, return_hidden=True)
             torch.testing.assert_close(hidden @ model.output_weight().t(), model(**batch))
 
+    def test_dummy_vision_runs_the_encoder_and_adds_exactly_zero(self, model: torch.nn.Module,
+                                                                 hf_config: dict[str, Any]) -> None:
+        """A text-only micro-batch on one data-parallel rank still runs the vision encoder (every
+        rank must run the same collectives) and must contribute nothing, in value and in gradient."""
+        self.require("image")
+        text = self.make_batch(hf_config, "text")
+        image = self.make_batch(hf_config, "image", seed=3)
+        media = {k: v for k, v in image.items() if k not in text}
+        with torch.no_grad():
+            ref = model(**text)
+        out = model(**text, **media, dummy_vision=torch.tensor(True))
+        assert torch.equal(out.detach(), ref)
+        model.zero_grad()
+        out.sum().backward()
+        vision = [(n, p.grad) for n, p in model.named_parameters() if n.startswith("image_encoder.")]
+        try:
+            assert vision and all(g is not None for _, g in vision), "the encoder took no part in the graph"
+            assert all(torch.count_nonzero(g) == 0 for _, g in vision), "dummy vision changed the gradients"
+        finally:
+            model.zero_grad(set_to_none=True)
+
     @pytest.mark.parametrize("layout_name", ["pp2", "virtual_chunks"])
     def test_pipeline_stages_equal_the_whole_model(self, layout_name: str, hf_dir: Path, model: torch.nn.Module,
                                                    depths: tuple[int, int], hf_config: dict[str, Any]) -> None:
