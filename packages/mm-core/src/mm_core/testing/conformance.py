@@ -89,6 +89,14 @@ class FamilyConformance(ModelChecks, ConverterChecks, GenerationChecks, Formatte
         elif case == "video":
             self.require("video")
 
+    def test_declared_capabilities_are_known(self) -> None:
+        """A misspelt capability would silently skip its checks."""
+        unknown = set(self.capabilities) - CAPABILITIES
+        assert not unknown, f"{type(self).__name__}.capabilities: unknown {sorted(unknown)}; known: " \
+                            f"{sorted(CAPABILITIES)}"
+        spec = self.registered_spec()
+        assert spec.name == self.family
+
     @pytest.fixture(scope="class")
     def spec(self) -> ModelSpec:
         torch.set_num_threads(1)
