@@ -21,7 +21,7 @@ class TestInternVL3(FamilyConformance):
     transformers_class = "InternVLForConditionalGeneration"
     capabilities = {"image", "tp", "pp", "generation"}  # tp: the engine derives the plan from the converter
     capability_notes = {"formatter": "InternVL has no formatter yet",
-                        "video": "video inputs are not wired in yet"}
+                        "video": "the model takes no video inputs yet"}
 
     def tiny_hf_dir(self, path: Path) -> Path:
         from mm_internvl.tiny import save_tiny_model
