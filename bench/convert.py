@@ -114,8 +114,8 @@ def dir_bytes(d: Path) -> int:
 def step(name: str, a: list[str]) -> dict:
     torch.set_num_threads(1)
     from mm_convert import engine
-from mm_core.checkpoint import api
     from mm_convert.config import HFConfigSection, HfToMmConfig, MmToHfConfig, ParallelSection
+    from mm_core.checkpoint import api
 
     conv = api.get_converter("Qwen2_5_VLConverter")
     t0 = time.perf_counter()

@@ -58,7 +58,7 @@ def test_config_file_and_print_config(qwen_untied, tmp_path, capsys):
     (["NoSuchConverter", "hf_to_mm"], 2, "unknown converter 'NoSuchConverter'"),
     ([CONV, "hf_to_mm", "--cfg.mm_dirr", "x"], 2, "--cfg.mm_dirr"),
     ([CONV, "hf_to_mm", "--cfg.mm_dir", "{tmp}/o", "--cfg.hf_config.hf_dir", "{hf}",
-      "--cfg.parallel_config.tp_size", "4"], 1, "does not divide num_key_value_heads 2"),
+      "--cfg.parallel_config.tp_size", "4"], 1, "does not divide text_config.num_key_value_heads 2"),
 ])
 def test_errors_are_one_line_messages(qwen_untied, tmp_path, capsys, argv, code, text):
     argv = [a.format(tmp=tmp_path, hf=qwen_untied) for a in argv]

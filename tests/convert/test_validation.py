@@ -39,7 +39,7 @@ def nothing_left(parent: Path, name: str = "out") -> bool:
     (1, [[4, 0]], [0, 4], r"disagree on the pipeline shape"),
     (1, [3, 1, 0], [1, 3, 0], r"stage 0 holds LLM layers but vision encoder layers remain on stage 1"),
     (1, [[2, 1], [1, 0]], [[0, 1], [1, 2]], r"stage 1 holds LLM layers but vision encoder layers remain on stage 2"),
-    (4, None, None, r"tp_size 4 does not divide num_key_value_heads 2"),
+    (4, None, None, r"tp_size 4 does not divide text_config.num_key_value_heads 2"),
     (1, [-1, 5], [0, 4], r"negative"),
     (0, None, None, r"tp_size must be >= 1"),
 ])

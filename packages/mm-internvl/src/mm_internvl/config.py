@@ -12,15 +12,12 @@ from typing import Any
 
 from mm_core.errors import ConfigError
 from mm_core.family.decoder import DecoderConfig, decoder_config_from_hf
-from mm_core.family.hf_config import read_hf_config
+from mm_core.family.hf_config import parse_with_transformers
+from mm_core.family.vision_config import VisionTowerConfig
 
 
 @dataclass(frozen=True)
-class VisionConfig:
-    depth: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
+class VisionConfig(VisionTowerConfig):
     num_channels: int
     image_size: tuple[int, int]
     patch_size: int
@@ -31,10 +28,6 @@ class VisionConfig:
     hidden_act: str
     final_norm: bool  # use_mean_pooling False: a LayerNorm after the last block
     layer_scale_init: float
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
 
     @property
     def num_positions(self) -> int:
@@ -61,24 +54,18 @@ class InternVLConfig:
         return self.vision.hidden_size * self.shuffle**2
 
 
+REMOTE_CODE_LAYOUT = ("is the original remote-code layout; use the transformers layout (the '-hf' repositories, "
+                      "e.g. OpenGVLab/InternVL3-8B-hf)")
+
+
 def _pair(x: Any) -> tuple[int, int]:
     return (int(x[0]), int(x[1])) if isinstance(x, (list, tuple)) else (int(x), int(x))
 
 
 def parse_config(hf_config: dict[str, Any] | str | Path) -> InternVLConfig:
     """Parse an HF InternVL config (dict, file or directory) of ``model_type`` ``internvl``."""
-    from transformers import InternVLConfig as HFInternVLConfig
-
-    raw, source = read_hf_config(hf_config)
-    if raw.get("model_type") == "internvl_chat":
-        raise ConfigError(f"{source}: model_type 'internvl_chat' is the original remote-code layout; use the "
-                          f"transformers layout (the '-hf' repositories, e.g. OpenGVLab/InternVL3-8B-hf)")
-    if raw.get("model_type") not in (None, "internvl"):
-        raise ConfigError(f"{source}: model_type is '{raw.get('model_type')}', expected 'internvl'")
-    try:
-        cfg = HFInternVLConfig.from_dict({k: v for k, v in raw.items() if k != "transformers_version"})
-    except Exception as e:  # transformers validates strictly (its own error types)
-        raise ConfigError(f"{source}: not a valid InternVL config: {e}") from e
+    cfg, raw, source = parse_with_transformers(hf_config, model_type="internvl", config_class="InternVLConfig",
+                                               what="InternVL", refused={"internvl_chat": REMOTE_CODE_LAYOUT})
     v, t = cfg.vision_config, cfg.text_config
     if t.model_type != "qwen2":
         raise ConfigError(f"{source}: text_config.model_type is '{t.model_type}'; mm-internvl supports 'qwen2'")

@@ -21,20 +21,17 @@ from mm_convert.converter import Converter
 from mm_core.checkpoint.errors import ConfigError
 from mm_core.checkpoint.ops import (
     COLUMN,
-    GATED_COLUMN,
     REPLICATED,
     ROW,
-    VOCAB,
     Concat,
-    GroupInterleave,
     Split,
 )
 from mm_core.checkpoint.rules import Rule
+from mm_core.family.decoder_rules import check_decoder_tp, decoder_rules, layer_rules
 from mm_core.layout import Placement
 
 VIT = "image_encoder.encoder.encoder.layers.{layer}."
 HF_VIT = "vision_tower.encoder.layer.{layer}."
-LLM = "text_decoder.decoder.layers.{layer}."
 HF_LLM = "language_model.model.layers.{layer}."
 EMBED = "language_model.model.embed_tokens.weight"
 PROJ = "image_encoder.projector."
@@ -66,27 +63,14 @@ class InternVLConverter(Converter):
         return _parsed(hf).tie_word_embeddings
 
     def check(self, hf: Mapping[str, Any], placement: Placement) -> None:
-        tp, kv = placement.tp_size, _parsed(hf).text.num_kv_heads
-        if kv % tp:
-            raise ConfigError(f"parallel_config.tp_size {tp} does not divide text_config.num_key_value_heads {kv} "
-                              f"of config.json; choose a tp_size that divides {kv}")
+        check_decoder_tp(_parsed(hf).text.num_kv_heads, placement.tp_size)
 
     def rules(self, hf: Mapping[str, Any]) -> list[Rule]:
         cfg = _parsed(hf)
         t, v = cfg.text, cfg.vision
-        qkv = GroupInterleave(groups=t.num_kv_heads, q_rows=t.head_dim * t.num_heads // t.num_kv_heads,
-                              kv_rows=t.head_dim)
-        qkv_split = Split(dim=0, unit=t.head_dim * (t.num_heads // t.num_kv_heads + 2), what="num_key_value_heads")
         vqkv_split = Split(dim=0, parts=3, unit=v.head_dim, uneven=True, what="vision_config.num_attention_heads")
 
-        def vit(mm: str, hf_: str | tuple[str, ...], **kw: Any) -> Rule:
-            hf_t = tuple(HF_VIT + h for h in ((hf_,) if isinstance(hf_, str) else hf_))
-            return Rule(VIT + mm, hf_t, "vit", **kw)
-
-        def llm(mm: str, hf_: str | tuple[str, ...], **kw: Any) -> Rule:
-            hf_t = tuple(HF_LLM + h for h in ((hf_,) if isinstance(hf_, str) else hf_))
-            return Rule(LLM + mm, hf_t, "llm", **kw)
-
+        vit = layer_rules(VIT, HF_VIT, "vit")
         emb = "image_encoder.encoder.embeddings."
         rules = [
             Rule(emb + "class_embedding", ("vision_tower.embeddings.cls_token",), "vit", place="first"),
@@ -126,21 +110,7 @@ class InternVLConverter(Converter):
             Rule(PROJ + "linear_fc1.bias", (HF_PROJ + "linear_1.bias",), "vit", place="last", tp=COLUMN),
             Rule(PROJ + "linear_fc2.weight", (HF_PROJ + "linear_2.weight",), "vit", place="last", tp=ROW),
             Rule(PROJ + "linear_fc2.bias", (HF_PROJ + "linear_2.bias",), "vit", place="last", tp=REPLICATED),
-            Rule("text_decoder.embedding.word_embeddings.weight", (EMBED,), "llm", place="first", tp=VOCAB),
         ]
-        for p in ("weight", "bias"):
-            rules.append(llm(f"self_attention.linear_qkv.{p}", tuple(f"self_attn.{x}_proj.{p}" for x in "qkv"),
-                             op=qkv, tp=qkv_split))
-        rules += [
-            llm("self_attention.linear_proj.weight", "self_attn.o_proj.weight", tp=ROW),
-            llm("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), op=Concat(parts=2),
-                tp=GATED_COLUMN),
-            llm("mlp.linear_fc2.weight", "mlp.down_proj.weight", tp=ROW),
-            llm("input_layernorm.weight", "input_layernorm.weight"),
-            llm("pre_mlp_layernorm.weight", "post_attention_layernorm.weight"),
-            Rule("text_decoder.decoder.final_layernorm.weight", ("language_model.model.norm.weight",), "llm",
-                 place="last"),
-            Rule("text_decoder.output_layer.weight", ("language_model.lm_head.weight",), "llm", place="last",
-                 tp=VOCAB, tied_to=EMBED),
-        ]
-        return rules
+        return rules + decoder_rules(heads=t.num_heads, kv_heads=t.num_kv_heads, head_dim=t.head_dim, hf_layer=HF_LLM,
+                                     hf_embedding=EMBED, hf_final_norm="language_model.model.norm.weight",
+                                     hf_lm_head="language_model.lm_head.weight")

@@ -16,7 +16,6 @@ own: the InternViT tiles with pixel shuffle and projector, and 1-D rotary positi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,16 +83,4 @@ def _positions(input_ids: torch.Tensor, segment_ids: torch.Tensor | None) -> tor
     return ar - first
 
 
-def build_model(
-    hf_config: dict[str, Any] | str | Path,
-    *,
-    vit_pp_layers=None,
-    llm_pp_layers=None,
-    pp_rank: int = 0,
-    device: str | torch.device = "meta",
-    dtype: torch.dtype | None = None,
-) -> InternVLModel:
-    """The whole model or one pipeline stage (see ``mm_core.family.stage_model.StageModel.build``)."""
-    cfg = parse_config(hf_config)
-    return InternVLModel.build(cfg, cfg.vision.depth, cfg.text.num_layers, vit_pp_layers=vit_pp_layers,
-                               llm_pp_layers=llm_pp_layers, pp_rank=pp_rank, device=device, dtype=dtype)
+build_model = InternVLModel.builder(parse_config)

@@ -6,29 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mm_core.family.lazy import lazy as _lazy
+from mm_core.family.lazy import vision_language_spec
 from mm_core.hookspecs import hookimpl
 from mm_core.specs import ConverterSpec, ModelSpec
 
 
 @hookimpl
 def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
-    register(
-        ModelSpec(
-            name="internvl",
-            builder=_lazy("mm_internvl.model", "build_model"),
-            hf_model_types=("internvl",),
-            hf_architectures=("InternVLForConditionalGeneration",),
-            module_groups={
-                "vision_encoder": ("image_encoder.encoder",),
-                "vision_projector": ("image_encoder.projector",),
-                "text_decoder": ("text_decoder",),
-            },
-            pipeline_modules=("image_encoder", "text_decoder"),
-            converter="InternVLConverter",
-            tiny_checkpoint=_lazy("mm_internvl.tiny", "save_tiny_model"),
-            description="InternVL3 (InternViT + Qwen2.5), the transformers '-hf' layout",
-        )
-    )
+    register(vision_language_spec("internvl", "mm_internvl", converter="InternVLConverter",
+                                  hf_model_types=("internvl",), hf_architectures=("InternVLForConditionalGeneration",),
+                                  description="InternVL3 (InternViT + Qwen2.5), the transformers '-hf' layout"))
 
 
 @hookimpl

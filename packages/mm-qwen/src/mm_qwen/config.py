@@ -12,15 +12,12 @@ from typing import Any
 
 from mm_core.errors import ConfigError
 from mm_core.family.decoder import DecoderConfig, decoder_config_from_hf
-from mm_core.family.hf_config import read_hf_config
+from mm_core.family.hf_config import parse_with_transformers
+from mm_core.family.vision_config import VisionTowerConfig
 
 
 @dataclass(frozen=True)
-class VisionConfig:
-    depth: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
+class VisionConfig(VisionTowerConfig):
     in_channels: int
     patch_size: int
     temporal_patch_size: int
@@ -31,10 +28,6 @@ class VisionConfig:
     tokens_per_second: float
     rope_theta: float = 10000.0
     eps: float = 1e-6
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
 
 
 @dataclass(frozen=True)
@@ -57,15 +50,8 @@ class QwenVLConfig:
 
 def parse_config(hf_config: dict[str, Any] | str | Path) -> QwenVLConfig:
     """Parse an HF Qwen2.5-VL config (dict, file or directory)."""
-    from transformers import Qwen2_5_VLConfig
-
-    raw, source = read_hf_config(hf_config)
-    if raw.get("model_type") not in (None, "qwen2_5_vl"):
-        raise ConfigError(f"{source}: model_type is '{raw.get('model_type')}', expected 'qwen2_5_vl'")
-    try:
-        cfg = Qwen2_5_VLConfig.from_dict({k: v for k, v in raw.items() if k != "transformers_version"})
-    except Exception as e:  # transformers validates strictly (its own error types)
-        raise ConfigError(f"{source}: not a valid Qwen2.5-VL config: {e}") from e
+    cfg, raw, source = parse_with_transformers(hf_config, model_type="qwen2_5_vl", config_class="Qwen2_5_VLConfig",
+                                               what="Qwen2.5-VL")
     v, t = cfg.vision_config, cfg.text_config
     text = decoder_config_from_hf(t, source)
     vis_rope = dict(v.rope_parameters or {})

@@ -18,19 +18,17 @@ from mm_core.checkpoint.ops import (
     GATED_COLUMN,
     REPLICATED,
     ROW,
-    VOCAB,
     Concat,
-    GroupInterleave,
     HeadInterleave,
     Split,
 )
 from mm_core.checkpoint.rules import Rule
+from mm_core.family.decoder_rules import check_decoder_tp, decoder_rules, layer_rules
 from mm_core.family.hf_config import is_tied, text_config, vision_config
 from mm_core.layout import Placement
 
 VIT = "image_encoder.encoder.blocks.layers.{layer}."
 HF_VIT = "visual.blocks.{layer}."
-LLM = "text_decoder.decoder.layers.{layer}."
 HF_LLM = "model.layers.{layer}."
 EMBED = "model.embed_tokens.weight"
 
@@ -50,10 +48,7 @@ class Qwen2_5_VLConverter(Converter):
 
     def check(self, hf: Mapping[str, Any], placement: Placement) -> None:
         tp = placement.tp_size
-        kv = int(text_config(hf).get("num_key_value_heads") or text_config(hf)["num_attention_heads"])
-        if kv % tp:
-            raise ConfigError(f"parallel_config.tp_size {tp} does not divide num_key_value_heads {kv} of config.json; "
-                              f"choose a tp_size that divides {kv}")
+        check_decoder_tp(int(text_config(hf).get("num_key_value_heads") or text_config(hf)["num_attention_heads"]), tp)
         vh = int(vision_config(hf)["num_heads"])
         if vh % tp:
             raise ConfigError(f"parallel_config.tp_size {tp} does not divide vision_config.num_heads {vh}")
@@ -64,19 +59,10 @@ class Qwen2_5_VLConverter(Converter):
         hd = int(t.get("head_dim") or int(t["hidden_size"]) // heads)
         vheads = int(v["num_heads"])
         vhd = int(v["hidden_size"]) // vheads
-        qkv = GroupInterleave(groups=kv, q_rows=hd * heads // kv, kv_rows=hd)
-        qkv_split = Split(dim=0, unit=hd * (heads // kv + 2), what="num_key_value_heads")
         vqkv_split = Split(dim=0, unit=3 * vhd, what="vision_config.num_heads")
         gate_up = Concat(parts=2)
 
-        def vit(mm: str, hf_: str | tuple[str, ...], **kw: Any) -> Rule:
-            hf_t = tuple(HF_VIT + h for h in ((hf_,) if isinstance(hf_, str) else hf_))
-            return Rule(VIT + mm, hf_t, "vit", **kw)
-
-        def llm(mm: str, hf_: str | tuple[str, ...], **kw: Any) -> Rule:
-            hf_t = tuple(HF_LLM + h for h in ((hf_,) if isinstance(hf_, str) else hf_))
-            return Rule(LLM + mm, hf_t, "llm", **kw)
-
+        vit = layer_rules(VIT, HF_VIT, "vit")
         rules = [Rule("image_encoder.encoder.patch_embed.proj.weight", ("visual.patch_embed.proj.weight",), "vit",
                       place="first")]
         rules += [
@@ -102,18 +88,6 @@ class Qwen2_5_VLConverter(Converter):
                  place="last", tp=ROW),
             Rule("image_encoder.projector.encoder.linear_fc2.bias", ("visual.merger.mlp.2.bias",), "vit",
                  place="last", tp=REPLICATED),
-            Rule("text_decoder.embedding.word_embeddings.weight", (EMBED,), "llm", place="first", tp=VOCAB),
         ]
-        for p in ("weight", "bias"):
-            rules.append(llm(f"self_attention.linear_qkv.{p}",
-                             tuple(f"self_attn.{x}_proj.{p}" for x in "qkv"), op=qkv, tp=qkv_split))
-        rules += [
-            llm("self_attention.linear_proj.weight", "self_attn.o_proj.weight", tp=ROW),
-            llm("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), op=gate_up, tp=GATED_COLUMN),
-            llm("mlp.linear_fc2.weight", "mlp.down_proj.weight", tp=ROW),
-            llm("input_layernorm.weight", "input_layernorm.weight"),
-            llm("pre_mlp_layernorm.weight", "post_attention_layernorm.weight"),
-            Rule("text_decoder.decoder.final_layernorm.weight", ("model.norm.weight",), "llm", place="last"),
-            Rule("text_decoder.output_layer.weight", ("lm_head.weight",), "llm", place="last", tp=VOCAB, tied_to=EMBED),
-        ]
-        return rules
+        return rules + decoder_rules(heads=heads, kv_heads=kv, head_dim=hd, hf_layer=HF_LLM, hf_embedding=EMBED,
+                                     hf_final_norm="model.norm.weight", hf_lm_head="lm_head.weight")

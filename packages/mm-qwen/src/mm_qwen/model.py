@@ -14,7 +14,6 @@ projector's stage returns the merged features ``[N_patches / 4, hidden]`` (image
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -86,16 +85,4 @@ def _media(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw):
     return torch.cat([p for p, _ in parts]), torch.cat([g for _, g in parts])
 
 
-def build_model(
-    hf_config: dict[str, Any] | str | Path,
-    *,
-    vit_pp_layers=None,
-    llm_pp_layers=None,
-    pp_rank: int = 0,
-    device: str | torch.device = "meta",
-    dtype: torch.dtype | None = None,
-) -> Qwen2_5_VLModel:
-    """The whole model or one pipeline stage (see ``mm_core.family.stage_model.StageModel.build``)."""
-    cfg = parse_config(hf_config)
-    return Qwen2_5_VLModel.build(cfg, cfg.vision.depth, cfg.text.num_layers, vit_pp_layers=vit_pp_layers,
-                                 llm_pp_layers=llm_pp_layers, pp_rank=pp_rank, device=device, dtype=dtype)
+build_model = Qwen2_5_VLModel.builder(parse_config)

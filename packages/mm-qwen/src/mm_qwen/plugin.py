@@ -6,30 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mm_core.family.lazy import lazy as _lazy
+from mm_core.family.lazy import vision_language_spec
 from mm_core.hookspecs import hookimpl
 from mm_core.specs import ConverterSpec, FormatterSpec, ModelSpec
 
 
 @hookimpl
 def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
-    register(
-        ModelSpec(
-            name="qwen2_5_vl",
-            builder=_lazy("mm_qwen.model", "build_model"),
-            hf_model_types=("qwen2_5_vl",),
-            hf_architectures=("Qwen2_5_VLForConditionalGeneration",),
-            module_groups={
-                "vision_encoder": ("image_encoder.encoder",),
-                "vision_projector": ("image_encoder.projector",),
-                "text_decoder": ("text_decoder",),
-            },
-            pipeline_modules=("image_encoder", "text_decoder"),
-            converter="Qwen2_5_VLConverter",
-            tiny_checkpoint=_lazy("mm_qwen.tiny", "save_tiny_model"),
-            formatter="qwen2vl",
-            description="Qwen2.5-VL 3B/7B/32B/72B",
-        )
-    )
+    register(vision_language_spec("qwen2_5_vl", "mm_qwen", converter="Qwen2_5_VLConverter", formatter="qwen2vl",
+                                  hf_model_types=("qwen2_5_vl",),
+                                  hf_architectures=("Qwen2_5_VLForConditionalGeneration",),
+                                  description="Qwen2.5-VL 3B/7B/32B/72B"))
 
 
 @hookimpl

@@ -44,6 +44,27 @@ def read_hf_config(source: HFConfigSource, *, hint: str = "pass an HF model dire
     return config, str(path)
 
 
+def parse_with_transformers(source: HFConfigSource, *, model_type: str, config_class: str, what: str,
+                            refused: Mapping[str, str] | None = None) -> tuple[Any, dict[str, Any], str]:
+    """``(transformers config, raw dict, name)``: parsed by transformers' own class (its defaults and
+    validation, for every layout its releases wrote), after refusing another ``model_type`` by name
+    (``refused``: model types that deserve their own explanation)."""
+    import transformers
+
+    raw, name = read_hf_config(source)
+    reason = (refused or {}).get(raw.get("model_type"))
+    if reason:
+        raise ConfigError(f"{name}: model_type '{raw.get('model_type')}' {reason}")
+    if raw.get("model_type") not in (None, model_type):
+        raise ConfigError(f"{name}: model_type is '{raw.get('model_type')}', expected '{model_type}'")
+    try:
+        parsed = getattr(transformers, config_class).from_dict(
+            {k: v for k, v in raw.items() if k != "transformers_version"})
+    except Exception as e:  # transformers validates strictly (its own error types)
+        raise ConfigError(f"{name}: not a valid {what} config: {e}") from e
+    return parsed, raw, name
+
+
 def load_hf_config(source: HFConfigSource, **kwargs: Any) -> dict[str, Any]:
     """:func:`read_hf_config` without the name."""
     return read_hf_config(source, **kwargs)[0]

@@ -16,3 +16,22 @@ def lazy(module: str, attr: str) -> Callable[..., Any]:
 
     call.__qualname__ = call.__name__ = f"{module}.{attr}"
     return call
+
+
+VISION_LANGUAGE_GROUPS = {  # freezable module groups of a vision-language stage model
+    "vision_encoder": ("image_encoder.encoder",),
+    "vision_projector": ("image_encoder.projector",),
+    "text_decoder": ("text_decoder",),
+}
+
+
+def vision_language_spec(name: str, package: str, *, converter: str, description: str, **fields: Any) -> Any:
+    """The ``ModelSpec`` of a vision-language family laid out the family-kit way: ``<package>.model``
+    has ``build_model``, ``<package>.tiny`` has ``save_tiny_model``; stages are ``image_encoder`` then
+    ``text_decoder`` with the standard freeze groups. ``fields`` adds or overrides spec fields."""
+    from mm_core.specs import ModelSpec
+
+    spec: dict[str, Any] = dict(builder=lazy(f"{package}.model", "build_model"), module_groups=VISION_LANGUAGE_GROUPS,
+                                pipeline_modules=("image_encoder", "text_decoder"), converter=converter,
+                                tiny_checkpoint=lazy(f"{package}.tiny", "save_tiny_model"), description=description)
+    return ModelSpec(name=name, **{**spec, **fields})

@@ -22,6 +22,7 @@ ignored (the loss lives in the engine).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -56,6 +57,21 @@ class StageModel(nn.Module):
         if torch.device(device).type != "meta":
             model.init_weights()
         return model
+
+    @classmethod
+    def builder(cls, parse_config: Callable[[Any], Any]) -> Callable[..., StageModel]:
+        """The family's ``build_model(hf_config, *, vit_pp_layers, llm_pp_layers, pp_rank, device, dtype)``
+        (the ``ModelSpec.builder``): parse the HF config, then ``build`` from its ``vision.depth`` and
+        ``text.num_layers``."""
+
+        def build_model(hf_config: Any, *, vit_pp_layers: Any = None, llm_pp_layers: Any = None, pp_rank: int = 0,
+                        device: str | torch.device = "meta", dtype: torch.dtype | None = None) -> StageModel:
+            cfg = parse_config(hf_config)
+            return cls.build(cfg, cfg.vision.depth, cfg.text.num_layers, vit_pp_layers=vit_pp_layers,
+                             llm_pp_layers=llm_pp_layers, pp_rank=pp_rank, device=device, dtype=dtype)
+
+        build_model.__doc__ = f"Build {cls.__name__}: the whole model or one pipeline stage (meta by default)."
+        return build_model
 
     def build_text_decoder(self, text: DecoderConfig, tied: bool, *, device=None, dtype=None) -> None:
         """The shared decoder for this stage's LLM layers (when it has any)."""
