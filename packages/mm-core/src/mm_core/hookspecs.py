@@ -33,8 +33,9 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
     Call ``register(ModelSpec(...))`` for each model. ``name`` is the key users type
     (``model: qwen2_5_vl``); ``hf_model_types`` and ``hf_architectures`` let core pick the spec
     from an HF ``config.json``. The spec carries the builder, the module groups used for
-    freezing (``vision_encoder``, ``vision_projector``, ``text_decoder``), the tensor-parallel plan,
-    the pipeline stage layout and its formatter (the data template's default).
+    freezing (``vision_encoder``, ``vision_projector``, ``text_decoder``), the pipeline modules, the
+    converter (whose rule table the engine derives its tensor-parallel plan from; ``tp_plan`` only
+    for a model without one) and its formatter (the data template's default).
     """
 
 
