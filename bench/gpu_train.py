@@ -95,14 +95,14 @@ def run_engine(hf: dict, work: dict, tmp: Path, fsdp: str, compile: bool = False
 def run_transformers(hf: dict, work: dict, tmp: Path) -> dict:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from mm_core.engine.config import Layout, parse_finetune_config
+    from mm_core.engine.config import parse_finetune_config, validate
     from mm_core.engine.data import SyntheticData
 
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(hf)).cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     cfg = parse_finetune_config(["--config", str(tmp / "engine_auto.yaml")])
-    data = SyntheticData(cfg, Layout(1, 1, 1, 1, 2, 1, [0], [0]), 0, hf)
+    data = SyntheticData(cfg, validate(cfg, 1, hf), 0, hf)  # one process: all micro-batches of a step
     torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(work["steps"] + 2):

@@ -118,7 +118,7 @@ def hf_worker(hf_file: str, work_file: str, result: str) -> None:
     torch.set_num_threads(2)
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from mm_core.engine.config import Layout, parse_finetune_config
+    from mm_core.engine.config import parse_finetune_config, validate
     from mm_core.engine.data import SyntheticData
 
     hf, work = json.loads(Path(hf_file).read_text()), json.loads(Path(work_file).read_text())
@@ -126,7 +126,7 @@ def hf_worker(hf_file: str, work_file: str, result: str) -> None:
     model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(hf)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     cfg = parse_finetune_config(["--config", str(Path(result).with_name("engine.yaml"))])
-    data = SyntheticData(cfg, Layout(1, 1, 1, 1, 2, 1, [0], [0]), 0, hf)
+    data = SyntheticData(cfg, validate(cfg, 1, hf), 0, hf)  # one process: all micro-batches of a step
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rows = []
     for _ in range(work["steps"] + 1):
