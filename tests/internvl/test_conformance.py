@@ -19,7 +19,8 @@ ROWS = {  # ("image", n): an image of n 56-px tiles
 class TestInternVL3(FamilyConformance):
     family = "internvl"
     transformers_class = "InternVLForConditionalGeneration"
-    capabilities = {"image", "tp", "pp", "generation"}  # tp: the engine derives the plan from the converter
+    # tp: the engine derives the plan from the converter
+    capabilities = {"image", "tp", "sequence_parallel", "pp", "generation"}
     capability_notes = {"formatter": "InternVL has no formatter yet",
                         "video": "the model takes no video inputs yet"}
 

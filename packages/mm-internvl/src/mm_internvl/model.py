@@ -16,7 +16,7 @@ own: the InternViT tiles with pixel shuffle and projector, and 1-D rotary positi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,6 +29,8 @@ from mm_internvl.vision import ImageEncoder
 
 class InternVLModel(StageModel):
     """One pipeline stage (or the whole model) of InternVL3."""
+
+    supports_sequence_parallel: ClassVar[bool] = True  # the shared decoder: see mm_core.engine.tp_rules
 
     def __init__(self, cfg: InternVLConfig, plan: StagePlan, *, device=None, dtype=None):
         super().__init__(cfg, plan)

@@ -29,7 +29,7 @@ from mm_qwen.vision import ImageEncoder
 class Qwen2_5_VLModel(StageModel):
     """One pipeline stage (or the whole model) of Qwen2.5-VL."""
 
-    supports_sequence_parallel: ClassVar[bool] = True  # mm_qwen.parallelize has the SP plan
+    supports_sequence_parallel: ClassVar[bool] = True  # the shared decoder: see mm_core.engine.tp_rules
 
     def __init__(self, cfg: QwenVLConfig, plan: StagePlan, *, device=None, dtype=None):
         super().__init__(cfg, plan)

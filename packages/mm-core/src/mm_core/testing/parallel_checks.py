@@ -1,4 +1,4 @@
-"""One training step at tp 2, at pp 2 and at dp 2 equals one process (gloo on CPU, fp32), and the
+"""One training step at tp 2 (with sequence parallel where the family has it), at pp 2 and at dp 2 equals one process (gloo on CPU, fp32), and the
 engine's tp shards are the converter's.
 
 The one-process reference trains in this process; the parallel layouts run one after the other
@@ -82,7 +82,9 @@ class ParallelChecks:
         run_all(job("reference", {"one": finetune_config(spec, hf_dir, root / "one" / "ckpt")}))
         runs = {"dp2": finetune_config(spec, hf_dir, root / "dp2" / "ckpt")}
         if "tp" in self.capabilities:
-            runs["tp2"] = finetune_config(spec, hf_dir, root / "tp2" / "ckpt", tp=2)
+            # with sequence parallel where the family has it: the same launch checks both
+            runs["tp2"] = finetune_config(spec, hf_dir, root / "tp2" / "ckpt", tp=2,
+                                          sequence_parallel="sequence_parallel" in self.capabilities)
         if "pp" in self.capabilities:
             runs["pp2"] = finetune_config(spec, hf_dir, root / "pp2" / "ckpt", pp=2,
                                           layers=pipeline_layouts(*depths)["pp2"])
