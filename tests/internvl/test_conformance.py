@@ -27,9 +27,9 @@ class TestInternVL3(FamilyConformance):
     def tiny_hf_dir(self, path: Path) -> Path:
         from mm_internvl.tiny import save_tiny_model
 
-        # 2 ViT + 2 LLM layers; an even vocabulary, since the engine trains only even tp splits
-        # (the uneven 301 rows mm-convert splits are checked in test_convert_uneven.py)
-        return save_tiny_model(path, vocab_size=302)
+        # 2 ViT + 2 LLM layers; an odd vocabulary (301 rows: 151/150 at tp 2, uneven like InternVL3's
+        # 151674 at tp 4 or 8), so the tp checks cover an uneven split in mm-convert and the engine alike
+        return save_tiny_model(path, vocab_size=301)
 
     def make_batch(self, hf_config: dict[str, Any], case: str, seed: int = 0) -> dict[str, torch.Tensor]:
         from mm_internvl.tiny import make_inputs

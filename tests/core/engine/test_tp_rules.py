@@ -34,8 +34,24 @@ def test_each_rule_split_becomes_its_style():
     assert "image_encoder.encoder.patch_embed.proj" not in plan  # replicated in the rules
 
 
-def test_uneven_vocabulary_is_refused_by_name():
+def test_uneven_vocabulary_where_dtensor_and_mm_format_differ_is_refused_by_name():
+    hf = tiny_config_dict(vision_depth=1, text_layers=1, heads=4, kv_heads=4, vit_heads=4, vit_hidden=32)
+    hf["text_config"]["vocab_size"] = 322  # tp 4: mm-format 81/81/80/80, torch.chunk 81/81/81/79
+    with pytest.raises(ConfigError, match=r"word_embeddings.weight has 322 vocabulary rows, which tp 4 does not"):
+        _plan(hf, 4)
+
+
+def test_uneven_vocabulary_where_both_agree_is_trained():
     hf = tiny_config_dict(vision_depth=1, text_layers=1)
-    hf["text_config"]["vocab_size"] = 321
-    with pytest.raises(ConfigError, match=r"word_embeddings.weight has 321 vocabulary rows, which tp 2 does not"):
-        _plan(hf, 2)
+    hf["text_config"]["vocab_size"] = 321  # tp 2: 161/160 in both
+    assert "text_decoder.embedding.word_embeddings" in _plan(hf, 2)
+
+
+@pytest.mark.parametrize("size,tp", [(321, 2), (322, 4), (151674, 8), (64, 4), (7, 3)])
+def test_dtensor_rows_are_torch_chunk(size, tp):
+    import torch
+
+    from mm_core.engine.tp_rules import dtensor_rows
+
+    want = [len(c) for c in torch.arange(size).chunk(tp)]
+    assert dtensor_rows(size, tp) == want + [0] * (tp - len(want))

@@ -15,9 +15,10 @@ by construction the piece mm-convert writes to its rank file:
 What only the engine knows stays here: the output layer's gather (or a vocabulary-sharded
 output for a vocab-parallel loss) and the sequence-parallel regions of the text decoder.
 
-Uneven splits (units that tp does not divide) are refused before any work: mm-format gives the
-first ``units mod tp`` ranks one unit more, DTensor shards like ``torch.chunk``; training on such
-a layout needs padded shards, which the engine does not have yet.
+Uneven splits (units that tp does not divide): mm-format gives the first ``units mod tp`` ranks
+one unit more, DTensor shards like ``torch.chunk``. Where the two agree (all ranks but the last
+take one more: any uneven split at tp 2) the engine trains it; elsewhere it is refused before any
+work (padded shards would be needed).
 """
 
 from __future__ import annotations
@@ -57,19 +58,35 @@ def _units(split: Split, size: int) -> int:
     return size // split.parts // split.unit
 
 
+def dtensor_rows(size: int, tp: int) -> list[int]:
+    """Rows per rank of DTensor's ``Shard`` (``torch.chunk``: ceil-sized pieces first, then what is left)."""
+    step = -(-size // tp)
+    return [max(0, min(step, size - r * step)) for r in range(tp)]
+
+
 def check_even(splits: Mapping[str, TPSplit], model: nn.Module, tp: int) -> None:
-    """Refuse splits whose units tp does not divide (see the module docstring), naming the tensor."""
+    """Refuse a split whose per-rank pieces DTensor cannot hold as mm-convert cuts them, naming the tensor.
+
+    Even splits always agree. An uneven one (mm-format: the first ``units mod tp`` ranks take one
+    unit more) agrees with ``torch.chunk`` only when all but the last rank take one more (tp 2, say).
+    """
     params = dict(model.named_parameters())
     for name, split in splits.items():
         if not isinstance(split, Split) or name not in params:
             continue
         size = params[name].shape[split.dim]
         split.sizes(params[name].shape, tp, name)  # raises for what even the converter cannot split
-        if _units(split, size) % tp:
-            raise ConfigError(
-                f"parallel.tp {tp}: {name} has {_units(split, size)} {split.what}, which tp {tp} does not divide; "
-                f"the engine trains only even tensor-parallel splits (mm-convert writes uneven ones, the first "
-                f"ranks taking one more). Choose a tp that divides {_units(split, size)}")
+        units = _units(split, size)
+        if units % tp == 0:
+            continue
+        if split.parts == 1:
+            ours = [b - a for a, b in (split.rows_of_rank(size, tp, r) for r in range(tp))]
+            if ours == dtensor_rows(size, tp):
+                continue
+        raise ConfigError(
+            f"parallel.tp {tp}: {name} has {units} {split.what}, which tp {tp} does not divide, and the engine "
+            f"cannot train that split yet: mm-convert gives the first {units % tp} rank(s) one more, DTensor "
+            f"shards like torch.chunk. Choose a tp that divides {units} (or tp 2)")
 
 
 def sectioned_colwise(parts: int):
