@@ -20,7 +20,7 @@ def run(argv: list[str], out: str | Path, kill_after: int | None = None, keep_gr
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from mm_core.engine.config import parse_finetune_config
-    from mm_core.engine.row_order import blocked_to_canonical
+    from mm_core.engine.row_order import canonical_rows
     from mm_core.engine.trainer import Trainer, shutdown
 
     torch.set_num_threads(1)
@@ -41,7 +41,7 @@ def run(argv: list[str], out: str | Path, kill_after: int | None = None, keep_gr
             for k, v in sd.items():
                 local = k[len("model."):]
                 if local in stage.gated:  # tp-blocked gated rows: compare in checkpoint order
-                    v = blocked_to_canonical(v, *stage.gated[local])
+                    v = canonical_rows(v, stage.gated[local])
                 weights[stage.names.to_global(local)] = v.detach().clone()
         rank = trainer.par.rank
         torch.save(weights, out / f"weights_rank{rank}.pt")

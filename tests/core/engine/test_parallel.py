@@ -169,7 +169,20 @@ def test_tp2_checkpoint_resumes_in_one_process(two_process_runs, reference, tmp_
     assert [r["loss"] for r in resumed] == pytest.approx(reference[TP_MODEL]["losses6"][3:], rel=RTOL)
 
 
-def test_four_processes_dp2_tp2_dp2_pp2_and_pp2_tp2_sp(tmp_path, reference):
+def _tp4_uneven_vocab(**overrides) -> dict:
+    """A tiny Qwen2.5-VL for tp 4 whose vocabulary (322 rows: mm-format 81/81/80/80, torch.chunk
+    81/81/81/79) trains over padded shards."""
+    from mm_qwen.tiny import tiny_config_dict
+
+    hf = tiny_config_dict(vision_depth=2, text_layers=2, heads=4, kv_heads=4, vit_hidden=32, vit_heads=4,
+                          vocab={"vocab_size": 322, "image_token_id": 300, "video_token_id": 301,
+                                 "vision_start_token_id": 302, "vision_end_token_id": 303})
+    cfg = helpers.base_config("qwen", **overrides)
+    cfg["model"]["hf_config"] = hf
+    return cfg
+
+
+def test_four_processes_dp2_tp2_dp2_pp2_pp2_tp2_sp_and_tp4_uneven_vocabulary(tmp_path, reference):
     cfg = helpers.base_config(TP_MODEL)
     cfg["parallel"].update(tp=2)
     cfg["training"].update(recompute="full")  # recomputed layers under FSDP2 and tp: the same numbers
@@ -177,7 +190,10 @@ def test_four_processes_dp2_tp2_dp2_pp2_and_pp2_tp2_sp(tmp_path, reference):
     dp_pp = helpers.base_config("qwen")
     dp_pp["parallel"].update(pp=2)
     dp_pp["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[0, 2])
-    runs = {"dp2tp2": cfg, "dp2pp2": dp_pp}
+    # tp 4 over a vocabulary that 4 does not divide (padded shards), saving a checkpoint
+    tp4 = _tp4_uneven_vocab(**{"output.save": str(tmp_path / "ckpt_tp4")})
+    tp4["parallel"].update(tp=4)
+    runs = {"dp2tp2": cfg, "dp2pp2": dp_pp, "tp4vocab": tp4}
     if TP_MODEL == "qwen":  # pp x tp with sequence parallel in the LLM stage (no data parallel: plain stages)
         pp_tp_sp = helpers.base_config("qwen")
         pp_tp_sp["parallel"].update(pp=2, tp=2, sequence_parallel=True)
@@ -189,6 +205,13 @@ def test_four_processes_dp2_tp2_dp2_pp2_and_pp2_tp2_sp(tmp_path, reference):
     _check(tmp_path / "dp2pp2", reference["qwen"])
     if "pp2tp2sp" in runs:
         _check(tmp_path / "pp2tp2sp", reference["qwen"])
+    three, weights = helpers.run_inprocess(tmp_path, "tp4_ref", _tp4_uneven_vocab())
+    _check(tmp_path / "tp4vocab", {"losses3": [r["loss"] for r in three], "weights3": weights})
+    # the tp 4 checkpoint holds the canonical [V, H] rows: it resumes in one process like a one-process run
+    six, _ = helpers.run_inprocess(tmp_path, "tp4_ref6", _tp4_uneven_vocab(**{"training.train_iters": 6}))
+    resumed, _ = helpers.run_inprocess(tmp_path, "tp4_resume1", _tp4_uneven_vocab(**{
+        "output.load": str(tmp_path / "ckpt_tp4"), "training.train_iters": 6}))
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in six][3:], rel=RTOL)
 
 
 def _tp3_qwen(**overrides) -> dict:

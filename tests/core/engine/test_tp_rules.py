@@ -34,11 +34,42 @@ def test_each_rule_split_becomes_its_style():
     assert "image_encoder.encoder.patch_embed.proj" not in plan  # replicated in the rules
 
 
-def test_uneven_vocabulary_where_dtensor_and_mm_format_differ_is_refused_by_name():
+def test_uneven_vocabulary_where_dtensor_and_mm_format_differ_is_padded():
     hf = tiny_config_dict(vision_depth=1, text_layers=1, heads=4, kv_heads=4, vit_heads=4, vit_hidden=32)
     hf["text_config"]["vocab_size"] = 322  # tp 4: mm-format 81/81/80/80, torch.chunk 81/81/81/79
-    with pytest.raises(ConfigError, match=r"word_embeddings.weight has 322 vocabulary rows, which tp 4 does not"):
-        _plan(hf, 4)
+    plan = _plan(hf, 4)
+    for path in ("text_decoder.embedding.word_embeddings", "text_decoder.output_layer"):
+        assert plan[path].vocab_padding.rows == (81, 81, 80, 80)
+
+
+def test_other_uneven_splits_are_refused_by_name():
+    from torch import nn
+
+    from mm_core.checkpoint.ops import Split
+
+    model = nn.Module()
+    model.attn = nn.Linear(8, 3 * 5 * 4)  # [Q; K; V] of 5 heads of 4
+    splits = {"attn.weight": Split(dim=0, parts=3, unit=4, uneven=True, what="heads")}
+    with pytest.raises(ConfigError, match=r"attn.weight has 5 heads, which tp 2 does not divide"):
+        derive_tp_plan(model, splits, 2)
+
+
+def test_vocab_padding_round_trips_and_maps_ids():
+    import torch
+
+    from mm_core.nn.vocab_padding import VocabPadding
+
+    pad = VocabPadding.of(10, 4)  # rows 3/3/2/2, width 3
+    assert pad.rows == (3, 3, 2, 2)
+    full = torch.arange(10.0).unsqueeze(1)
+    padded = pad.pad(full)
+    assert padded.shape == (12, 1) and padded[9].item() == 8  # rank 3 starts at row 9
+    assert padded[8].item() == padded[11].item() == 0  # the ghost rows of ranks 2 and 3
+    assert torch.equal(pad.unpad(padded), full)
+    ids = torch.arange(10)
+    assert torch.equal(padded[pad.padded_ids(ids), 0], full[ids, 0])  # lookups land on the real rows
+    local, start = pad.local_rows(padded[9:12], 3)
+    assert start == 8 and torch.equal(local, full[8:10])
 
 
 def test_uneven_vocabulary_where_both_agree_is_trained():

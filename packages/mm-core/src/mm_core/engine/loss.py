@@ -19,6 +19,7 @@ import torch.distributed as dist
 from mm_core.contracts import StageModel, total_aux_loss
 from mm_core.engine.model_setup import output_weight
 from mm_core.losses.cross_entropy import sample_ids_for, shift_labels, weighted_ce_sum
+from mm_core.nn.vocab_padding import VocabPadding, head_padding, padding_of
 from mm_core.specs import NORMALIZE_MODES, LossSpec
 
 
@@ -98,11 +99,19 @@ class LossComputer:
     def __init__(self, compute_mode: str, chunk_size: int, router_aux_loss_coef: float = 0.0):
         self.compute_mode, self.chunk_size = compute_mode, chunk_size
         self.router_aux_loss_coef = router_aux_loss_coef
+        self._has_padding: dict[int, bool] = {}  # per stage model: does any module pad its vocabulary
+
+    def _padding(self, model: StageModel, weight: torch.Tensor) -> VocabPadding | None:
+        key = id(model)
+        if key not in self._has_padding:
+            self._has_padding[key] = any(padding_of(m) is not None for m in model.modules())
+        return head_padding(model, weight) if self._has_padding[key] else None
 
     def __call__(self, hidden: torch.Tensor, mb: MicroBatch, model: StageModel) -> torch.Tensor:
         w = output_weight(model)
         total = weighted_ce_sum(hidden, w, mb.targets, mb.weights.to(torch.float32),
-                                compute_mode=self.compute_mode, chunk_size=self.chunk_size)
+                                compute_mode=self.compute_mode, chunk_size=self.chunk_size,
+                                vocab_padding=self._padding(model, w))
         loss = total / mb.denominator if mb.denominator > 0 else total * 0.0
         mb.stats["loss"] = loss.detach() * mb.scale  # a tensor: read once per step, not a sync per micro-batch
         aux = total_aux_loss(model) if self.router_aux_loss_coef else None

@@ -17,8 +17,9 @@ output for a vocab-parallel loss) and the sequence-parallel regions of the text 
 
 Uneven splits (units that tp does not divide): mm-format gives the first ``units mod tp`` ranks
 one unit more, DTensor shards like ``torch.chunk``. Where the two agree (all ranks but the last
-take one more: any uneven split at tp 2) the engine trains it; elsewhere it is refused before any
-work (padded shards would be needed).
+take one more: any uneven split at tp 2) the engine trains it as is; an uneven vocabulary elsewhere
+trains over zero-padded shards (``vocab_padding``) whose real rows are mm-convert's pieces; any
+other uneven split (attention heads) is refused before any work, naming the tensor.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from torch import nn
 from mm_core.checkpoint.ops import Split, TPSplit
 from mm_core.errors import ConfigError
 from mm_core.layout import Placement
+from mm_core.nn.vocab_padding import VocabPadding
 
 TEXT = "text_decoder"
+OUTPUT = f"{TEXT}.output_layer"
 
 
 def stage_splits(table: Any, hf_config: Mapping[str, Any], placement: Placement, stage: int) -> dict[str, TPSplit]:
@@ -64,13 +67,15 @@ def dtensor_rows(size: int, tp: int) -> list[int]:
     return [max(0, min(step, size - r * step)) for r in range(tp)]
 
 
-def check_even(splits: Mapping[str, TPSplit], model: nn.Module, tp: int) -> None:
-    """Refuse a split whose per-rank pieces DTensor cannot hold as mm-convert cuts them, naming the tensor.
+def uneven_vocabularies(splits: Mapping[str, TPSplit], model: nn.Module, tp: int) -> dict[str, VocabPadding]:
+    """``{module path: padding}`` of the vocabulary splits DTensor cannot shard as mm-convert cuts them
+    (see ``vocab_padding``); any other split that the engine cannot train is refused, naming the tensor.
 
     Even splits always agree. An uneven one (mm-format: the first ``units mod tp`` ranks take one
-    unit more) agrees with ``torch.chunk`` only when all but the last rank take one more (tp 2, say).
+    unit more) agrees with ``torch.chunk`` when all but the last rank take one more (tp 2, say).
     """
     params = dict(model.named_parameters())
+    padded: dict[str, VocabPadding] = {}
     for name, split in splits.items():
         if not isinstance(split, Split) or name not in params:
             continue
@@ -79,14 +84,61 @@ def check_even(splits: Mapping[str, TPSplit], model: nn.Module, tp: int) -> None
         units = _units(split, size)
         if units % tp == 0:
             continue
+        path = name.rpartition(".")[0]
         if split.parts == 1:
             ours = [b - a for a, b in (split.rows_of_rank(size, tp, r) for r in range(tp))]
             if ours == dtensor_rows(size, tp):
+                continue
+            module = model.get_submodule(path)
+            if split.dim == 0 and split.unit == 1 and (isinstance(module, nn.Embedding) or path == OUTPUT):
+                padded[path] = VocabPadding(tuple(ours))
                 continue
         raise ConfigError(
             f"parallel.tp {tp}: {name} has {units} {split.what}, which tp {tp} does not divide, and the engine "
             f"cannot train that split yet: mm-convert gives the first {units % tp} rank(s) one more, DTensor "
             f"shards like torch.chunk. Choose a tp that divides {units} (or tp 2)")
+    return padded
+
+
+def _pad_parameters(module: nn.Module, padding: VocabPadding) -> None:
+    for pname, param in list(module.named_parameters(recurse=False)):
+        module.register_parameter(pname, nn.Parameter(padding.pad(param.detach()), requires_grad=param.requires_grad))
+    module.mm_vocab_padding = padding
+
+
+def padded_vocab_embedding(padding: VocabPadding):
+    """Vocabulary-parallel embedding over a padded vocabulary: ids are mapped to padded rows first."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import RowwiseParallel
+
+    class PaddedVocabEmbedding(RowwiseParallel):
+        vocab_padding = padding
+
+        def _apply(self, module: nn.Module, device_mesh) -> nn.Module:
+            _pad_parameters(module, padding)
+            module.num_embeddings = padding.tp * padding.width
+            module.register_forward_pre_hook(lambda _m, args: (padding.padded_ids(args[0]), *args[1:]))
+            return super()._apply(module, device_mesh)
+
+    return PaddedVocabEmbedding(input_layouts=Replicate())
+
+
+def padded_vocab_output(padding: VocabPadding, input_layout):
+    """Column-parallel output layer over a padded vocabulary; the gathered logits drop the ghost columns."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel
+
+    class PaddedVocabOutput(ColwiseParallel):
+        vocab_padding = padding
+
+        def _apply(self, module: nn.Module, device_mesh) -> nn.Module:
+            _pad_parameters(module, padding)
+            module.out_features = padding.tp * padding.width
+            module = super()._apply(module, device_mesh)
+            module.register_forward_hook(lambda _m, _args, out: padding.unpad(out, dim=-1))
+            return module
+
+    return PaddedVocabOutput(input_layouts=input_layout, output_layouts=Replicate())
 
 
 def sectioned_colwise(parts: int):
@@ -154,7 +206,9 @@ def derive_tp_plan(model: nn.Module, splits: Mapping[str, TPSplit], tp: int, *, 
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
 
-    check_even(splits, model, tp)
+    padded = uneven_vocabularies(splits, model, tp)
+    if padded and loss_parallel:
+        raise ConfigError(f"{sorted(padded)}: a padded vocabulary has no vocabulary-sharded logits; gather them")
     by_module: dict[str, dict[str, TPSplit]] = {}
     for key, split in splits.items():
         path, _, pname = key.rpartition(".")
@@ -171,12 +225,15 @@ def derive_tp_plan(model: nn.Module, splits: Mapping[str, TPSplit], tp: int, *, 
             raise ConfigError(f"{path}: the rules split {sorted(params)} but not its weight; a tensor-parallel style "
                               f"cannot be derived")
         bias = params.get("bias")
-        if isinstance(module, nn.Embedding) and weight.dim == 0 and weight.parts == 1:
+        if path in padded:
+            plan[path] = (padded_vocab_embedding(padded[path]) if isinstance(module, nn.Embedding)
+                          else padded_vocab_output(padded[path], seq if sequence_parallel else Replicate()))
+        elif isinstance(module, nn.Embedding) and weight.dim == 0 and weight.parts == 1:
             plan[path] = RowwiseParallel(input_layouts=Replicate())
         elif isinstance(module, nn.Linear) and weight.dim == 0:
             if bias is not None and (not isinstance(bias, Split) or (bias.dim, bias.parts) != (0, weight.parts)):
                 raise ConfigError(f"{path}: a column-parallel weight needs its bias split the same way")
-            if path == f"{TEXT}.output_layer":
+            if path == OUTPUT:
                 into = seq if sequence_parallel else Replicate()
                 plan[path] = (ColwiseParallel(input_layouts=into, output_layouts=Shard(-1), use_local_output=False)
                               if loss_parallel else ColwiseParallel(input_layouts=into, output_layouts=Replicate()))

@@ -19,6 +19,7 @@ from torch import nn
 
 from mm_core.errors import ConfigError
 from mm_core.nn import KVCache, RMSNorm, SwiGLUMLP, apply_rotary, attention
+from mm_core.nn.vocab_padding import padding_of
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ class TextDecoder(nn.Module):
             return hidden
         if hasattr(self, "output_layer"):
             return self.output_layer(hidden)
-        return tied_logits(hidden, self.output_weight())
+        logits = tied_logits(hidden, self.output_weight())
+        padding = padding_of(self.embedding.word_embeddings)  # a padded vocabulary under tensor parallel
+        return padding.unpad(logits, dim=-1) if padding is not None else logits
 
 
 def tied_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -166,4 +169,6 @@ def tied_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if isinstance(hidden, DTensor):  # sequence parallel: the final norm's output is sequence-sharded
         hidden = hidden.full_tensor()
     local = F.linear(hidden, weight.to_local())
-    return DTensor.from_local(local, weight.device_mesh, [Shard(-1)]).full_tensor()
+    shape = (*local.shape[:-1], weight.shape[0])  # uneven shards (torch.chunk) need the global size
+    stride = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(local, weight.device_mesh, [Shard(-1)], shape=shape, stride=stride).full_tensor()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mm_core.batch import IGNORE_INDEX
+from mm_core.nn.vocab_padding import VocabPadding
 
 DYNAMIC_CHUNK_ELEMENTS = 1 << 26  # logits elements of one chunk in dynamic_chunk mode (256 MiB fp32)
 
@@ -160,12 +161,16 @@ class _VocabParallelChunkedCE(torch.autograd.Function):
         return *_scaled_saved_grads(ctx, grad_out), None, None, None, None, None
 
 
-def _vocab_shard(weight: torch.Tensor):
-    """(local rows, first row, process group) of a head sharded over rows on a 1-D mesh, else None."""
+def _vocab_shard(weight: torch.Tensor, padding: VocabPadding | None = None):
+    """(local rows, first row, process group) of a head sharded over rows on a 1-D mesh, else None;
+    with a padded vocabulary, only the rank's real rows and their first canonical row."""
     from torch.distributed.tensor import DTensor, Shard
 
     if not isinstance(weight, DTensor) or weight.device_mesh.ndim != 1 or weight.placements != (Shard(0),):
         return None
+    if padding is not None:
+        local, start = padding.local_rows(weight.to_local(), weight.device_mesh.get_local_rank())
+        return local, start, weight.device_mesh.get_group()
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     _, offset = compute_local_shape_and_global_offset(weight.shape, weight.device_mesh, weight.placements)
@@ -173,17 +178,21 @@ def _vocab_shard(weight: torch.Tensor):
 
 
 def weighted_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                    *, compute_mode: str = "default", chunk_size: int = 1024) -> torch.Tensor:
+                    *, compute_mode: str = "default", chunk_size: int = 1024,
+                    vocab_padding: VocabPadding | None = None) -> torch.Tensor:
     """sum over tokens of ``weights * CE`` (at least fp32); tokens with weight 0 are skipped.
 
     ``hidden`` is ``[..., H]``, ``targets``/``weights`` ``[...]`` (targets already shifted; -100 =
     no loss), ``weight`` is the LM head ``[V, H]``; a DTensor head split over vocabulary rows
-    (tensor parallel) is used shard by shard, never gathered.
+    (tensor parallel) is used shard by shard, never gathered; ``vocab_padding``: the head's rows are
+    padded per rank (``mm_core.nn.vocab_padding``) and only the real ones count.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
-    shard = _vocab_shard(weight)
+    shard = _vocab_shard(weight, vocab_padding)
     if shard is None and hasattr(weight, "full_tensor"):
         weight = weight.full_tensor()  # another layout of a distributed head: gather it
+        if vocab_padding is not None:
+            weight = vocab_padding.unpad(weight)
     y = targets.reshape(-1)
     w = weights.reshape(-1)
     keep = (w != 0) & (y != IGNORE_INDEX)

@@ -19,6 +19,13 @@ def _is_dtensor(t: torch.Tensor) -> bool:
     return hasattr(t, "device_mesh") and hasattr(t, "placements")
 
 
+def _fitted(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A rank's checkpoint piece as the parameter holds it: a padded vocabulary shard (see
+    ``mm_core.nn.vocab_padding``) has zero ghost rows after the converter's rows."""
+    padding = getattr(model.get_submodule(name.rpartition(".")[0]), "mm_vocab_padding", None)
+    return padding.pad_piece(tensor) if padding is not None else tensor
+
+
 def check_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, fix: str) -> None:
     """Raise a ``CheckpointMismatchError`` naming missing, unexpected and mis-shaped keys and the fix."""
     params = dict(model.named_parameters())
@@ -28,7 +35,7 @@ def check_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: 
     for name in sorted(set(params) & set(state)):
         p = params[name]
         local = p.to_local() if _is_dtensor(p) else p
-        if tuple(local.shape) != tuple(state[name].shape):
+        if tuple(local.shape) != tuple(_fitted(model, name, state[name]).shape):
             wrong.append(f"{name}: checkpoint {tuple(state[name].shape)} vs model {tuple(local.shape)}")
     if missing or unexpected or wrong:
         lines = [f"{source} does not match the model built for this rank:"]
@@ -53,6 +60,7 @@ def assign_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source:
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
         old = params[name]
+        tensor = _fitted(model, name, tensor)
         device = tensor.device if old.device.type == "meta" else old.device
         dtype = old.dtype if tensor.dtype.is_floating_point else tensor.dtype
         tensor = tensor.to(device=device, dtype=dtype)
