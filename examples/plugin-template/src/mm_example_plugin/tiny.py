@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mm_core.batch import right_padded
 from mm_example_plugin.model import build_model, tiny_config
 
 
@@ -53,14 +54,8 @@ def make_batch(config: dict[str, Any], case: str, seed: int = 0) -> dict[str, to
                                                                                      generator=g))
             patches += max(0, -n)
         seqs.append(torch.cat(parts))
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)], mask[r, :len(s)] = s, 1
-    labels = torch.where((mask == 1) & (ids != image_token), ids, -100)
-    labels[:, 0] = -100  # the first token predicts nothing
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = dict(right_padded(seqs, image_token))
+    batch["labels"][:, 0] = -100  # the first token predicts nothing
     if patches:
         batch["pixel_values"] = torch.randn(patches, patch_dim, generator=g)
     return batch

@@ -41,3 +41,14 @@ class Batch(TypedDict, total=False):
     second_per_grid_ts: torch.Tensor
     dummy_vision: torch.Tensor
     num_samples: torch.Tensor
+
+
+def right_padded(rows: list[torch.Tensor], media_token: int | None = None) -> Batch:
+    """``input_ids``, ``attention_mask`` and ``labels`` of token rows padded on the right (test batches,
+    tiny checkpoints): labels are the ids except on padding and on ``media_token`` placeholders."""
+    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    keep = mask == 1 if media_token is None else (mask == 1) & (ids != media_token)
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.where(keep, ids, IGNORE_INDEX)}

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from mm_core.batch import right_padded
+
 IMAGE_TOKEN = 300
 TOKENS_PER_TILE = 4
 
@@ -72,13 +74,7 @@ def make_inputs(config: dict[str, Any], rows: list[list[tuple[str, int]]], *, se
                 parts.append(torch.full((n * per_tile,), token))
                 tiles += n
         seqs.append(torch.cat(parts))
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)], mask[r, : len(s)] = s, 1
-    labels = torch.where((mask == 1) & (ids != token), ids, -100)
-    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = dict(right_padded(seqs, token))
     if tiles:
         out["pixel_values"] = torch.randn(tiles, 3, tile_size, tile_size, generator=g)
     return out
