@@ -168,6 +168,7 @@ def test_bf16_on_one_rank_computes_in_bf16_like_fsdp_mixed_precision(tmp):
     (["--training.loss_type", "nope"], "training.loss_type"),
     (["--model.freeze", "[vision]"], "unknown module group"),
     (["--training.lr_schedule", "wavy"], "lr_schedule"),
+    (["--training.optimizer_impl", "fast"], "training.optimizer_impl"),
 ])
 def test_config_errors_before_workers_start(tmp, capsys, override, message):
     cfg_file = write_config(tmp / "bad.yaml", base_config(**{"output.save": str(tmp / "never")}))
