@@ -118,7 +118,9 @@ def _demo_rows(r: dict[str, Any]) -> list[Row]:
         (f"demo total time ({_get(r, 'cpu_threads')} CPU threads)", _f(total, ".0f", " s"), "goal 600 s",
          _ratio(total / 600 if total else None)),
         ("demo training questions/s (median step)", _f(_get(r, "throughput.samples_per_s"), ".1f"), "-", "-"),
-        ("demo trained (answer) tokens/s (median step)", _f(_get(r, "throughput.tokens_per_s"), ".0f"), "-", "-"),
+        ("demo real (input) tokens/s (median step)", _f(_get(r, "throughput.real_tokens_per_s"), ".0f"), "-", "-"),
+        ("demo trained (answer, loss) tokens/s (median step)", _f(_get(r, "throughput.loss_tokens_per_s"), ".0f"),
+         "-", "-"),
         ("demo transformers reload: equal greedy answers",
          f"{_get(r, 'hf_check.equal')}/{_get(r, 'hf_check.questions')}", "all", "-"),
     ]

@@ -69,12 +69,16 @@ def test_score_is_exact_match_per_kind():
 
 def test_metrics_and_throughput(tmp_path):
     path = tmp_path / "m.jsonl"
-    rows = [{"step": i, "loss": 1.0 / i, "tokens_per_s": 100.0 * i, "samples_per_s": 1.0, "step_time_s": 0.5}
-            for i in range(1, 9)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[-1:]))  # a duplicated line is harmless
+    header = {"record": "run_header", "run_id": "abc", "config_hash": "0", "world_size": 1,
+              "start_time": "2026-01-01T00:00:00+00:00", "start_step": 0, "resumed_from": None}
+    rows = [{"step": i, "loss": 1.0 / i, "real_tokens_per_s": 100.0 * i, "loss_tokens_per_s": 10.0 * i,
+             "samples_per_s": 1.0, "step_time_s": 0.5} for i in range(1, 9)]
+    # a header starts the run; a duplicated line is harmless
+    path.write_text("".join(json.dumps(r) + "\n" for r in [header, *rows, rows[-1]]))
     metrics = read_metrics(path)
     assert [r["step"] for r in metrics] == list(range(1, 9))
-    assert throughput(metrics)["tokens_per_s"] == 600.0  # median of steps 4..8
+    speed = throughput(metrics)
+    assert (speed["real_tokens_per_s"], speed["loss_tokens_per_s"]) == (600.0, 60.0)  # median of steps 4..8
 
 
 def test_settings_are_checked():

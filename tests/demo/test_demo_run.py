@@ -47,4 +47,4 @@ def test_the_real_commands_ran_and_the_files_exist(demo):
         assert expected in cmds
     assert (workdir / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (workdir / "hf_trained" / "config.json").is_file() and (workdir / "mm_init").is_dir()
-    assert s["throughput"]["tokens_per_s"] > 0 and s["steps"] == 100
+    assert s["throughput"]["real_tokens_per_s"] > s["throughput"]["loss_tokens_per_s"] > 0 and s["steps"] == 100

@@ -81,7 +81,8 @@ def test_launcher_trains_from_hf_dir_and_the_checkpoint_converts_back(tmp_path, 
     assert proc.returncode == 0, proc.stderr[-4000:]
     save = tmp_path / "save"
     assert (save / "latest_checkpointed_iteration.txt").read_text() == "2"
-    lines = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
+    header, *lines = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
+    assert header["record"] == "run_header" and header["world_size"] == 2
     assert [r["step"] for r in lines] == [1, 2] and all(r["loss"] > 0 for r in lines)
     from mm_convert.cli import main as convert_main
 

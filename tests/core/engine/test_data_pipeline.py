@@ -120,7 +120,7 @@ def _config(tmp_path: Path) -> dict:
 def test_pipeline_data_trains_and_resumes_exactly(tmp_path, toy_formatter):
     cfg = _config(tmp_path)
     full, _ = helpers.run_inprocess(tmp_path, "full", {**cfg, "output": {**cfg["output"], "save": str(tmp_path / "a")}})
-    assert len(full) == 4 and all(r["valid_tokens"] > 0 for r in full)
+    assert len(full) == 4 and all(r["loss_tokens"] > 0 for r in full)
     _, _ = helpers.run_inprocess(tmp_path, "first", {**cfg, "training": {**cfg["training"], "train_iters": 2},
                                                      "output": {**cfg["output"], "save": str(tmp_path / "b")}})
     resumed, _ = helpers.run_inprocess(tmp_path, "second", {**cfg, "output": {**cfg["output"],
@@ -141,11 +141,11 @@ def test_dp2_checkpoint_on_real_data_resumes_in_one_process(tmp_path, toy_format
                           capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     dp2 = helpers.read_records(tmp_path / "dp2")
-    assert [r["valid_tokens"] for r in dp2] == [r["valid_tokens"] for r in full[:2]]
+    assert [r["loss_tokens"] for r in dp2] == [r["loss_tokens"] for r in full[:2]]
     resumed, _ = helpers.run_inprocess(tmp_path, "resumed", {**cfg, "output": {
         **cfg["output"], "save": str(tmp_path / "c"), "load": str(tmp_path / "b")}})
     assert [r["step"] for r in resumed] == [3, 4]
-    assert [r["valid_tokens"] for r in resumed] == [r["valid_tokens"] for r in full[2:]]  # the same samples
+    assert [r["loss_tokens"] for r in resumed] == [r["loss_tokens"] for r in full[2:]]  # the same samples
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[2:]], rel=1e-4)
 
 

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from mm_core.demo.evaluate import Accuracy
+from mm_core.engine.run_header import is_step_record
+
+THROUGHPUT = ("real_tokens_per_s", "loss_tokens_per_s", "samples_per_s", "step_time_s")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Step records of `mm-run finetune`'s JSONL metrics file (last record per step wins)."""
+    """Step records of `mm-run finetune`'s JSONL metrics file (headers skipped; last record per step wins)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: mm-run finetune wrote no metrics file (output.metrics_file)")
@@ -18,19 +21,19 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     for line in path.read_text().splitlines():
         if line.strip():
             rec = json.loads(line)
-            by_step[int(rec["step"])] = rec
+            if is_step_record(rec):
+                by_step[int(rec["step"])] = rec
     return [by_step[k] for k in sorted(by_step)]
 
 
 def throughput(metrics: list[dict[str, Any]], skip: int = 3) -> dict[str, float]:
-    """Median valid tokens/s and samples/s, leaving out the first steps (start-up, warm caches)."""
+    """Median real (input) and loss (answer) tokens/s and samples/s, leaving out the first steps (start-up, warm caches)."""
     import statistics
 
     steady = metrics[skip:] if len(metrics) > skip else metrics
     if not steady:
-        return {"tokens_per_s": 0.0, "samples_per_s": 0.0, "step_time_s": 0.0}
-    return {k: float(statistics.median(r.get(k, 0.0) for r in steady))
-            for k in ("tokens_per_s", "samples_per_s", "step_time_s")}
+        return dict.fromkeys(THROUGHPUT, 0.0)
+    return {k: float(statistics.median(r.get(k, 0.0) for r in steady)) for k in THROUGHPUT}
 
 
 def plot(path: Path, metrics: list[dict[str, Any]], before: Accuracy, after: Accuracy, chance: float,
@@ -90,8 +93,9 @@ def summary_text(s: dict[str, Any]) -> str:
         f"({a['correct']}/{a['total']} questions; chance {100 * s['chance']:.0f}%)",
         "  per question:        " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in a["per_kind"].items()),
         f"  training:            {s['steps']} steps in {s['train_seconds']:.0f}s, "
-        f"{s['throughput']['samples_per_s']:.1f} questions/s, {s['throughput']['tokens_per_s']:.0f} trained (answer) "
-        f"tokens/s (median step), final loss {s['final_loss']:.4f}",
+        f"{s['throughput']['samples_per_s']:.1f} questions/s, {s['throughput']['real_tokens_per_s']:.0f} real "
+        f"tokens/s, {s['throughput']['loss_tokens_per_s']:.0f} of them trained answer tokens (median step), "
+        f"final loss {s['final_loss']:.4f}",
         f"  transformers reload: {s['hf_check']['equal']}/{s['hf_check']['questions']} greedy answers equal "
         f"to mm-run infer's",
         f"  total time:          {s['total_seconds']:.0f}s on {s['cpu_threads']} CPU thread(s)"

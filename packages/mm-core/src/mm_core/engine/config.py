@@ -93,7 +93,7 @@ class TrainingConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     # AdamW kernel: "auto" = fused wherever torch has the kernel (CPU and CUDA included; foreach on
-    # NPU), "fused" = insist on it, "foreach" = the multi-tensor path (the same update, ~3x slower on CPU)
+    # NPU), "fused" = insist on it, "foreach" = the multi-tensor path (the same update, 3-5x slower on CPU)
     optimizer_impl: Literal["auto", "fused", "foreach"] = "auto"
     clip_grad: float = 1.0  # max global grad norm; 0 = no clipping
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"

@@ -1,8 +1,16 @@
 """Step metrics: console progress bar, JSONL file and TensorBoard, written by global rank 0.
 
-MFU is estimated as 6 x trainable-and-frozen parameters x input tokens (every non-padding
-position; forward + backward of a dense model; frozen parts cost 2/3 of that, ignored here) over
-the device's peak FLOP/s, when known.
+Each run first writes a header record (``run_header.py``), then one record per logged step.
+Throughput fields, so that no one compares the wrong ones with another tool's figure:
+
+- ``real_tokens_per_s`` (the headline, shown on the progress bar): non-padding input positions
+  per second, what other trainers call tokens/s and what compute scales with;
+- ``loss_tokens_per_s``: the positions that carry a label (answer tokens), a fraction of the above;
+- ``samples_per_s``; each also ``*_per_device`` (over the world size). ``real_tokens`` and
+  ``loss_tokens`` are the step's counts.
+
+MFU is estimated as 6 x trainable-and-frozen parameters x real tokens (forward + backward of a
+dense model; frozen parts cost 2/3 of that, ignored here) over the device's peak FLOP/s, when known.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ class MetricsLogger:
     """Writes a record every ``log_interval`` steps; only rank 0 writes anything."""
 
     def __init__(self, *, enabled: bool, total_steps: int, start_step: int, log_interval: int,
-                 jsonl: str | None, tensorboard_dir: str | None, progress_bar: bool, world_size: int):
+                 jsonl: str | None, tensorboard_dir: str | None, progress_bar: bool, world_size: int,
+                 header: dict[str, Any] | None = None):
         self.enabled, self.log_interval, self.world_size = enabled, log_interval, world_size
         self.jsonl = None
         self.tb = None
@@ -55,7 +64,14 @@ class MetricsLogger:
             return
         if jsonl:
             Path(jsonl).parent.mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(jsonl, "a")
+            self.jsonl = open(jsonl, "a")  # earlier runs stay; this run's header marks where it starts
+            if header is not None:
+                self.jsonl.write(json.dumps(header) + "\n")
+                self.jsonl.flush()
+        if header is not None:
+            resumed = f", resumed from {header['resumed_from']}" if header.get("resumed_from") else ""
+            print(f"run {header['run_id']}: config {header['config_hash']}, world size {header['world_size']}, "
+                  f"from step {header['start_step']}{resumed}", flush=True)
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -72,7 +88,7 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                 tok_s=f"{record['tokens_per_s']:.0f}")
+                                 **{"real_tok/s": f"{record['real_tokens_per_s']:.0f}"})
         if step % self.log_interval and step != 1:
             return
         record = {"step": step, **record}

@@ -19,6 +19,7 @@ from mm_core.engine.metrics import MetricsLogger, peak_flops, peak_memory_gb
 from mm_core.engine.model_setup import EMBEDDING, OUTPUT_LAYER, build_stages, resolve_spec
 from mm_core.engine.optim import LRSchedule, build_optimizer, clip_grad_norm
 from mm_core.engine.pipeline import PipelineRunner
+from mm_core.engine.run_header import run_header
 from mm_core.family.hf_config import is_tied, text_config
 
 
@@ -97,6 +98,7 @@ class Trainer:
         self.schedule = LRSchedule(t, self.total_steps)
         self.step = 0
         path = _resume_path(cfg)
+        self.resumed_from = path
         if path is not None:
             state = load_checkpoint(path, self.stages.modules, self.optimizers, self.par.dp_rank)
             self.step = int(state["train"].get("step", 0))
@@ -175,22 +177,25 @@ class Trainer:
         last = self.par.is_last_stage_rank
         loss = float(sum(mb.stats.get("loss", 0.0) for mb in mbs)) if last else 0.0  # the step's one loss sync
         first_tp = self.par.tp_rank == 0 and last
-        tokens = sum(mb.valid_tokens for mb in mbs) if first_tp else 0
+        loss_tokens = sum(mb.valid_tokens for mb in mbs) if first_tp else 0
         samples = sum(mb.samples for mb in mbs) if first_tp else 0
-        positions = sum(mb.positions for mb in mbs) if first_tp else 0
-        loss, tokens, samples, positions = self._reduce([loss, float(tokens), float(samples), float(positions)])
+        real_tokens = sum(mb.positions for mb in mbs) if first_tp else 0
+        loss, loss_tokens, samples, real_tokens = self._reduce([loss, float(loss_tokens), float(samples),
+                                                                float(real_tokens)])
         loss /= self.par.dp * self.par.tp
         self.step += 1
         dt = time.perf_counter() - t0
+        world = self.par.world_size
+        # the headline is real (non-padding) input tokens; loss tokens are named as such (see metrics.py)
         rec = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_time_s": dt,
-               "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
-               "tokens_per_s_per_device": tokens / dt / self.par.world_size,
-               "samples_per_s_per_device": samples / dt / self.par.world_size,
-               "input_tokens_per_s": positions / dt, "input_tokens_per_s_per_device": positions / dt / self.par.world_size,
-               "valid_tokens": int(tokens), "peak_memory_gb": peak_memory_gb(self.par.device)}
+               "real_tokens_per_s": real_tokens / dt, "real_tokens_per_s_per_device": real_tokens / dt / world,
+               "loss_tokens_per_s": loss_tokens / dt, "loss_tokens_per_s_per_device": loss_tokens / dt / world,
+               "samples_per_s": samples / dt, "samples_per_s_per_device": samples / dt / world,
+               "real_tokens": int(real_tokens), "loss_tokens": int(loss_tokens),
+               "peak_memory_gb": peak_memory_gb(self.par.device)}
         peak = peak_flops(self.par.device)
         if peak:  # every position costs compute, not only those with a loss
-            rec["mfu"] = 6.0 * self.n_params * positions / dt / (peak * self.par.world_size)
+            rec["mfu"] = 6.0 * self.n_params * real_tokens / dt / (peak * world)
         return rec
 
     def save(self) -> None:
@@ -206,7 +211,8 @@ class Trainer:
         jsonl = o.metrics_file or (str(Path(o.save) / "metrics.jsonl") if o.save else None)
         logger = MetricsLogger(enabled=self.par.rank == 0, total_steps=self.total_steps, start_step=self.step,
                                log_interval=o.log_interval, jsonl=jsonl, tensorboard_dir=o.tensorboard_dir,
-                               progress_bar=o.progress_bar, world_size=self.par.world_size)
+                               progress_bar=o.progress_bar, world_size=self.par.world_size,
+                               header=run_header(self.cfg, self.par.world_size, self.step, self.resumed_from))
         records = []
         try:
             while self.step < self.total_steps:
