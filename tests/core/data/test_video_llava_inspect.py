@@ -44,7 +44,7 @@ def test_llava_to_mllm_skips_missing_image_and_refuses_overwrite(tmp_path, h, ca
     assert mm_run(argv) == 0
     assert "wrote 2 records" in capsys.readouterr().out
     got = json.loads(out.read_text())
-    assert got[0] == {"images": [str(tmp_path / "coco" / "1.jpg")], "messages": [
+    assert got[0] == {"images": ["coco/1.jpg"], "messages": [  # relative to the output's folder (the dataset dir)
         {"role": "user", "content": "<image>\nWhat?"}, {"role": "assistant", "content": "A bus."}]}
     assert got[1] == {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
     before = out.read_text()

@@ -119,6 +119,14 @@ def data_config_from_dict(d: Mapping[str, Any], source: str = "data config") -> 
     return cfg
 
 
+def with_model_dir(config: DataConfig, hf_dir: str | os.PathLike[str] | None) -> DataConfig:
+    """``config`` whose tokenizer/processor directory defaults to the model's HF dir (``model.hf_dir``
+    of a training config): training and ``mm-run data inspect`` read the same files."""
+    if not config.preprocess_parameters.model_name_or_path and hf_dir:
+        config.preprocess_parameters.model_name_or_path = os.fspath(hf_dir)
+    return config
+
+
 def load_data_config(value: DataConfig | Mapping[str, Any] | str | os.PathLike[str]) -> DataConfig:
     """Accept a DataConfig, a dict of its sections, or a JSON/YAML file (the reference's data.json)."""
     if isinstance(value, DataConfig):

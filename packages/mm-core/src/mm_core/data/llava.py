@@ -1,7 +1,9 @@
 """LLaVA-Instruct records -> the mllm format (the conversion users run today).
 
 ``{"id", "image": "x.jpg", "conversations": [{"from": "human"|"gpt", "value"}]}`` becomes
-``{"images": [<image-dir>/x.jpg], "messages": [{"role": "user"|"assistant", "content"}]}``.
+``{"images": ["COCO2017/train2017/x.jpg"], "messages": [{"role": "user"|"assistant", "content"}]}``.
+Image paths follow :mod:`mm_core.data.paths`: relative to the dataset dir the training config will
+name (default: the output's folder), so ``--output data/x.json`` pairs with ``dataset_dir: ./data``.
 Records whose image is missing are skipped and counted; an existing output is never overwritten.
 """
 
@@ -15,13 +17,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mm_core.data.bad_records import DataError
+from mm_core.data.paths import record_path
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
-def convert_llava(input_path: str | Path, image_dir: str | Path, output_path: str | Path) -> Counter:
-    """Write ``output_path`` (JSON list); returns counts: ``converted``, ``missing_image``, ``bad_format``."""
+def convert_llava(input_path: str | Path, image_dir: str | Path, output_path: str | Path,
+                  dataset_dir: str | Path | None = None) -> Counter:
+    """Write ``output_path`` (JSON list) with image paths relative to ``dataset_dir`` (default: the
+    output's folder); returns counts: ``converted``, ``missing_image``, ``bad_format``."""
     input_path, output_path = Path(input_path), Path(output_path)
+    dataset_dir = Path(dataset_dir) if dataset_dir is not None else output_path.parent
     if output_path.exists():
         raise DataError(f"output '{output_path}' already exists; remove it or choose another --output")
     if not input_path.is_file():
@@ -45,7 +51,7 @@ def convert_llava(input_path: str | Path, image_dir: str | Path, output_path: st
             if not os.path.isfile(path):
                 counts["missing_image"] += 1
                 continue
-            new["images"] = [path]
+            new["images"] = [record_path(path, dataset_dir)]
         new["messages"] = [{"role": ROLES[t["from"]], "content": t.get("value", "")} for t in turns]
         out.append(new)
         counts["converted"] += 1

@@ -1,7 +1,8 @@
 """Readers for the mllm record format (JSON list or JSONL) with the ``attr`` column/role mapping.
 
 A record becomes a :class:`Sample`: normalised roles (``system``/``user``/``assistant``), string
-contents that keep their ``<image>``/``<video>`` placeholders, and absolute media paths. Problems
+contents that keep their ``<image>``/``<video>`` placeholders, and media paths resolved by the
+one rule of :mod:`mm_core.data.paths` (relative to ``dataset_dir``, or absolute). Problems
 are raised as :class:`BadRecord` with the file and line, never as a crash.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from mm_core.data.bad_records import BadRecord, DataError
 from mm_core.data.config import AttrParameters, BasicParameters
+from mm_core.data.paths import resolve_media
 
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
@@ -104,13 +106,6 @@ def _media_list(value: Any, key: str, where: str) -> list[str]:
     raise BadRecord("bad_format", where, f"'{key}' must be a path or a list of paths")
 
 
-def _resolve(path: str, dataset_dir: str, where: str) -> str:
-    full = path if os.path.isabs(path) else os.path.join(dataset_dir, path)
-    if not os.path.isfile(full):
-        raise BadRecord("missing_media", where, f"file '{full}' does not exist")
-    return full
-
-
 def parse_record(raw: RawRecord, attr: AttrParameters, dataset_dir: str) -> Sample:
     """Normalise one raw record (the ``attr`` mapping), or raise :class:`BadRecord`."""
     where, value = raw.where, raw.value
@@ -156,6 +151,6 @@ def parse_record(raw: RawRecord, attr: AttrParameters, dataset_dir: str) -> Samp
         if text.count(tag) != len(media):
             raise BadRecord("placeholder_mismatch", where,
                             f"{text.count(tag)} {tag} placeholder(s) but {len(media)} file(s)")
-    images = [_resolve(p, dataset_dir, where) for p in images]
-    videos = [_resolve(p, dataset_dir, where) for p in videos]
+    images = [resolve_media(p, dataset_dir, where) for p in images]
+    videos = [resolve_media(p, dataset_dir, where) for p in videos]
     return Sample(messages, images, videos, system, where)

@@ -144,13 +144,12 @@ class PipelineData:
 
     def __init__(self, cfg: FinetuneConfig, layout: Layout, dp_rank: int, hf_config: dict[str, Any]):
         from mm_core.data import build_dataloader
-        from mm_core.data.config import load_data_config
+        from mm_core.data.config import load_data_config, with_model_dir
         from mm_core.engine.model_setup import resolve_spec
 
         t = cfg.training
         data_cfg = load_data_config(cfg.data.config if cfg.data.config is not None else cfg.data.data_json)
-        if not data_cfg.preprocess_parameters.model_name_or_path and cfg.model.hf_dir:
-            data_cfg.preprocess_parameters.model_name_or_path = cfg.model.hf_dir  # tokenizer + processor
+        data_cfg = with_model_dir(data_cfg, cfg.model.hf_dir)  # tokenizer + processor
         self.loader = build_dataloader(data_cfg, seq_len=t.seq_length, micro_batch_size=t.micro_batch_size,
                                        dp_rank=dp_rank, dp_size=layout.dp, seed=t.seed, grad_accum=layout.grad_accum,
                                        model=resolve_spec(cfg, hf_config))

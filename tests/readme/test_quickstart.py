@@ -1,0 +1,147 @@
+"""README.md's "Quick start on real models" runs as written, with tiny stand-ins for the real files.
+
+The bash block is read from the README by its heading, so an edit there is what this test runs.
+Each command line goes through the installed console-script entry point of its program (``mm-run``,
+``mm-convert``), in a temporary working directory that holds, at the paths the README uses:
+``examples/`` (a link to the repository's: the README is run from a checkout),
+``ckpt/hf_path/Qwen2.5-VL-7B-Instruct`` (a tiny random Qwen2.5-VL with processor files),
+``data/llava_instruct_150k.json`` (a few LLaVA records, one of them naming a missing image),
+``data/COCO2017/train2017/*.jpg`` and ``demo.jpg`` (generated images).
+
+Substitutions, the least that lets the block run on 2 CPU cores without downloads:
+
+- ``make setup && source .venv/bin/activate``: skipped (the test already runs in that venv).
+- ``huggingface-cli download REPO --local-dir DIR``: a tiny random model is written to DIR.
+- ``mm-convert ... hf_to_mm``: the layer lists name the tiny model's 4 vision and 4 LLM layers on
+  the README's 4 stages (``[4,0,0,0]``, ``[1,1,1,1]``); everything else as written.
+- ``mm-run finetune --nproc-per-node 8``: 2 processes; the README's config with overrides for the
+  tiny model (pp 2 with its layer lists, 2 steps of 2 samples, sequence 512, one loader worker).
+- ``mm-convert ... dcp_to_hf --dcp_dir save_dir/qwen2_5_vl_7b/iter_0005000``: the iteration the
+  2-step run saved (``iter_0000002``).
+- ``mm-run infer``: ``--max-new-tokens 4`` added.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADING = "## Quick start on real models"
+PROGRAMS = ["make", "huggingface-cli", "mm-run data llava-to-mllm", "mm-run data inspect",
+            "mm-convert Qwen2_5_VLConverter hf_to_mm", "mm-run finetune",
+            "mm-convert Qwen2_5_VLConverter dcp_to_hf", "mm-run infer"]
+FINETUNE_OVERRIDES = ["--parallel.pp", "2", "--model.vit_pp_layers", "[4,0]", "--model.llm_pp_layers", "[1,3]",
+                      "--training.global_batch_size", "2", "--training.train_iters", "2",
+                      "--training.seq_length", "512", "--data.config.dataloader_param.num_workers", "1"]
+
+
+def readme_commands(readme: Path = ROOT / "README.md", heading: str = HEADING) -> list[list[str]]:
+    """The command lines (continuations joined, comments dropped) of the first bash block under ``heading``."""
+    text = readme.read_text()
+    start = text.index(heading)
+    section = text[start:]
+    nxt = re.search(r"^## ", section[len(heading):], re.M)
+    section = section[: len(heading) + nxt.start()] if nxt else section
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, f"README.md: no ```bash block under '{heading}'"
+    lines = block.group(1).replace("\\\n", " ").splitlines()
+    return [words for line in lines if (words := shlex.split(line, comments=True))]
+
+
+def _program(words: list[str]) -> str:
+    """The command's name as in ``PROGRAMS`` (program plus its verbs)."""
+    depth = {"mm-run": 3 if words[1:2] == ["data"] else 2, "mm-convert": 3}.get(words[0], 1)
+    return " ".join(words[:depth])
+
+
+def _set(words: list[str], flag: str, value: str) -> list[str]:
+    """``words`` with ``flag``'s value replaced; the flag must be there (else the README drifted)."""
+    assert flag in words, f"README command {' '.join(words[:3])} no longer has {flag}"
+    i = words.index(flag)
+    return [*words[: i + 1], value, *words[i + 2:]]
+
+
+def _entry_point(name: str):
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == name]
+    return ep.load()
+
+
+def _image(path: Path, seed: int, size: tuple[int, int] = (64, 48)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def _llava_records(names: list[str]) -> list[dict]:
+    recs = [{"id": str(i), "image": name, "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": f"Colour {i}."}]}
+        for i, name in enumerate(names)]
+    recs.append({"id": "text", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi."}]})
+    return recs
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    """The files the README's block expects, except the model (the download line makes it)."""
+    images = tmp_path / "data" / "COCO2017" / "train2017"
+    names = [f"{i:012d}.jpg" for i in range(1, 5)]
+    for i, name in enumerate(names):
+        _image(images / name, i)
+    (tmp_path / "data" / "llava_instruct_150k.json").write_text(json.dumps(_llava_records([*names, "missing.jpg"])))
+    _image(tmp_path / "demo.jpg", 99, (56, 56))
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return tmp_path
+
+
+def _run(words: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = _entry_point(words[0])(words[1:])
+    out, err = capsys.readouterr()
+    assert rc in (0, None), f"{' '.join(words)} failed ({rc}):\n{out}\n{err}"
+    return int(rc or 0), out, err
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_readme_quick_start_runs_as_written(workspace, capsys):
+    from mm_qwen.tiny import save_tiny_model
+
+    commands = readme_commands()
+    assert [_program(w) for w in commands] == PROGRAMS, "the README's block changed: update this test with it"
+    outputs: dict[str, str] = {}
+    for words in commands:
+        name = _program(words)
+        if name == "make":
+            continue
+        if name == "huggingface-cli":
+            save_tiny_model(workspace / words[words.index("--local-dir") + 1], with_processor=True, seed=1, std=0.2)
+            continue
+        if name.endswith("hf_to_mm"):
+            words = _set(_set(words, "--cfg.parallel_config.vit_pp_layers", "[4,0,0,0]"),
+                         "--cfg.parallel_config.llm_pp_layers", "[1,1,1,1]")
+        elif name == "mm-run finetune":
+            words = [*_set(words, "--nproc-per-node", "2"), *FINETUNE_OVERRIDES]
+        elif name.endswith("dcp_to_hf"):
+            dcp = words[words.index("--dcp_dir") + 1]
+            words = _set(words, "--dcp_dir", re.sub(r"iter_\d{7}$", "iter_0000002", dcp))
+        elif name == "mm-run infer":
+            words = [*words, "--max-new-tokens", "4"]
+        outputs[name] = _run(words, capsys)[1]
+
+    mllm = json.loads((workspace / "data" / "mllm_format_llava_instruct_data.json").read_text())
+    assert len(mllm) == 5 and mllm[0]["images"] == ["COCO2017/train2017/000000000001.jpg"]
+    assert "usable: 5" in outputs["mm-run data inspect"] and "bad records: none" in outputs["mm-run data inspect"]
+    assert (workspace / "ckpt/mm_path/Qwen2.5-VL-7B-Instruct/release/mp_rank_00_003").is_dir()
+    assert (workspace / "save_dir/qwen2_5_vl_7b/iter_0000002").is_dir()
+    assert any((workspace / "ckpt/hf_path/Qwen2.5-VL-7B-finetuned").glob("*.safetensors"))
+    assert outputs["mm-run infer"].strip(), "infer printed no answer"
