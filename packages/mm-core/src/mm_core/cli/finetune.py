@@ -31,11 +31,10 @@ def _launcher_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):
-        from mm_core.config import build_parser
-        from mm_core.engine.config import FinetuneConfig
+        from mm_core.cli.finetune_help import print_help
 
         print("launcher: [--nproc-per-node N] [--nnodes N --node-rank R --master-addr A --master-port P]\n")
-        build_parser(FinetuneConfig, prog="mm-run finetune").print_help()
+        print_help(_launcher_parser().parse_known_args(argv)[1])  # with the values the plugins make valid
         return 0
     launch, rest = _launcher_parser().parse_known_args(argv)
     try:
