@@ -86,7 +86,7 @@ def test_batch_file_with_two_images_and_a_video_matches_transformers(hf_dir, med
 
 def test_missing_media_and_mm_dir_without_processor_are_clear_errors(hf_dir, tmp_path, capsys):
     missing = tmp_path / "nope.png"
-    assert main(["infer", "--model", str(hf_dir), "--image", str(missing), "--prompt", "hi"]) == 2
+    assert main(["infer", "--model", str(hf_dir), "--image", str(missing), "--prompt", "hi"]) == 1
     err = capsys.readouterr().err
     assert "does not exist" in err and str(missing) in err and "Traceback" not in err
     mm_dir = tmp_path / "mm"

@@ -10,6 +10,9 @@ model is an mm directory). A batch file is JSON (a list) or JSONL of records
 ``{"prompt": str, "images": [paths], "videos": [paths], "system": str}`` (``image``/``video`` for a
 single path also work; relative paths are relative to the file). Answers print one per line, or as
 JSONL records with ``answer`` and ``token_ids`` added when a batch file or ``--output`` is used.
+An item that cannot be answered (bad record, missing or undecodable media) gets a one-line error
+on stderr (and an ``error`` field in JSONL), the others are answered, and the exit status is 1.
+``--model`` is an existing directory, or ``hf://OWNER/NAME`` for a Hub model.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mm_core.cli.infer_inputs import Item, ItemError, Media, load_media, read_items, resolve_model
 from mm_core.errors import ConfigError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -28,7 +32,8 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="HF model directory or mm checkpoint directory")
+    p.add_argument("--model", required=True, help="HF model directory or mm checkpoint directory "
+                                                  "(hf://OWNER/NAME: a Hub model, fetched into the Hub cache)")
     p.add_argument("--processor", help="HF directory with tokenizer/processor files (default: --model)")
     p.add_argument("--prompt", help="the question (single-prompt mode)")
     p.add_argument("--image", action="append", default=[], help="an image path; repeat for several")
@@ -50,60 +55,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iteration", help="mm dir: which iteration to load (default: latest)")
 
 
-def _records(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if args.input:
-        path = Path(args.input)
-        if not path.is_file():
-            raise ConfigError(f"--input {path}: no such file")
-        text = path.read_text()
-        try:
-            data = json.loads(text)
-            records = data if isinstance(data, list) else [data]
-        except json.JSONDecodeError:
-            records = []
-            for n, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ConfigError(f"{path}:{n}: not valid JSON ({e})") from e
-        base = path.parent
-    else:
-        if not args.prompt:
-            raise ConfigError("give --prompt (with --image/--video), or a batch file with --input")
-        records, base = [{"prompt": args.prompt, "images": args.image, "videos": args.video}], Path.cwd()
-    out = []
-    for n, r in enumerate(records):
-        if not isinstance(r, dict) or not isinstance(r.get("prompt", r.get("query")), str):
-            raise ConfigError(f"record {n} of {args.input or 'the command line'} needs a string 'prompt'")
-        images = list(r.get("images") or []) + ([r["image"]] if r.get("image") else [])
-        videos = list(r.get("videos") or []) + ([r["video"]] if r.get("video") else [])
-        for media in images + videos:
-            if not (base / media).is_file():
-                raise ConfigError(f"record {n}: media file {base / media} does not exist")
-        out.append({**r, "prompt": r.get("prompt", r.get("query")), "images": [str(base / m) for m in images],
-                    "videos": [str(base / m) for m in videos], "system": r.get("system", args.system)})
-    return out
-
-
-def _read_video(path: str, fps: float, max_frames: int):
-    """Frames sampled at ``fps`` (at most ``max_frames``) as ``[T, H, W, 3]`` uint8, and their rate."""
-    import av
-    import numpy as np
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        src_fps = float(stream.average_rate or 24)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not frames:
-        raise ConfigError(f"{path}: no video frames could be decoded")
-    step = max(1, round(src_fps / fps))
-    idx = list(range(0, len(frames), step))[:max_frames]
-    if len(idx) % 2:  # the ViT patches two frames at a time
-        idx = idx + [idx[-1]] if len(idx) < len(frames) else idx[:-1] or idx
-    return np.stack([frames[i] for i in idx]), src_fps / step
-
-
 def _messages(record: dict[str, Any]) -> list[dict[str, Any]]:
     content = [{"type": "image"} for _ in record["images"]] + [{"type": "video"} for _ in record["videos"]]
     content.append({"type": "text", "text": record["prompt"]})
@@ -114,22 +65,23 @@ def _messages(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def prepare_batch(processor: Any, records: list[dict[str, Any]], *, video_fps: float = 2.0,
-                  max_video_frames: int = 32) -> dict[str, Any]:
-    """Chat-template the records and run the processor (left padding, for generation)."""
-    from PIL import Image
+                  max_video_frames: int = 32, media: list[Media] | None = None) -> dict[str, Any]:
+    """Chat-template the records and run the processor (left padding, for generation); ``media``:
+    the records' decoded media when already loaded (else they are loaded here)."""
     from transformers.video_utils import VideoMetadata
 
+    if media is None:
+        media = [load_media(r, f"record {i}", video_fps=video_fps, max_video_frames=max_video_frames)
+                 for i, r in enumerate(records)]
     texts = [processor.apply_chat_template(_messages(r), add_generation_prompt=True, tokenize=False)
              for r in records]
-    images = [Image.open(p).convert("RGB") for r in records for p in r["images"]]
+    images = [im for m in media for im in m.images]
     videos, metas = [], []
-    for r in records:
-        for p in r["videos"]:
-            frames, rate = _read_video(p, video_fps, max_video_frames)
-            videos.append(frames)
-            metas.append(VideoMetadata(total_num_frames=len(frames), fps=rate, width=frames.shape[2],
-                                       height=frames.shape[1], duration=len(frames) / rate,
-                                       frames_indices=list(range(len(frames)))))
+    for frames, rate in (v for m in media for v in m.videos):
+        videos.append(frames)
+        metas.append(VideoMetadata(total_num_frames=len(frames), fps=rate, width=frames.shape[2],
+                                   height=frames.shape[1], duration=len(frames) / rate,
+                                   frames_indices=list(range(len(frames)))))
     processor.tokenizer.padding_side = "left"
     kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
     if images:
@@ -152,6 +104,21 @@ def stop_token_ids(model_dir: Path, tokenizer: Any) -> list[int]:
     return sorted(set(ids))
 
 
+def _answerable(chunk: list[Item], args: argparse.Namespace) -> tuple[list[Item], list[Media]]:
+    """The chunk's items whose media decode (with their media); the others get their error."""
+    good, media = [], []
+    for item in chunk:
+        if item.error is None:
+            try:
+                media.append(load_media(item.record, item.where, video_fps=args.video_fps,
+                                        max_video_frames=args.max_video_frames))
+                good.append(item)
+                continue
+            except ItemError as e:
+                item.error = str(e)
+    return good, media
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoProcessor
@@ -159,11 +126,11 @@ def run(args: argparse.Namespace) -> int:
     from mm_core.generation import GenerationConfig, generate
     from mm_core.nn.pretrained import is_mm_dir, load_pretrained
 
-    model_dir = Path(args.model)
+    model_dir = resolve_model(args.model)
     proc_dir = Path(args.processor) if args.processor else model_dir
     if is_mm_dir(model_dir) and not args.processor:
         raise ConfigError(f"--model {model_dir} is an mm checkpoint: add --processor <the original HF directory>")
-    records = _records(args)
+    items = read_items(args.input, args.prompt, args.image, args.video, args.system)
     try:
         processor = AutoProcessor.from_pretrained(proc_dir, trust_remote_code=False)
     except (OSError, ValueError) as e:
@@ -182,26 +149,41 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     sink = open(args.output, "w") if args.output else None  # noqa: SIM115 - closed below
+
+    def emit(line: str) -> None:
+        print(line) if sink is None else sink.write(line + "\n")
+
+    failed = 0
     try:
-        for start in range(0, len(records), args.batch_size):
-            chunk = records[start:start + args.batch_size]
-            batch = prepare_batch(processor, chunk, video_fps=args.video_fps, max_video_frames=args.max_video_frames)
-            batch = {k: v.to(args.device) if hasattr(v, "to") else v for k, v in batch.items()}
-            for key in ("pixel_values", "pixel_values_videos"):
-                if key in batch:
-                    batch[key] = batch[key].to(dtype)
-            t1 = time.perf_counter()
-            new = generate(model, batch, cfg)
-            n_tok = sum(len(t) for t in new)
-            print(f"generated {n_tok} tokens in {time.perf_counter() - t1:.2f}s", file=sys.stderr)
-            for record, tokens in zip(chunk, new):
-                text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
+        for start in range(0, len(items), args.batch_size):
+            chunk = items[start:start + args.batch_size]
+            good, media = _answerable(chunk, args)
+            answers: dict[int, tuple[str, list[int]]] = {}
+            if good:
+                batch = prepare_batch(processor, [i.record for i in good], media=media)
+                batch = {k: v.to(args.device) if hasattr(v, "to") else v for k, v in batch.items()}
+                for key in ("pixel_values", "pixel_values_videos"):
+                    if key in batch:
+                        batch[key] = batch[key].to(dtype)
+                t1 = time.perf_counter()
+                new = generate(model, batch, cfg)
+                print(f"generated {sum(len(t) for t in new)} tokens in {time.perf_counter() - t1:.2f}s", file=sys.stderr)
+                answers = {id(i): (processor.tokenizer.decode(t, skip_special_tokens=True), t) for i, t in zip(good, new)}
+            for item in chunk:  # in input order, failures included
+                if item.error is not None:
+                    failed += 1
+                    print(f"mm-run infer: error: {item.error}", file=sys.stderr)
+                    if as_json:
+                        emit(json.dumps({**item.record, "error": item.error}, ensure_ascii=False))
+                    continue
+                text, tokens = answers[id(item)]
                 if as_json:
-                    line = json.dumps({**record, "answer": text, "token_ids": tokens}, ensure_ascii=False)
-                    print(line) if sink is None else sink.write(line + "\n")
+                    emit(json.dumps({**item.record, "answer": text, "token_ids": tokens}, ensure_ascii=False))
                 if not as_json or sink is not None:
                     print(text)
     finally:
         if sink is not None:
             sink.close()
-    return 0
+    if failed:
+        print(f"mm-run infer: {failed} of {len(items)} item(s) failed (see the errors above)", file=sys.stderr)
+    return 1 if failed else 0

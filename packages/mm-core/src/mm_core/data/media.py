@@ -73,6 +73,8 @@ def _load_decord(path: str, video_fps: float, video_maxlen: int) -> Video:
 
     vr = decord.VideoReader(path, num_threads=1)
     total = len(vr)
+    if total == 0:
+        raise ValueError("the video stream has no frames")
     fps = float(vr.get_avg_fps()) or 1.0
     duration = total / fps
     idx = sample_indices(total, duration, video_fps, video_maxlen)
@@ -84,6 +86,8 @@ def _load_pyav(path: str, video_fps: float, video_maxlen: int) -> Video:
     import av
 
     with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("the file has no video stream")
         stream = container.streams.video[0]
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         rate = float(stream.average_rate or 0) or 1.0
@@ -110,7 +114,7 @@ def video_shape(path: str, video_fps: float, video_maxlen: int, where: str = "?"
             n = len(sample_indices(total, duration, video_fps, video_maxlen))
             return n + n % 2, int(h), int(w)
         except Exception as e:
-            raise BadRecord("unreadable_media", where, f"cannot decode video '{path}' (decord): {e}") from None
+            raise BadRecord("unreadable_media", where, f"cannot decode video '{path}' (decord): {_reason(e)}") from None
     v = load_video(path, video_fps, video_maxlen, where)
     return v.frames.shape[0], v.frames.shape[1], v.frames.shape[2]
 
@@ -125,4 +129,13 @@ def load_video(path: str, video_fps: float, video_maxlen: int, where: str = "?",
     except BadRecord:
         raise
     except Exception as e:
-        raise BadRecord("unreadable_media", where, f"cannot decode video '{path}' ({backend}): {e}") from None
+        raise BadRecord("unreadable_media", where, f"cannot decode video '{path}' ({backend}): {_reason(e)}") from None
+
+
+def _reason(e: BaseException) -> str:
+    """A decoder's error as one short line (decord's carry a C++ backtrace)."""
+    text = str(e).strip()
+    if "cannot find video stream" in text:
+        return "the file has no video stream"
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first if len(first) <= 300 else first[:300] + "..."
