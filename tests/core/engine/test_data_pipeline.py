@@ -152,3 +152,33 @@ def test_dp2_checkpoint_on_real_data_resumes_in_one_process(tmp_path, toy_format
 if __name__ == "__main__":  # a torchrun worker of the dp=2 run: OUT_DIR <finetune args>
     _register_toy_formatter()
     helpers.worker.run(sys.argv[2:], sys.argv[1])
+
+
+@pytest.mark.parametrize("mode", ["fill", "fixed"])
+def test_packing_says_how_many_samples_a_step_holds(tmp_path, toy_formatter, capsys, mode):
+    cfg = _config(tmp_path)
+    cfg["data"]["config"]["basic_parameters"] |= {"packing": True, "packing_samples": mode}
+    records, _ = helpers.run_inprocess(tmp_path, mode, cfg)
+    header = json.loads((tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()[0])["samples_per_step"]
+    note = [x for x in capsys.readouterr().out.splitlines() if x.startswith("packing:")]
+    samples = [r["samples"] for r in records]
+    if mode == "fixed":  # global_batch_size 4 counts samples, as without packing
+        assert samples == [4] * 4 and header == {"packing_samples": "fixed", "samples_per_step": 4}
+        assert note and "4 samples per optimizer step as without packing" in note[0]
+    else:  # 4 rows of 64 tokens a step hold more samples than 4, and the run says so up front
+        assert header["rows_per_step"] == 4 and header["samples_per_step_mean"] > 4
+        assert all(header["samples_per_step_min"] <= s <= header["samples_per_step_max"] for s in samples)
+        assert min(samples) > 4, samples
+        assert note and "packing_samples fixed" in note[0] and f"{header['samples_per_step_mean']:g} samples" in note[0]
+
+
+def test_fixed_packing_is_refused_with_pipeline_stages(tmp_path, toy_formatter):
+    from mm_core.engine.config import parse_finetune_config, validate
+    from mm_core.errors import ConfigError
+
+    cfg = _config(tmp_path)
+    cfg["data"]["config"]["basic_parameters"] |= {"packing": True, "packing_samples": "fixed"}
+    parsed = parse_finetune_config(["--config", str(helpers.write_config(tmp_path / "c.yaml", cfg)),
+                                    "--parallel.pp", "2"])
+    with pytest.raises(ConfigError, match=r"packing_samples fixed .*\(parallel.pp = 2\)"):
+        validate(parsed, 2)

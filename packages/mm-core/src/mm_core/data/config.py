@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mm_core.errors import ConfigError
 
@@ -43,6 +43,11 @@ class BasicParameters:
     mask_history: bool = False
     strict: bool = False  # the first bad record is an error (file and line) instead of skipped
     pack_buffer: int = 64  # streaming: samples packed together; map-style: samples per packing window
+    # with packing: "fill" fills rows to the sequence length and micro_batch_size counts rows, so a
+    # step holds more samples than without packing (the run says how many); "fixed" packs each
+    # micro-batch's micro_batch_size samples into as few rows as they fit: the samples per optimizer
+    # step stay what they are without packing, only the padding goes
+    packing_samples: Literal["fill", "fixed"] = "fill"
 
 
 @dataclass
@@ -91,6 +96,7 @@ _SECTIONS = {
     "attr": AttrParameters,
     "dataloader_param": DataloaderParameters,
 }
+PACKING_SAMPLES = ("fill", "fixed")
 _REFERENCE_ONLY_KEYS = {"dataset_type"}  # fields of the reference's data.json that mean nothing here
 
 

@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader, Dataset
 from mm_core.batch import Batch
 from mm_core.contracts import Formatter, require
 from mm_core.data.bad_records import BadRecord, BadRecordStats
-from mm_core.data.config import DataConfig, load_data_config
+from mm_core.data.config import PACKING_SAMPLES, DataConfig, load_data_config
 from mm_core.data.index import build_index
-from mm_core.data.packing import group, pack_rows
+from mm_core.data.packing import group, pack_groups, pack_rows, samples_per_step
 from mm_core.data.records import dataset_files, iter_all_raw_records, iter_raw_records
 from mm_core.data.resume import resume_position
 from mm_core.data.sources import MapMicroBatches, StreamShards, collate_samples, identity, worker_init
@@ -71,6 +71,11 @@ class MMDataLoader:
         self.seq_len, self.micro_batch_size = seq_len, micro_batch_size
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.packing = config.basic_parameters.packing if packing is None else packing
+        mode = config.basic_parameters.packing_samples
+        if mode not in PACKING_SAMPLES:
+            raise ConfigError(f"basic_parameters.packing_samples: unknown value '{mode}'; valid: "
+                              f"{', '.join(PACKING_SAMPLES)}")
+        self.fixed_samples = bool(self.packing) and mode == "fixed"  # micro_batch_size counts samples
         self.num_epochs = num_epochs
         self.streaming = config.basic_parameters.streaming
         self.num_workers = config.dataloader_param.num_workers
@@ -98,6 +103,7 @@ class MMDataLoader:
             if not self._good:
                 raise ConfigError(f"no usable records in {config.basic_parameters.dataset}: {self.stats.summary()}")
             self._plans: dict[int, list[list[list[int]]]] = {}
+            self._step_samples: dict[int, list[int]] = {}
             self._plan_key: str | None = None
 
     # -- map-style ---------------------------------------------------------------------------
@@ -113,21 +119,33 @@ class MMDataLoader:
             order = [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
         elif dl.sampler_type not in ("random", "sequential"):
             raise ConfigError(f"dataloader_param.sampler_type '{dl.sampler_type}': use 'random' or 'sequential'")
-        if self.packing:
+        lengths = self.index.lengths
+        if self.fixed_samples:
+            mbs = pack_groups(order, lengths, self.micro_batch_size, self.seq_len, drop_last=dl.drop_last)
+        elif self.packing:
             rows: list[list[int]] = []
             for w in range(0, len(order), MAP_PACK_WINDOW):
                 window = order[w:w + MAP_PACK_WINDOW]
-                rows += [[window[i] for i in r] for r in pack_rows([self.index.lengths[j] for j in window], self.seq_len)]
+                rows += [[window[i] for i in r] for r in pack_rows([lengths[j] for j in window], self.seq_len)]
+            mbs = group(rows, self.micro_batch_size, drop_last=dl.drop_last)
         else:
-            rows = [[i] for i in order]
-        mbs = group(rows, self.micro_batch_size, drop_last=dl.drop_last)
+            mbs = group([[i] for i in order], self.micro_batch_size, drop_last=dl.drop_last)
         whole = self.dp_size * self.grad_accum  # every rank gets the same number of whole windows
         mbs = mbs[: len(mbs) - len(mbs) % whole]
         if not mbs:
             raise ConfigError(f"too few usable records ({len(self._good)}) for micro_batch_size="
                               f"{self.micro_batch_size} x dp_size={self.dp_size} x grad_accum={self.grad_accum}")
         self._plans = {epoch: mbs[self.dp_rank::self.dp_size]}
+        self._step_samples = {epoch: samples_per_step(mbs, whole)}
         return self._plans[epoch]
+
+    def samples_per_step(self, epoch: int = 0) -> list[int] | None:
+        """Samples of each optimizer step of ``epoch`` over all data ranks (map-style; streaming:
+        None, its packing windows are only known as they are read)."""
+        if self.streaming:
+            return None
+        self.plan(epoch)
+        return self._step_samples[epoch]
 
     def plan_key(self) -> str:
         """Hash of what fixes the global plan besides the layout: usable records, lengths, sampler."""
@@ -201,11 +219,13 @@ class MMDataLoader:
                             self.dp_rank, self.stats.summary())
             if shuffle and len(samples) > 1:
                 samples = self._shuffled_window(samples, start)
-            if self.packing and samples:
-                rows = pack_rows([len(s["input_ids"]) for s in samples], self.seq_len)
+            lengths = [len(s["input_ids"]) for s in samples]
+            if self.fixed_samples:
+                groups = pack_groups(range(len(samples)), lengths, self.micro_batch_size, self.seq_len,
+                                     drop_last=False)
             else:
-                rows = [[i] for i in range(len(samples))]
-            groups = group(rows, self.micro_batch_size, drop_last=False)
+                rows = pack_rows(lengths, self.seq_len) if self.packing and samples else [[i] for i in range(len(samples))]
+                groups = group(rows, self.micro_batch_size, drop_last=False)
             if not groups and bads and skip == 0:
                 yield None, end, bads
             for j, g in enumerate(groups):
@@ -276,7 +296,8 @@ class MMDataLoader:
         """Position after the last micro-batch returned by ``next`` (plus bad-record counts)."""
         layout = {"dp_rank": self.dp_rank, "dp_size": self.dp_size, "seed": self.seed,
                   "micro_batch_size": self.micro_batch_size, "seq_len": self.seq_len,
-                  "grad_accum": self.grad_accum, "packing": self.packing, "streaming": self.streaming}
+                  "grad_accum": self.grad_accum, "streaming": self.streaming,
+                  "packing": "fixed" if self.fixed_samples else self.packing}  # fixed: another plan
         if not self.streaming:
             layout["plan_key"] = self.plan_key()
         return {"version": STATE_VERSION, "position": copy.deepcopy(self._state), "bad_records": self.stats.state_dict(),
@@ -311,7 +332,9 @@ def build_dataloader(config: DataConfig | Mapping[str, Any] | str | os.PathLike[
       does not fit it is a ConfigError naming both.
     - ``seq_len`` (alias ``seq_length``): longest sample / packed row; longer samples are skipped
       and counted as ``too_long``.
-    - ``micro_batch_size``: rows per micro-batch (a row holds several samples when packing).
+    - ``micro_batch_size``: rows per micro-batch (a row holds several samples when packing); with
+      ``basic_parameters.packing_samples fixed``, samples per micro-batch, packed into as few rows
+      as they fit. ``samples_per_step()`` gives each optimizer step's samples (map-style).
     - ``dp_rank``/``dp_size``: this rank's share; map-style ranks get equal micro-batch counts,
       whole gradient-accumulation windows (``grad_accum``) per epoch.
     - ``packing``: overrides ``basic_parameters.packing``; ``num_epochs``: ``None`` loops forever.

@@ -4,6 +4,11 @@ Best-fit decreasing: samples are placed longest first into the row whose free sp
 most tightly (a sorted list of free capacities, so O(n log n)). A sample is never split. Rows
 keep their samples in data order and are ordered by their first sample, so the stream stays
 close to the sampler's order. Deterministic: ties break by index.
+
+Packing fills rows, so with ``micro_batch_size`` counting rows, an optimizer step holds more
+samples than without it (``samples_per_step`` says how many). ``packing_samples: fixed`` packs
+each micro-batch's ``micro_batch_size`` samples into as few rows as they fit instead
+(``pack_groups``): the same samples per step as without packing, minus the padding.
 """
 
 from __future__ import annotations
@@ -40,6 +45,21 @@ def group(items: Sequence, size: int, *, drop_last: bool) -> list[list]:
     if drop_last and out and len(out[-1]) < size:
         out.pop()
     return out
+
+
+def pack_groups(indices: Sequence[int], lengths: Sequence[int], size: int, capacity: int, *,
+                drop_last: bool) -> list[list[list[int]]]:
+    """Micro-batches of exactly ``size`` consecutive samples of ``indices`` (the last one shorter
+    unless ``drop_last``), each packed into rows of at most ``capacity`` tokens."""
+    return [[[g[i] for i in row] for row in pack_rows([lengths[j] for j in g], capacity)]
+            for g in group(indices, size, drop_last=drop_last)]
+
+
+def samples_per_step(micro_batches: Sequence[Sequence[Sequence[int]]], per_step: int) -> list[int]:
+    """Samples of each optimizer step, when consecutive runs of ``per_step`` micro-batches (lists of
+    rows of sample indices) make one step."""
+    counts = [sum(len(row) for row in mb) for mb in micro_batches]
+    return [sum(counts[i:i + per_step]) for i in range(0, len(counts), per_step)]
 
 
 def packing_efficiency(rows: Sequence[Sequence[int]], lengths: Sequence[int], row_len: int) -> float:

@@ -189,6 +189,21 @@ def _check_template(cfg: FinetuneConfig, hf_config: dict[str, Any]) -> None:
         resolve_template(load_data_config(path), spec, field=f"data.data_json {path}: basic_parameters.template")
 
 
+def _check_packing(cfg: FinetuneConfig, pp: int) -> None:
+    """``basic_parameters.packing_samples`` is a known mode that the parallel layout can run."""
+    from mm_core.data.config import PACKING_SAMPLES, load_data_config
+
+    data = cfg.data.config if cfg.data.config is not None else load_data_config(cfg.data.data_json)
+    b, where = data.basic_parameters, "data.config" if cfg.data.config is not None else f"data.data_json {cfg.data.data_json}"
+    if b.packing_samples not in PACKING_SAMPLES:
+        raise ConfigError(f"{where}: basic_parameters.packing_samples: unknown value '{b.packing_samples}'; "
+                          f"valid: {', '.join(PACKING_SAMPLES)}")
+    if b.packing and b.packing_samples == "fixed" and pp > 1:
+        raise ConfigError(f"{where}: basic_parameters.packing_samples fixed packs each micro-batch into as many "
+                          f"rows as it needs, and pipeline stages (parallel.pp = {pp}) exchange one shape per "
+                          "step; use packing_samples fill, or parallel.pp 1")
+
+
 def _placement(m: ModelConfig, pp: int, tp: int, vit_total: int, llm_total: int) -> Placement:
     """The pipeline placement of the config's layer lists (``model.*_pp_layers``), checked against ``pp``."""
     for name, value in (("vit_pp_layers", m.vit_pp_layers), ("llm_pp_layers", m.llm_pp_layers)):
@@ -256,6 +271,7 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
     hf_config = hf_config if hf_config is not None else load_hf_config(cfg)
     if cfg.data.source == "mllm":
         _check_template(cfg, hf_config)
+        _check_packing(cfg, p.pp)
     if p.pp == 1 and p.pp_schedule == "Interleaved1F1B":
         raise ConfigError("parallel.pp_schedule: Interleaved1F1B needs parallel.pp > 1")
     vit_total, llm_total = model_layer_counts(hf_config)

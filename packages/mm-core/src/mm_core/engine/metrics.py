@@ -6,7 +6,7 @@ Throughput fields, so that no one compares the wrong ones with another tool's fi
 - ``real_tokens_per_s`` (the headline, shown on the progress bar): non-padding input positions
   per second, what other trainers call tokens/s and what compute scales with;
 - ``loss_tokens_per_s``: the positions that carry a label (answer tokens), a fraction of the above;
-- ``samples_per_s``; each also ``*_per_device`` (over the world size). ``real_tokens`` and
+- ``samples_per_s`` (``samples``: the step's count, which packing changes); each also ``*_per_device`` (over the world size). ``real_tokens`` and
   ``loss_tokens`` are the step's counts.
 
 MFU is estimated as 6 x trainable-and-frozen parameters x real tokens (forward + backward of a
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ class MetricsLogger:
 
     def __init__(self, *, enabled: bool, total_steps: int, start_step: int, log_interval: int,
                  jsonl: str | None, tensorboard_dir: str | None, progress_bar: bool, world_size: int,
-                 header: dict[str, Any] | None = None):
+                 header: dict[str, Any] | None = None, notes: Sequence[str] = ()):
         self.enabled, self.log_interval, self.world_size = enabled, log_interval, world_size
         self.jsonl = None
         self.tb = None
@@ -72,6 +73,8 @@ class MetricsLogger:
             resumed = f", resumed from {header['resumed_from']}" if header.get("resumed_from") else ""
             print(f"run {header['run_id']}: config {header['config_hash']}, world size {header['world_size']}, "
                   f"from step {header['start_step']}{resumed}", flush=True)
+        for note in notes:  # what the user should know before reading the figures (e.g. packing)
+            print(note, flush=True)
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 

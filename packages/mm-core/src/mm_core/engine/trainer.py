@@ -20,6 +20,7 @@ from mm_core.engine.model_setup import EMBEDDING, OUTPUT_LAYER, build_stages, re
 from mm_core.engine.optim import LRSchedule, build_optimizer, clip_grad_norm
 from mm_core.engine.pipeline import PipelineRunner
 from mm_core.engine.run_header import run_header
+from mm_core.engine.step_samples import samples_note, samples_summary
 from mm_core.family.hf_config import is_tied, text_config
 
 
@@ -191,7 +192,7 @@ class Trainer:
                "real_tokens_per_s": real_tokens / dt, "real_tokens_per_s_per_device": real_tokens / dt / world,
                "loss_tokens_per_s": loss_tokens / dt, "loss_tokens_per_s_per_device": loss_tokens / dt / world,
                "samples_per_s": samples / dt, "samples_per_s_per_device": samples / dt / world,
-               "real_tokens": int(real_tokens), "loss_tokens": int(loss_tokens),
+               "real_tokens": int(real_tokens), "loss_tokens": int(loss_tokens), "samples": int(samples),
                "peak_memory_gb": peak_memory_gb(self.par.device)}
         peak = peak_flops(self.par.device)
         if peak:  # every position costs compute, not only those with a loss
@@ -209,10 +210,15 @@ class Trainer:
         """Run to the last step; ``on_step(step)`` is called after each step (and its save)."""
         o = self.cfg.output
         jsonl = o.metrics_file or (str(Path(o.save) / "metrics.jsonl") if o.save else None)
+        header = run_header(self.cfg, self.par.world_size, self.step, self.resumed_from)
+        samples = samples_summary(self.data, self.cfg)  # packing: a step holds other than global_batch_size
+        if samples is not None:
+            header["samples_per_step"] = samples
+        note = samples_note(samples)
         logger = MetricsLogger(enabled=self.par.rank == 0, total_steps=self.total_steps, start_step=self.step,
                                log_interval=o.log_interval, jsonl=jsonl, tensorboard_dir=o.tensorboard_dir,
                                progress_bar=o.progress_bar, world_size=self.par.world_size,
-                               header=run_header(self.cfg, self.par.world_size, self.step, self.resumed_from))
+                               header=header, notes=[note] if note else [])
         records = []
         try:
             while self.step < self.total_steps:
