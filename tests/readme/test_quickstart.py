@@ -5,7 +5,7 @@ Each command line goes through the installed console-script entry point of its p
 ``mm-convert``), in a temporary working directory that holds, at the paths the README uses:
 ``examples/`` (a link to the repository's: the README is run from a checkout),
 ``ckpt/hf_path/Qwen2.5-VL-7B-Instruct`` (a tiny random Qwen2.5-VL with processor files),
-``data/llava_instruct_150k.json`` (a few LLaVA records, one of them naming a missing image),
+``data/llava_instruct_150k.json`` (a few LLaVA records: four with an image, one text-only),
 ``data/COCO2017/train2017/*.jpg`` and ``demo.jpg`` (generated images).
 
 Substitutions, the least that lets the block run on 2 CPU cores without downloads:
@@ -95,7 +95,7 @@ def workspace(tmp_path, monkeypatch) -> Path:
     names = [f"{i:012d}.jpg" for i in range(1, 5)]
     for i, name in enumerate(names):
         _image(images / name, i)
-    (tmp_path / "data" / "llava_instruct_150k.json").write_text(json.dumps(_llava_records([*names, "missing.jpg"])))
+    (tmp_path / "data" / "llava_instruct_150k.json").write_text(json.dumps(_llava_records(names)))
     _image(tmp_path / "demo.jpg", 99, (56, 56))
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     monkeypatch.chdir(tmp_path)

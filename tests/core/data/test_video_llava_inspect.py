@@ -41,8 +41,12 @@ def test_llava_to_mllm_skips_missing_image_and_refuses_overwrite(tmp_path, h, ca
     out = tmp_path / "mllm.json"
     argv = ["data", "llava-to-mllm", "--input", str(tmp_path / "llava.json"), "--image-dir",
             str(tmp_path / "coco"), "--output", str(out)]
-    assert mm_run(argv) == 0
-    assert "wrote 2 records" in capsys.readouterr().out
+    assert mm_run(argv) == 1  # written, but a record was skipped
+    cap = capsys.readouterr()
+    assert "wrote 2 records" in cap.out
+    assert cap.err.splitlines() == [f"mm-run data llava-to-mllm: error: {tmp_path / 'llava.json'}[1]: image "
+                                    f"'{tmp_path / 'coco' / '2.jpg'}' does not exist (--image-dir "
+                                    f"'{tmp_path / 'coco'}'): skipped"]
     got = json.loads(out.read_text())
     assert got[0] == {"images": ["coco/1.jpg"], "messages": [  # relative to the output's folder (the dataset dir)
         {"role": "user", "content": "<image>\nWhat?"}, {"role": "assistant", "content": "A bus."}]}
@@ -64,10 +68,13 @@ def test_inspect_reports_counts_histogram_and_bad_records(tmp_path, h, capsys, m
 
     pm = get_plugin_manager()
     monkeypatch.setitem(pm.formatters._entries, "toy", (FormatterSpec("toy", h.Toy), "test"))
-    assert mm_run(["data", "inspect", str(tmp_path / "train.yaml"), "--seq-len", "512", "--json"]) == 0
-    s = json.loads(capsys.readouterr().out)
+    assert mm_run(["data", "inspect", str(tmp_path / "train.yaml"), "--seq-len", "512", "--json"]) == 1
+    cap = capsys.readouterr()
+    assert cap.err.splitlines() == [f"mm-run data inspect: error: {tmp_path / 'd.jsonl'}:10: malformed_json: "
+                                    "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"]
+    s = json.loads(cap.out)
     assert s["records"] == 10 and s["usable"] == 9 and s["bad_records"] == {"malformed_json": 1}
     assert s["images"] == 3 and s["vision_tokens"] > 0
     assert sum(b["count"] for b in s["histogram"]) == 9
-    assert mm_run(["data", "inspect", str(tmp_path / "train.yaml")]) == 0
+    assert mm_run(["data", "inspect", str(tmp_path / "train.yaml")]) == 1
     assert "malformed_json=1" in capsys.readouterr().out

@@ -6,6 +6,9 @@
 - ``mm-run data inspect data.yaml [--seq-len 4096] [--json]``: counts, token-length histogram,
   vision tokens and bad records, without training. The file is a data config (the reference's
   ``data.json`` fields) or a training config with a ``data`` section.
+
+Each bad item (a skipped LLaVA record, a bad record) is one line on stderr naming the file and the
+reason; the others are still converted or counted, and the exit status is 1 when any was bad.
 """
 
 from __future__ import annotations
@@ -101,6 +104,11 @@ def _print_summary(s: dict) -> None:
         print("bad records: none")
 
 
+def _error_line(verb: str):
+    """Prints one bad item as one line on stderr (the summary still goes to stdout)."""
+    return lambda line: print(f"mm-run data {verb}: error: {' '.join(line.split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     try:
@@ -108,11 +116,11 @@ def main(argv: Sequence[str]) -> int:
             from mm_core.data.llava import convert_llava
 
             root = args.dataset_dir or str(Path(args.output).parent)
-            counts = convert_llava(args.input, args.image_dir, args.output, root)
+            counts = convert_llava(args.input, args.image_dir, args.output, root, on_skip=_error_line(args.verb))
             print(f"wrote {counts['converted']} records to {args.output}; skipped {counts['missing_image']} with a "
                   f"missing image and {counts['bad_format']} malformed; image paths are relative to '{root}' "
                   f"(set basic_parameters.dataset_dir to it)")
-            return 0
+            return 1 if counts["missing_image"] or counts["bad_format"] else 0
         from mm_core.data.inspect import inspect_data
         from mm_core.data.template import resolve_template
         from mm_core.plugins import get_plugin_manager
@@ -123,9 +131,10 @@ def main(argv: Sequence[str]) -> int:
             return 0
         cfg = load_data_config(args.config)
         formatter = get_plugin_manager().formatter(resolve_template(cfg, None)).factory(cfg)
-        summary = inspect_data(cfg, formatter, seq_len=args.seq_len)
+        report = _error_line(args.verb)
+        summary = inspect_data(cfg, formatter, seq_len=args.seq_len, on_bad=lambda bad: report(str(bad)))
         print(json.dumps(summary, indent=1)) if args.json else _print_summary(summary)
-        return 0
+        return 1 if summary["bad_records"] else 0
     except MMError as e:
         print(f"mm-run data {args.verb}: error: {e}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ tokens, using the same pre-pass as the map-style loader (image headers only, no 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mm_core.data.bad_records import BadRecord, BadRecordStats
@@ -15,18 +16,24 @@ from mm_core.data.packing import pack_rows, packing_efficiency
 from mm_core.data.records import iter_all_raw_records, parse_record
 
 
-def inspect_data(config: DataConfig, formatter: Any, *, seq_len: int | None = None, bins: int = 10) -> dict[str, Any]:
-    """A JSON-able summary of the data config's records."""
+def inspect_data(config: DataConfig, formatter: Any, *, seq_len: int | None = None, bins: int = 10,
+                 on_bad: Callable[[BadRecord], None] | None = None) -> dict[str, Any]:
+    """A JSON-able summary of the data config's records; ``on_bad`` sees every bad record (the
+    summary keeps a few examples of each reason)."""
     raws = list(iter_all_raw_records(config.basic_parameters))
     index = build_index(raws, config, formatter)
     stats = BadRecordStats(log=False)  # the summary lists them
     for bad in index.bad_records():
         stats.add(bad)
+        if on_bad is not None:
+            on_bad(bad)
     lengths = [n for n in index.lengths if n >= 0]
     if seq_len is not None:
         for i, n in enumerate(index.lengths):
             if n > seq_len:
-                stats.add(BadRecord("too_long", index.wheres[i], f"{n} tokens > {seq_len}"))
+                stats.add(bad := BadRecord("too_long", index.wheres[i], f"{n} tokens > {seq_len}"))
+                if on_bad is not None:
+                    on_bad(bad)
         lengths = [n for n in lengths if n <= seq_len]
     n_images = n_videos = 0
     vision_tokens = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,9 +24,10 @@ ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
 def convert_llava(input_path: str | Path, image_dir: str | Path, output_path: str | Path,
-                  dataset_dir: str | Path | None = None) -> Counter:
+                  dataset_dir: str | Path | None = None, on_skip: Callable[[str], None] | None = None) -> Counter:
     """Write ``output_path`` (JSON list) with image paths relative to ``dataset_dir`` (default: the
-    output's folder); returns counts: ``converted``, ``missing_image``, ``bad_format``."""
+    output's folder); returns counts: ``converted``, ``missing_image``, ``bad_format``. ``on_skip``
+    gets one line per skipped record (which record, which file, why)."""
     input_path, output_path = Path(input_path), Path(output_path)
     dataset_dir = Path(dataset_dir) if dataset_dir is not None else output_path.parent
     if output_path.exists():
@@ -40,16 +42,21 @@ def convert_llava(input_path: str | Path, image_dir: str | Path, output_path: st
         raise DataError(f"{input_path}: expected a JSON list of LLaVA records")
     counts: Counter = Counter()
     out = []
-    for rec in tqdm(records, desc="llava-to-mllm", unit="rec", mininterval=2.0, disable=len(records) < 5000):
+    skip = on_skip or (lambda line: None)
+    for i, rec in enumerate(tqdm(records, desc="llava-to-mllm", unit="rec", mininterval=2.0,
+                                 disable=len(records) < 5000)):
         turns = rec.get("conversations") if isinstance(rec, dict) else None
         if not isinstance(turns, list) or any(t.get("from") not in ROLES for t in turns if isinstance(t, dict)):
             counts["bad_format"] += 1
+            skip(f"{input_path}[{i}]: not a LLaVA record (needs 'conversations' of 'from' {'/'.join(ROLES)} "
+                 "and 'value'): skipped")
             continue
         new = {}
         if rec.get("image"):
             path = os.path.join(str(image_dir), rec["image"])
             if not os.path.isfile(path):
                 counts["missing_image"] += 1
+                skip(f"{input_path}[{i}]: image '{path}' does not exist (--image-dir '{image_dir}'): skipped")
                 continue
             new["images"] = [record_path(path, dataset_dir)]
         new["messages"] = [{"role": ROLES[t["from"]], "content": t.get("value", "")} for t in turns]
