@@ -2,8 +2,9 @@
 
 Video frames follow the reference rule: ``n = min(total frames, video_maxlen, floor(duration *
 video_fps))`` (at least 1) frame indices spread evenly over the clip with ``linspace``; an odd
-count is padded by repeating the last frame (Qwen2.5-VL's temporal patch is 2 frames). decord is
-used when installed, PyAV otherwise.
+count is padded by repeating the last frame (Qwen2.5-VL's temporal patch is 2 frames). Training
+and ``mm-run infer`` both sample here. Only the sampled frames are decoded, by seeking
+(``mm_core.data.video_decode``): decord when installed, PyAV otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Video:
     sample_fps: float  # sampled (unpadded) frames per second of video
     total_frames: int
     duration: float
+    decoded_frames: int = 0  # frames the decoder produced (PyAV; decord: those returned)
 
 
 def load_image(path: str, where: str = "?"):
@@ -68,64 +70,41 @@ def _decord_available() -> bool:
     return True
 
 
-def _load_decord(path: str, video_fps: float, video_maxlen: int) -> Video:
-    import decord
+def _load(path: str, video_fps: float, video_maxlen: int, backend: str) -> Video:
+    from mm_core.data.video_decode import open_video
 
-    vr = decord.VideoReader(path, num_threads=1)
-    total = len(vr)
-    if total == 0:
-        raise ValueError("the video stream has no frames")
-    fps = float(vr.get_avg_fps()) or 1.0
-    duration = total / fps
-    idx = sample_indices(total, duration, video_fps, video_maxlen)
-    frames = vr.get_batch(idx.tolist()).asnumpy()
-    return Video(_pad_even(frames), len(idx) / duration, total, duration)
-
-
-def _load_pyav(path: str, video_fps: float, video_maxlen: int) -> Video:
-    import av
-
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("the file has no video stream")
-        stream = container.streams.video[0]
-        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        rate = float(stream.average_rate or 0) or 1.0
-    total = len(decoded)
-    if total == 0:
-        raise ValueError("no frames")
-    duration = total / rate
-    idx = sample_indices(total, duration, video_fps, video_maxlen)
-    frames = np.stack([decoded[i] for i in idx])
-    return Video(_pad_even(frames), len(idx) / duration, total, duration)
+    reader = open_video(path, backend)
+    try:
+        duration = reader.total_frames / reader.fps
+        idx = sample_indices(reader.total_frames, duration, video_fps, video_maxlen)
+        frames = reader.frames(idx.tolist())
+    finally:
+        reader.close()
+    return Video(_pad_even(frames), len(idx) / duration, reader.total_frames, duration, reader.decoded)
 
 
 def video_shape(path: str, video_fps: float, video_maxlen: int, where: str = "?") -> tuple[int, int, int]:
-    """``(sampled frames after padding, height, width)`` without decoding pixels where decord can
-    tell (its index gives the frame count); otherwise the frames are decoded."""
-    if _decord_available():
-        try:
-            import decord
+    """``(sampled frames after padding, height, width)`` from the container, without decoding the
+    sampled frames (used to count vision tokens before decoding)."""
+    from mm_core.data.video_decode import open_video
 
-            vr = decord.VideoReader(path, num_threads=1)
-            total = len(vr)
-            duration = total / (float(vr.get_avg_fps()) or 1.0)
-            h, w = vr[0].shape[:2]
-            n = len(sample_indices(total, duration, video_fps, video_maxlen))
-            return n + n % 2, int(h), int(w)
-        except Exception as e:
-            raise BadRecord("unreadable_media", where, f"cannot decode video '{path}' (decord): {_reason(e)}") from None
-    v = load_video(path, video_fps, video_maxlen, where)
-    return v.frames.shape[0], v.frames.shape[1], v.frames.shape[2]
+    backend = "decord" if _decord_available() else "pyav"
+    try:
+        reader = open_video(path, backend)
+    except Exception as e:
+        raise BadRecord("unreadable_media", where, f"cannot decode video '{path}' ({backend}): {_reason(e)}") from None
+    try:
+        n = len(sample_indices(reader.total_frames, reader.total_frames / reader.fps, video_fps, video_maxlen))
+        return n + n % 2, reader.height, reader.width
+    finally:
+        reader.close()
 
 
 def load_video(path: str, video_fps: float, video_maxlen: int, where: str = "?", backend: str | None = None) -> Video:
     """Sampled frames of a video file; ``backend`` ``"decord"``/``"pyav"`` forces one (tests)."""
     backend = backend or ("decord" if _decord_available() else "pyav")
     try:
-        if backend == "decord":
-            return _load_decord(path, video_fps, video_maxlen)
-        return _load_pyav(path, video_fps, video_maxlen)
+        return _load(path, video_fps, video_maxlen, backend)
     except BadRecord:
         raise
     except Exception as e:
