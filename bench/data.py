@@ -7,7 +7,8 @@ Measures samples/s of the whole pipeline (read, parse, decode, HF processor, tok
 pack) on generated records, with 0 and 2 DataLoader workers; the same with a formatter that opens
 every image twice (the reference's approach: once to check/size it, once to load it) and the
 ratio; video records; and packing efficiency (real tokens / row tokens) on a realistic length
-mix. Prints one summary line and writes JSON (default bench/results/data.json).
+mix; and the memory of sampling a long synthetic video (bench/long_video.py: flat in its length).
+Prints one summary line and writes JSON (default bench/results/data.json).
 """
 
 from __future__ import annotations
@@ -189,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         res["videos"] = {f"workers_{w}": best(runs[("videos", w)]) for w in (0, 2)}
         res["packing"] = packing_efficiency(proc_dir, root, files["mixed"], seq_len=4096)
         res["packed_run"] = run_pipeline(proc_dir, root, files["mixed"], workers=2, seq_len=4096, mbs=1, packing=True)
+    from long_video import run as long_video_rss
+    from long_video import summary as long_video_summary
+
+    res["long_video"] = long_video_rss([10, 60] if args.quick else [60, 180, 600])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
     im = res["images"]
@@ -196,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{im['workers_2']['ours']['samples_per_s']}/s (2 workers), vs open-twice x{im['workers_0']['speedup']}/"
           f"x{im['workers_2']['speedup']}; videos {res['videos']['workers_0']['samples_per_s']}/s, "
           f"{res['videos']['workers_2']['samples_per_s']}/s; packing efficiency {res['packing']['efficiency']:.1%} "
-          f"at seq {res['packing']['seq_len']} ({res['packing']['samples']} samples) -> {args.out}")
+          f"at seq {res['packing']['seq_len']} ({res['packing']['samples']} samples); "
+          f"{long_video_summary(res['long_video'])} -> {args.out}")
     return 0
 
 
