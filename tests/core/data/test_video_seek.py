@@ -50,3 +50,14 @@ def test_decord_and_pyav_pick_the_same_frames_of_a_long_video(tmp_path):
     path = str(_long_video(tmp_path / "long.mp4", n=600))
     a, b = load_video(path, 2.0, 9, backend="decord"), load_video(path, 2.0, 9, backend="pyav")
     assert a.total_frames == b.total_frames == 600 and np.array_equal(a.frames, b.frames)
+
+
+def test_infer_samples_a_video_like_training(tmp_path):
+    """`mm-run infer` reads videos through the training sampler: spread to the clip's last frame."""
+    from mm_core.cli.infer_inputs import load_media
+
+    path = str(_long_video(tmp_path / "clip.mp4", n=600))
+    media = load_media({"images": [], "videos": [path]}, "the command line", video_fps=2.0, max_video_frames=8)
+    (frames, rate), = media.videos
+    assert np.array_equal(frames, load_video(path, 2.0, 8).frames)
+    assert np.array_equal(frames[-1], _all_frames(path)[-1]) and rate == pytest.approx(8 / 20.0)
