@@ -19,8 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 PROBE = r"""
 import json, resource, sys, time
 import av
@@ -49,20 +47,9 @@ print(json.dumps({"peak_rss_mb": round(peak / 1024, 1), "added_rss_mb": round((p
 
 def make_video(path: Path, seconds: int, fps: int = 30, side: tuple[int, int] = (160, 120)) -> Path:
     """A synthetic clip (a keyframe every 2 s, like common encoder settings)."""
-    import av
+    from mm_core.testing.media import write_video
 
-    w, h = side
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt, s.gop_size = w, h, "yuv420p", 2 * fps
-        for i in range(seconds * fps):
-            img = np.full((h, w, 3), (i * 3) % 256, np.uint8)
-            img[:, : (i * 2) % w, 1] = 200
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    return write_video(path, seconds * fps, fps, *side, keyframe_every=2 * fps)
 
 
 def measure(path: Path, backend: str) -> dict:

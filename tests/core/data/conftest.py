@@ -17,6 +17,7 @@ from PIL import Image
 from mm_core.batch import IGNORE_INDEX
 from mm_core.data.config import DataConfig
 from mm_core.data.media import image_size, load_image
+from mm_core.testing.media import write_video
 
 VISION_ID = 3
 
@@ -77,20 +78,7 @@ def make_image(path: Path, w: int = 64, h: int = 48, seed: int = 0) -> Path:
 
 
 def make_video(path: Path, n: int = 17, fps: int = 8, w: int = 64, h: int = 48) -> Path:
-    import av
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(n):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[..., 0] = (i * 12) % 256
-            img[:, : (i * 3) % w, 1] = 200
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    return write_video(path, n, fps, w, h)
 
 
 def make_records(tmp: Path, n: int, *, seed: int = 0) -> list[dict]:

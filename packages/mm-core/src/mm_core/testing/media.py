@@ -1,0 +1,30 @@
+"""Synthetic media written by tests and benchmarks (never downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_video(path: str | Path, frames: int, fps: int, width: int = 64, height: int = 48,
+                keyframe_every: int | None = None) -> Path:
+    """An mpeg4 clip whose frames differ (red level and a green bar move with the frame index), so a
+    decoder that returns the wrong frame is caught; ``keyframe_every`` frames as a GOP when given."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        if keyframe_every:
+            s.gop_size = keyframe_every
+        for i in range(frames):
+            img = np.zeros((height, width, 3), np.uint8)
+            img[..., 0] = (i * 12) % 256
+            img[:, : (i * 3) % width, 1] = 200
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
