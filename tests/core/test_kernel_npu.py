@@ -20,14 +20,15 @@ def _fresh_cache():
 
 
 def test_cpu_and_cuda_lookups_never_import_torch_npu():
-    """cpu gets the references; cuda its own flash varlen attention where this machine can run it
-    (torch with varlen_attn and a visible GPU), else the reference; never an NPU kernel."""
-    from mm_core.kernels import cuda
+    """cpu gets the references (attention: its per-sample kernel); cuda its own flash varlen attention
+    where this machine can run it (torch with varlen_attn and a visible GPU), else the reference;
+    never an NPU kernel."""
+    from mm_core.kernels import cpu, cuda
 
     assert "torch_npu" not in sys.modules
     cuda_attention = cuda.attention if cuda.varlen_available() else reference.attention
     for op in ("rms_norm", "swiglu", "rotary", "attention"):
-        assert get_kernel(op, "cpu") is getattr(reference, op)
+        assert get_kernel(op, "cpu") is (cpu.attention if op == "attention" else getattr(reference, op))
         assert get_kernel(op, "cuda") is (cuda_attention if op == "attention" else getattr(reference, op))
     assert "torch_npu" not in sys.modules
 

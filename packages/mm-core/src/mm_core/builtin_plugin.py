@@ -19,6 +19,9 @@ def mm_register_kernels(register: Callable[[KernelSpec], None]) -> None:
 
     register(KernelSpec("attention", "cuda", "flash_varlen", cuda.attention, priority=10,
                         is_available=cuda.varlen_available))
+    from mm_core.kernels import cpu
+
+    register(KernelSpec("attention", "cpu", "segment_flash", cpu.attention, priority=10))
     from mm_core.kernels import npu  # no torch_npu import here: only inside the kernels
 
     for op, fn in npu.NPU_KERNELS.items():

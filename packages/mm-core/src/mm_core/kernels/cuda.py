@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mm_core.kernels import reference
+from mm_core.kernels.segments import segments_to_varlen
 
 FLASH_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -45,25 +46,6 @@ def cached_segments_to_varlen(segment_ids: torch.Tensor) -> tuple[torch.Tensor, 
     result = segments_to_varlen(segment_ids)
     _last[:] = [segment_ids, segment_ids._version, result]
     return result
-
-
-def segments_to_varlen(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(flat indices of the real tokens, cumulative sample offsets int32 ``[S + 1]``, longest sample).
-
-    ``segment_ids`` ``[B, T]`` numbers the samples of each row (contiguous runs), -1 on padding.
-    A new sample starts wherever the (row, id) pair changes along the flattened real tokens.
-    """
-    b, t = segment_ids.shape
-    flat = segment_ids.reshape(-1)
-    index = (flat >= 0).nonzero().squeeze(1)
-    rows = torch.div(index, t, rounding_mode="floor")
-    key = rows * (int(segment_ids.max().item()) + 2) + flat[index]
-    starts = torch.ones_like(key, dtype=torch.bool)
-    starts[1:] = key[1:] != key[:-1]
-    first = starts.nonzero().squeeze(1)
-    cu = torch.cat([first, first.new_tensor([index.numel()])]).to(torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max().item()) if first.numel() else 0
-    return index, cu, longest
 
 
 @functools.cache
