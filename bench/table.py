@@ -85,7 +85,7 @@ def _train_step_rows(r: dict[str, Any]) -> list[Row]:
         full += (f", **extrapolated** linearly from {_get(ce, 'full_measured_tokens'):,} tokens "
                  f"({_f(_get(ce, 'full_growth_gb_measured'), '.2f', ' GB')} measured)")
     cfg = _get(r, "config", {})
-    work = f"hidden {_get(cfg, 'hidden')}, seq {_get(cfg, 'seq')}, {_get(cfg, 'images')} images, batch 2, fp32"
+    work = f"hidden {_get(cfg, 'hidden')}, seq {_get(cfg, 'seq')}, {_get(cfg, 'images')} image{'' if _get(cfg, 'images') == 1 else 's'}, batch 2, fp32"
     return [
         (f"training real tokens/s, wall clock: engine 1 process x 2 threads ({work})",
          _f(_get(e1, "real_tokens_per_s"), ".0f"), base, _ratio(_get(t, "ratio_engine_1proc_vs_transformers_best"))),
