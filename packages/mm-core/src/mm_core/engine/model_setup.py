@@ -206,8 +206,10 @@ def compile_layers(model: nn.Module, backend: str) -> int:
     """``torch.compile`` every layer of the model's layer lists in place (``Module.compile`` keeps
     the module, its names and its parameters, so tp, FSDP2 and checkpoints see no difference).
     Layers are the unit because they repeat: one graph serves them all. Returns how many."""
+    from mm_core.engine.compile_logs import quiet_cuda_home_warning
     from mm_core.kernels.registry import resolve_kernels
 
+    quiet_cuda_home_warning()  # inductor's import of cpp_extension would warn about CUDA_HOME on CPU
     devices = {p.device.type for p in model.parameters()}
     for device_type in devices:
         resolve_kernels(device_type)  # compiled code reads the chosen kernels, never the plugin lookup
