@@ -149,10 +149,21 @@ class Layout:
     pp: int
     dp: int
     grad_accum: int
-    virtual: int  # pipeline chunks per pp rank
-    vit_pp_layers: list[int]  # flattened over (chunk, pp rank): stage index v * pp + p
-    llm_pp_layers: list[int]
-    placement: Placement  # the same, as the shared placement type (stage ranges, first/last stages)
+    placement: Placement  # the layers of every stage (ranges, first/last stages, virtual chunks)
+
+    @property
+    def virtual(self) -> int:
+        """Pipeline chunks per pp rank."""
+        return self.placement.vpp
+
+    @property
+    def vit_pp_layers(self) -> list[int]:
+        """Vision layers per flattened stage (``v * pp + p``)."""
+        return self.placement.flat_counts("vit")
+
+    @property
+    def llm_pp_layers(self) -> list[int]:
+        return self.placement.flat_counts("llm")
 
     @property
     def num_stages(self) -> int:
@@ -284,4 +295,4 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
         raise ConfigError("parallel.pp_schedule: nested layer lists (virtual chunks) need Interleaved1F1B")
     if p.pp > 1 and ga < 1:
         raise ConfigError("training: pipeline parallel needs at least one micro-batch per step")
-    return Layout(world_size, p.tp, p.pp, dp, ga, v1, vit, llm, placement)
+    return Layout(world_size, p.tp, p.pp, dp, ga, placement)
