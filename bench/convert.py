@@ -1,7 +1,10 @@
-"""Conversion throughput and memory on a checkpoint with the real Qwen2.5-VL-3B shapes.
+"""Conversion throughput and memory on a checkpoint with a real model's shapes (Qwen2.5-VL-3B by default).
 
     .venv/bin/python bench/convert.py                 # full size: bf16, ~7.5 GB, 2 shards like the Hub
     .venv/bin/python bench/convert.py --scale 0.05    # same widths, fewer layers and rows (seconds)
+    .venv/bin/python bench/convert.py --model glm4_1v_9b --scale 0.25   # GLM-4.1V-9B widths, 6 + 10 layers
+
+The models and their shapes are in convert_models.py (``--model``: one of its MODELS).
 
 Builds a random bf16 checkpoint (sharded with an index, tied embeddings like the 3B), then times,
 each in its own process so peak RSS is that step's alone:
@@ -29,66 +32,18 @@ import time
 from pathlib import Path
 
 import torch
-
-VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048,
-          "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112, "patch_size": 14, "spatial_merge_size": 2,
-          "temporal_patch_size": 2, "in_chans": 3, "tokens_per_second": 2, "model_type": "qwen2_5_vl"}
-TEXT = {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
-        "num_key_value_heads": 2, "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
-        "max_position_embeddings": 128000, "tie_word_embeddings": True}
+from convert_models import MODELS, BenchModel
 
 
-def config(scale: float) -> dict:
-    """The 3B config.json (flat text fields like the Hub's), with layers and vocab scaled."""
-    v, t = dict(VISION), dict(TEXT)
-    if scale < 1:
-        v["depth"] = max(2, round(32 * scale))
-        v["fullatt_block_indexes"] = [v["depth"] - 1]
-        t["num_hidden_layers"] = max(2, round(36 * scale))
-        t["vocab_size"] = max(1024, round(151936 * scale / 64) * 64)
-    return {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-            "torch_dtype": "bfloat16", "vision_config": v, **t, "image_token_id": 151655,
-            "video_token_id": 151656, "vision_start_token_id": 151652, "vision_end_token_id": 151653}
-
-
-def shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    v, h, inter = cfg["vision_config"], cfg["hidden_size"], cfg["intermediate_size"]
-    vh, vi = v["hidden_size"], v["intermediate_size"]
-    hd = h // cfg["num_attention_heads"]
-    kv = cfg["num_key_value_heads"] * hd
-    merged = vh * v["spatial_merge_size"] ** 2
-    out: dict[str, tuple[int, ...]] = {"visual.patch_embed.proj.weight": (vh, 3, 2, 14, 14)}
-    for i in range(v["depth"]):
-        p = f"visual.blocks.{i}."
-        out.update({p + "norm1.weight": (vh,), p + "norm2.weight": (vh,), p + "attn.qkv.weight": (3 * vh, vh),
-                    p + "attn.qkv.bias": (3 * vh,), p + "attn.proj.weight": (vh, vh), p + "attn.proj.bias": (vh,),
-                    p + "mlp.gate_proj.weight": (vi, vh), p + "mlp.gate_proj.bias": (vi,),
-                    p + "mlp.up_proj.weight": (vi, vh), p + "mlp.up_proj.bias": (vi,),
-                    p + "mlp.down_proj.weight": (vh, vi), p + "mlp.down_proj.bias": (vh,)})
-    out.update({"visual.merger.ln_q.weight": (vh,), "visual.merger.mlp.0.weight": (merged, merged),
-                "visual.merger.mlp.0.bias": (merged,), "visual.merger.mlp.2.weight": (h, merged),
-                "visual.merger.mlp.2.bias": (h,), "model.embed_tokens.weight": (cfg["vocab_size"], h)})
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        out.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.q_proj.bias": (h,),
-                    p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
-                    p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
-                    p + "self_attn.o_proj.weight": (h, h), p + "mlp.gate_proj.weight": (inter, h),
-                    p + "mlp.up_proj.weight": (inter, h), p + "mlp.down_proj.weight": (h, inter),
-                    p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
-    out["model.norm.weight"] = (h,)
-    return out
-
-
-def build(hf: Path, scale: float) -> int:
+def build(hf: Path, model: BenchModel, scale: float) -> int:
     """Random bf16 weights, streamed into Hub-like shards (~4 GB each) with an index."""
     from mm_core.checkpoint.hf import HFWriter
 
     hf.mkdir(parents=True)
-    cfg = config(scale)
+    cfg = model.config(scale)
     (hf / "config.json").write_text(json.dumps(cfg, indent=2))
     (hf / "tokenizer_config.json").write_text('{"model_max_length": 32768}\n')
-    spec = shapes(cfg)
+    spec = model.shapes(cfg)
     total = sum(torch.Size(s).numel() * 2 for s in spec.values())
     writer = HFWriter(hf, {k: (s, torch.bfloat16) for k, s in spec.items()}, max_shard_bytes=min(4 * 10**9, total // 2 + 1))
     gen = torch.Generator().manual_seed(0)
@@ -111,13 +66,13 @@ def dir_bytes(d: Path) -> int:
 # -- steps, each run in a child process (``--step``) -------------------------------------------
 
 
-def step(name: str, a: list[str]) -> dict:
+def step(name: str, model: BenchModel, a: list[str]) -> dict:
     torch.set_num_threads(1)
     from mm_convert import engine
     from mm_convert.config import HFConfigSection, HfToMmConfig, MmToHfConfig, ParallelSection
     from mm_core.checkpoint import api
 
-    conv = api.get_converter("Qwen2_5_VLConverter")
+    conv = api.get_converter(model.converter)
     t0 = time.perf_counter()
     if name == "hf_to_mm":
         hf, mm, vit, llm = a[0], a[1], json.loads(a[2]), json.loads(a[3])
@@ -163,14 +118,17 @@ def timed_cp(work: Path) -> float:
     return secs
 
 
-def child(name: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--step", name, *args], check=True, capture_output=True, text=True)
+def child(name: str, model: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--model", model, "--step", name, *args], check=True,
+                         capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", type=float, default=1.0, help="fraction of layers and vocab rows (1 = real 3B)")
+    ap.add_argument("--model", default="qwen2_5_vl_3b", choices=sorted(MODELS), help="which real model's shapes")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="fraction of the layers (1 = the real model; below 0.1 the vocabulary shrinks too)")
     ap.add_argument("--naive-scale", type=float, default=None,
                     help="scale of the naive baseline (default: min(scale, 0.25): it holds the model in memory about twice)")
     ap.add_argument("--workdir", default=None, help="where the multi-GB files go (default: bench/.convert_tmp)")
@@ -178,40 +136,42 @@ def main() -> int:
     ap.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.step:
-        print(json.dumps(step(args.step[0], args.step[1:])))
+        print(json.dumps(step(args.step[0], MODELS[args.model], args.step[1:])))
         return 0
     work = Path(args.workdir or Path(__file__).parent / ".convert_tmp")
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    res: dict = {"scale": args.scale, "tp": 2, "pp": 2, "cpus": os.cpu_count(),
+    model = MODELS[args.model]
+    res: dict = {"model": model.title, "converter": model.converter, "scale": args.scale, "tp": 2, "pp": 2,
+                 "real_layers": {"vision": model.layers[0], "text": model.layers[1]}, "cpus": os.cpu_count(),
                  "load_avg_at_start": os.getloadavg()[0]}
     try:
         t0 = time.perf_counter()
-        size = build(work / "hf", args.scale)
+        size = build(work / "hf", model, args.scale)
         res["build_seconds"] = time.perf_counter() - t0
         res["model_bytes"] = size
-        cfg = config(args.scale)
-        depth, layers = cfg["vision_config"]["depth"], cfg["num_hidden_layers"]
+        depth, layers = model.counts(model.config(args.scale))
+        res["layers"] = {"vision": depth, "text": layers}
         vit, llm = [depth, 0], [layers * 4 // 9, layers - layers * 4 // 9]
         res["layout"] = {"vit_pp_layers": vit, "llm_pp_layers": llm}
         res["cp_seconds_runs"] = [timed_cp(work)]
-        r = child("hf_to_mm", str(work / "hf"), str(work / "mm"), json.dumps(vit), json.dumps(llm))
+        r = child("hf_to_mm", args.model, str(work / "hf"), str(work / "mm"), json.dumps(vit), json.dumps(llm))
         res["hf_to_mm"] = dict(r, bytes_written=dir_bytes(work / "mm"))
-        r = child("mm_to_hf", str(work / "mm"), str(work / "back"))
+        r = child("mm_to_hf", args.model, str(work / "mm"), str(work / "back"))
         res["mm_to_hf"] = dict(r, bytes_written=dir_bytes(work / "back"))
         shutil.rmtree(work / "mm")
-        res["bit_exact"] = bool(child("verify", str(work / "hf"), str(work / "back")))
+        res["bit_exact"] = bool(child("verify", args.model, str(work / "hf"), str(work / "back")))
         shutil.rmtree(work / "back")
         res["cp_seconds_runs"].append(timed_cp(work))  # again, after: the load of the machine varies
         res["cp_seconds"] = sum(res["cp_seconds_runs"]) / 2
         naive_scale = args.naive_scale if args.naive_scale is not None else min(args.scale, 0.25)
         if naive_scale != args.scale:
             shutil.rmtree(work / "hf")
-            naive_bytes = build(work / "hf", naive_scale)
+            naive_bytes = build(work / "hf", model, naive_scale)
         else:
             naive_bytes = size
-        r = child("naive", str(work / "hf"), str(work / "naive"))
+        r = child("naive", args.model, str(work / "hf"), str(work / "naive"))
         res["naive"] = dict(r, scale=naive_scale, model_bytes=naive_bytes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -231,7 +191,7 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     gib = 1024**3
-    print(f"convert {gb:.2f} GB (scale {args.scale}, tp2 pp2): hf_to_mm {res['hf_to_mm']['seconds']:.1f}s "
+    print(f"convert {model.title} {gb:.2f} GB (scale {args.scale}, tp2 pp2): hf_to_mm {res['hf_to_mm']['seconds']:.1f}s "
           f"{res['hf_to_mm']['gb_per_s']:.2f} GB/s rss {res['hf_to_mm']['peak_rss_bytes'] / gib:.2f} GiB | "
           f"mm_to_hf {res['mm_to_hf']['seconds']:.1f}s {res['mm_to_hf']['gb_per_s']:.2f} GB/s "
           f"rss {res['mm_to_hf']['peak_rss_bytes'] / gib:.2f} GiB | cp {cp_gbs:.2f} GB/s | "

@@ -31,10 +31,19 @@ def _ratio(x: Any) -> str:
 
 # -- each benchmark's JSON -> rows ----------------------------------------------------------------
 
-def _convert_rows(r: dict[str, Any]) -> list[Row]:
+def _convert_size(r: dict[str, Any]) -> str:
+    """The checkpoint's size, and, when layers were dropped, that the figures extrapolate."""
     gb = _get(r, "model_bytes", 0) / 1e9
+    built, real = _get(r, "layers"), _get(r, "real_layers")
+    if built and real and built != real:
+        return (f"{gb:.1f} GB: {built['vision']} of {real['vision']} ViT and {built['text']} of {real['text']} LLM "
+                "layers at real widths; GB/s and peak RSS **extrapolate** to the full model (streamed per tensor)")
+    return f"{gb:.1f} GB, scale {_get(r, 'scale')}"
+
+
+def _convert_rows(r: dict[str, Any]) -> list[Row]:
     rows = [
-        (f"hf_to_mm tp2 pp2 ({gb:.1f} GB, scale {_get(r, 'scale')})", _f(_get(r, "hf_to_mm.gb_per_s"), ".2f", " GB/s"),
+        (f"hf_to_mm tp2 pp2 ({_convert_size(r)})", _f(_get(r, "hf_to_mm.gb_per_s"), ".2f", " GB/s"),
          f"`cp` {_f(_get(r, 'cp_gb_per_s'), '.2f', ' GB/s')}", _ratio(_get(r, "hf_to_mm.vs_cp"))),
         ("mm_to_hf back (bit-exact: " + str(_get(r, "bit_exact")) + ")", _f(_get(r, "mm_to_hf.gb_per_s"), ".2f", " GB/s"),
          f"`cp` {_f(_get(r, 'cp_gb_per_s'), '.2f', ' GB/s')}", _ratio(_get(r, "mm_to_hf.vs_cp"))),
@@ -144,6 +153,7 @@ def _packed_attention_rows(r: dict[str, Any]) -> list[Row]:
 # name -> (title, rows of its JSON); the order is the table's
 READERS: dict[str, tuple[str, Any]] = {
     "convert": ("Conversion (Qwen2.5-VL-3B shapes, bf16)", _convert_rows),
+    "convert_glm4_1v": ("Conversion (GLM-4.1V-9B shapes, bf16)", _convert_rows),
     "qwen_step": ("Model step (mm Qwen2.5-VL vs transformers)", _qwen_step_rows),
     "data": ("Data pipeline", _data_rows),
     "train_step": ("Training step and loss memory", _train_step_rows),
