@@ -5,9 +5,10 @@ come from transformers itself: the reference class is built on the meta device f
 config values and its state dict gives the names ``save_pretrained`` writes (for Glm4v the saved
 names equal the module names) and every shape, so nothing here can drift from the real model.
 
-``scale`` shrinks the layer counts only, so every tensor keeps its real shape and the peak memory
-of a streaming conversion (one tensor at a time) is the real model's; quick runs (scale < 0.1) also
-shrink the vocabulary so they take seconds.
+For GLM-4.1V ``scale`` shrinks the layer counts only, so every tensor keeps its real shape and the
+peak memory of a streaming conversion (one tensor at a time) is the real model's; quick runs
+(scale < 0.1) also shrink the vocabulary so they take seconds. Qwen2.5-VL-3B keeps its earlier
+meaning (layers and vocabulary scale together), so its stored figures stay comparable.
 """
 
 from __future__ import annotations
