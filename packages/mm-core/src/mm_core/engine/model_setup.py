@@ -17,6 +17,7 @@ from mm_core.contracts import StageModel, require
 from mm_core.engine.config import FinetuneConfig, Layout
 from mm_core.engine.mesh import Parallel
 from mm_core.engine.names import StageNames
+from mm_core.engine.pipeline_grads import grad_anchor
 from mm_core.engine.row_order import gated_parameters
 from mm_core.errors import ConfigError
 from mm_core.specs import ModelSpec
@@ -93,9 +94,13 @@ class EngineStage(nn.Module):
                 out = out.full_tensor()
             if self.is_last:
                 assert self.loss_fn is not None
-                return torch.stack([self.loss_fn(out, mb, self.model)])  # [1]: the schedule concatenates outputs
+                loss = torch.stack([self.loss_fn(out, mb, self.model)])  # [1]: the schedule concatenates outputs
+                return grad_anchor(loss, inputs)
         if not out.requires_grad and out.is_floating_point():
             out = out.detach().requires_grad_()  # a frozen stage: backward ends here, computes nothing
+        # every received input gets a gradient (zeros where unused): torch 2.11 needs one per input
+        out = grad_anchor(out, inputs)
+        index = index.detach()  # passed on as data: never an output with a gradient to send back
         rows = torch.full((1,), -1.0, device=out.device)
         if out.dim() == 2:  # a varying number of rows (vision tokens): pad to a fixed shape
             if out.shape[0] > self.max_rows:
