@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PACKAGES := packages/mm-core packages/mm-convert packages/mm-qwen packages/mm-glm packages/mm-internvl packages/mm-visualglm
 STAMP := $(VENV)/.mm-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-compat lint bench clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,18 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The suite against another torch in a second environment (.venv-torch<version>), e.g. the declared
+# minimum: make test-compat TORCH=2.11.0 [TORCH_INDEX=<CPU wheel index>] [PYTEST_ARGS="-n 2"].
+# Not part of .ci/run (an older torch is another large download); run it when pipelining, FSDP2,
+# DTensor or DCP code changes. See requirements/compat_env.py for how torch is installed.
+TORCH ?= 2.11.0
+PYTEST_ARGS ?= -n 2
+COMPAT_VENV := $(VENV)-torch$(TORCH)
+
+test-compat:
+	$(PYTHON) requirements/compat_env.py --torch $(TORCH) --venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check packages tests bench examples
