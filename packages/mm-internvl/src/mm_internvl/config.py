@@ -1,4 +1,4 @@
-"""The numbers the mm InternVL3 modules need, read from an HF ``config.json`` (the ``-hf`` layout).
+"""The numbers the mm InternVL3 modules need, read from an HF ``config.json`` (either layout: see remote_layout).
 
 transformers' ``InternVLConfig`` parses the file (defaults included), so a config.json written by
 any transformers 5 release works; options our modules do not implement are refused by name.
@@ -12,7 +12,7 @@ from typing import Any
 
 from mm_core.errors import ConfigError
 from mm_core.family.decoder import DecoderConfig, decoder_config_from_hf
-from mm_core.family.hf_config import parse_with_transformers
+from mm_core.family.hf_config import parse_with_transformers, read_hf_config
 from mm_core.family.vision_config import VisionTowerConfig
 
 
@@ -54,18 +54,23 @@ class InternVLConfig:
         return self.vision.hidden_size * self.shuffle**2
 
 
-REMOTE_CODE_LAYOUT = ("is the original remote-code layout; use the transformers layout (the '-hf' repositories, "
-                      "e.g. OpenGVLab/InternVL3-8B-hf)")
-
-
 def _pair(x: Any) -> tuple[int, int]:
     return (int(x[0]), int(x[1])) if isinstance(x, (list, tuple)) else (int(x), int(x))
 
 
 def parse_config(hf_config: dict[str, Any] | str | Path) -> InternVLConfig:
-    """Parse an HF InternVL config (dict, file or directory) of ``model_type`` ``internvl``."""
-    cfg, raw, source = parse_with_transformers(hf_config, model_type="internvl", config_class="InternVLConfig",
-                                               what="InternVL", refused={"internvl_chat": REMOTE_CODE_LAYOUT})
+    """Parse an HF InternVL config (dict, file or directory): the ``-hf`` layout (``model_type``
+    ``internvl``) or the original remote-code one (``internvl_chat``, read as its ``-hf`` equivalent;
+    no remote code runs)."""
+    from mm_internvl.remote_layout import context_token_id, hf_config_from_remote, layout_of
+
+    given, source = read_hf_config(hf_config)
+    as_hf = given
+    if layout_of(given) == "remote_code":
+        token = None if isinstance(hf_config, dict) else context_token_id(hf_config)
+        as_hf = hf_config_from_remote(given, source, token)
+    cfg, _, _ = parse_with_transformers(as_hf, model_type="internvl", config_class="InternVLConfig", what="InternVL")
+    raw = given
     v, t = cfg.vision_config, cfg.text_config
     if t.model_type != "qwen2":
         raise ConfigError(f"{source}: text_config.model_type is '{t.model_type}'; mm-internvl supports 'qwen2'")

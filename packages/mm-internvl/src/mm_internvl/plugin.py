@@ -14,11 +14,14 @@ from mm_core.specs import ConverterSpec, ModelSpec
 @hookimpl
 def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
     register(vision_language_spec("internvl", "mm_internvl", converter="InternVLConverter",
-                                  hf_model_types=("internvl",), hf_architectures=("InternVLForConditionalGeneration",),
-                                  description="InternVL3 (InternViT + Qwen2.5), the transformers '-hf' layout"))
+                                  hf_model_types=("internvl", "internvl_chat"),
+                                  hf_architectures=("InternVLForConditionalGeneration", "InternVLChatModel"),
+                                  description="InternVL3 (InternViT + Qwen2.5): the '-hf' layout or the original "
+                                              "remote-code one (read without running its code)"))
 
 
 @hookimpl
 def mm_register_converters(register: Callable[[ConverterSpec], None]) -> None:
     register(ConverterSpec("InternVLConverter", _lazy("mm_internvl.convert", "InternVLConverter"),
-                           description="InternVL3: HF <-> mm (tp/pp, uneven vocabulary split) <-> DCP"))
+                           description="InternVL3 (-hf or remote-code layout): HF <-> mm (tp/pp, uneven heads and "
+                                       "vocabulary) <-> DCP"))

@@ -18,8 +18,11 @@ TOKENS_PER_TILE = 4
 
 
 def tiny_config_dict(*, tied: bool = False, vision_depth: int = 2, text_layers: int = 2, qk_norm: bool = False,
-                     vocab_size: int = 301) -> dict[str, Any]:
-    """An HF ``config.json`` dict of a tiny InternVL3 (``qk_norm``: 6B-style RMSNorm ViT with q/k norms)."""
+                     vocab_size: int = 301, vision: dict[str, Any] | None = None,
+                     text: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An HF ``config.json`` dict of a tiny InternVL3 (``qk_norm``: 6B-style RMSNorm ViT with q/k norms;
+    ``vision`` / ``text``: fields that override the sections, e.g. head counts that tp does not divide)."""
+    overrides = {"vision": dict(vision or {}), "text": dict(text or {})}
     vision = {"model_type": "internvl_vision", "hidden_size": 32, "num_hidden_layers": vision_depth,
               "num_attention_heads": 4, "intermediate_size": 64, "image_size": [56, 56], "patch_size": [14, 14],
               "attention_bias": not qk_norm, "use_qk_norm": qk_norm,
@@ -28,6 +31,8 @@ def tiny_config_dict(*, tied: bool = False, vision_depth: int = 2, text_layers: 
             "num_hidden_layers": text_layers, "num_attention_heads": 4, "num_key_value_heads": 2,
             "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
             "tie_word_embeddings": tied}
+    vision.update(overrides["vision"])
+    text.update(overrides["text"])
     return {"model_type": "internvl", "architectures": ["InternVLForConditionalGeneration"],
             "vision_config": vision, "text_config": text, "image_token_id": IMAGE_TOKEN,
             "downsample_ratio": 0.5, "projector_hidden_act": "gelu", "tie_word_embeddings": tied}
