@@ -12,8 +12,8 @@ from mm_core.specs import KernelSpec, LossSpec
 def mm_register_kernels(register: Callable[[KernelSpec], None]) -> None:
     from mm_core.kernels import reference as ref
 
-    for op, fn in (("rms_norm", ref.rms_norm), ("rotary", ref.rotary), ("attention", ref.attention),
-                   ("swiglu", ref.swiglu)):
+    for op, fn in (("rms_norm", ref.rms_norm), ("rotary", ref.rotary), ("rotary_interleaved", ref.rotary_interleaved),
+                   ("attention", ref.attention), ("swiglu", ref.swiglu)):
         register(KernelSpec(op, "any", "reference", fn, priority=0))
     from mm_core.kernels import cuda
 

@@ -3,7 +3,10 @@
 GQA attention with one fused ``linear_qkv`` (bias) whose rows are grouped per key/value head
 ``[q_g, k_g, v_g]`` (mm-format's group interleave, so a tensor-parallel rank holding whole groups
 computes whole heads), SwiGLU MLP with fused ``[gate; up]``, RMSNorm. Rotary-agnostic: each family
-computes its own ``cos``/``sin`` (1-D, multimodal, ...) and passes them in. Parameter names
+computes its own ``cos``/``sin`` (1-D, multimodal, ...) and passes them in; a table narrower than
+``head_dim`` rotates only the first channels (partial rotary). Two options cover GLM-4-style layers:
+``rotary_interleaved`` (channel pairs ``2i, 2i+1`` rotate together instead of rotate-half) and
+``sandwich_norms`` (RMSNorms on the attention and MLP outputs too, before each residual add). Parameter names
 (``text_decoder.embedding.word_embeddings``, ``...decoder.layers.N.self_attention.linear_qkv``, ...)
 are what checkpoints, converter rules and tensor-parallel plans are written against.
 """
@@ -18,13 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_core.errors import ConfigError
-from mm_core.nn import KVCache, RMSNorm, SwiGLUMLP, apply_rotary, attention
+from mm_core.nn import KVCache, RMSNorm, SwiGLUMLP, apply_rotary, apply_rotary_interleaved, attention
 from mm_core.nn.vocab_padding import padding_of
 
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """The sizes of a Qwen2-style decoder; ``rope_theta`` is for the family's rotary, not used here."""
+    """The sizes of a Qwen2-style decoder; ``rope_theta`` is for the family's rotary, not used here.
+
+    ``rotary_interleaved``: rotate interleaved channel pairs (GLM-4) instead of halves (Qwen2).
+    ``sandwich_norms``: ``post_self_attn_layernorm`` / ``post_mlp_layernorm`` on the sublayer outputs.
+    """
 
     vocab_size: int
     hidden_size: int
@@ -35,6 +42,8 @@ class DecoderConfig:
     head_dim: int
     rms_norm_eps: float
     rope_theta: float
+    rotary_interleaved: bool = False
+    sandwich_norms: bool = False
 
 
 def decoder_config_from_hf(text: Any, source: str, field: str = "text_config") -> dict[str, Any]:
@@ -57,6 +66,7 @@ class DecoderAttention(nn.Module):
         super().__init__()
         self.head_dim = cfg.head_dim
         self.q_per_group = cfg.num_heads // cfg.num_kv_heads
+        self.rotate = apply_rotary_interleaved if cfg.rotary_interleaved else apply_rotary
         out = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
         self.linear_qkv = nn.Linear(cfg.hidden_size, out, bias=True, device=device, dtype=dtype)
         self.linear_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False, device=device,
@@ -70,8 +80,8 @@ class DecoderAttention(nn.Module):
         q = qkv[:, :, :, : self.q_per_group].reshape(bsz, seqlen, -1, self.head_dim).transpose(1, 2)
         k = qkv[:, :, :, self.q_per_group].transpose(1, 2)
         v = qkv[:, :, :, self.q_per_group + 1].transpose(1, 2)
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+        q = self.rotate(q, cos, sin)
+        k = self.rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         out = attention(q, k, v, causal=True, segment_ids=segment_ids, scale=self.head_dim**-0.5)
@@ -85,11 +95,17 @@ class DecoderLayer(nn.Module):
         self.self_attention = DecoderAttention(cfg, device=device, dtype=dtype)
         self.pre_mlp_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, device=device, dtype=dtype)
         self.mlp = SwiGLUMLP(cfg.hidden_size, cfg.intermediate_size, bias=False, device=device, dtype=dtype)
+        if cfg.sandwich_norms:
+            self.post_self_attn_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, device=device, dtype=dtype)
+            self.post_mlp_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, device=device, dtype=dtype)
+        self.sandwich = cfg.sandwich_norms
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segment_ids: torch.Tensor | None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.self_attention(self.input_layernorm(x), cos, sin, segment_ids, cache, layer)
-        return x + self.mlp(self.pre_mlp_layernorm(x))
+        attn = self.self_attention(self.input_layernorm(x), cos, sin, segment_ids, cache, layer)
+        x = x + (self.post_self_attn_layernorm(attn) if self.sandwich else attn)
+        mlp = self.mlp(self.pre_mlp_layernorm(x))
+        return x + (self.post_mlp_layernorm(mlp) if self.sandwich else mlp)
 
 
 class Decoder(nn.Module):

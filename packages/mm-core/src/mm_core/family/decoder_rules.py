@@ -29,9 +29,15 @@ def layer_rules(mm_prefix: str, hf_prefix: str, module: str) -> Callable[..., Ru
 
 
 def decoder_rules(*, heads: int, kv_heads: int, head_dim: int, hf_layer: str, hf_embedding: str,
-                  hf_final_norm: str, hf_lm_head: str) -> list[Rule]:
+                  hf_final_norm: str, hf_lm_head: str, hf_gate_up: str | None = None,
+                  sandwich_norms: bool = False) -> list[Rule]:
     """Embedding, per-layer q/k/v (interleaved per GQA group), o, ``[gate; up]``, down and norms,
-    final norm, and the LM head (a copy of the embedding when the model ties them)."""
+    final norm, and the LM head (a copy of the embedding when the model ties them).
+
+    ``hf_gate_up``: the HF layer suffix of an already fused ``[gate; up]`` weight (GLM-4:
+    ``mlp.gate_up_proj.weight``) instead of separate ``gate_proj``/``up_proj``. ``sandwich_norms``:
+    the layers' ``post_self_attn_layernorm``/``post_mlp_layernorm`` (same names on both sides).
+    """
     qkv = GroupInterleave(groups=kv_heads, q_rows=head_dim * heads // kv_heads, kv_rows=head_dim)
     qkv_split = Split(dim=0, unit=head_dim * (heads // kv_heads + 2), what="num_key_value_heads")
     llm = layer_rules(LAYER, hf_layer, "llm")
@@ -40,11 +46,14 @@ def decoder_rules(*, heads: int, kv_heads: int, head_dim: int, hf_layer: str, hf
                   tp=qkv_split) for p in ("weight", "bias")]
     return rules + [
         llm("self_attention.linear_proj.weight", "self_attn.o_proj.weight", tp=ROW),
+        llm("mlp.linear_fc1.weight", hf_gate_up, tp=GATED_COLUMN) if hf_gate_up else
         llm("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), op=Concat(parts=2),
             tp=GATED_COLUMN),
         llm("mlp.linear_fc2.weight", "mlp.down_proj.weight", tp=ROW),
         llm("input_layernorm.weight", "input_layernorm.weight"),
         llm("pre_mlp_layernorm.weight", "post_attention_layernorm.weight"),
+        *([llm(f"{n}.weight", f"{n}.weight") for n in ("post_self_attn_layernorm", "post_mlp_layernorm")]
+          if sandwich_norms else []),
         Rule("text_decoder.decoder.final_layernorm.weight", (hf_final_norm,), "llm", place="last"),
         Rule("text_decoder.output_layer.weight", (hf_lm_head,), "llm", place="last", tp=VOCAB, tied_to=hf_embedding),
     ]

@@ -155,11 +155,12 @@ class StageModel(nn.Module):
         if dummy:
             return embeds + features.sum() * 0.0
         for kind, token, feats in self.placeholders(features, batch):
-            mask = input_ids == token
+            mask = token(input_ids) if callable(token) else input_ids == token
             count = int(mask.sum())
             if count != feats.shape[0]:
+                what = "" if callable(token) else f" (id {token})"
                 raise ValueError(
-                    f"the batch has {count} {kind} placeholder tokens (id {token}) but its {kind} inputs give "
+                    f"the batch has {count} {kind} placeholder tokens{what} but its {kind} inputs give "
                     f"{feats.shape[0]} features; the processor's {kind} inputs and input_ids disagree")
             if count:
                 embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats)
@@ -187,8 +188,10 @@ class StageModel(nn.Module):
         raise NotImplementedError
 
     def placeholders(self, features: torch.Tensor, batch: dict[str, Any]
-                     ) -> list[tuple[str, int, torch.Tensor]]:
-        """``(kind, placeholder token id, its features)`` in the order the features come."""
+                     ) -> list[tuple[str, int | Callable[[torch.Tensor], torch.Tensor], torch.Tensor]]:
+        """``(kind, placeholder token id, its features)`` in the order the features come. Where two kinds
+        share one token id (GLM: video frames are image tokens), give instead of the id a function of
+        ``input_ids`` returning the boolean mask of this kind's placeholders."""
         raise NotImplementedError
 
     def prefill_positions(self, input_ids: torch.Tensor, seg: torch.Tensor | None, batch: dict[str, Any],

@@ -38,6 +38,25 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((out.to(dtype), rest), dim=-1) if rest.shape[-1] else out.to(dtype)
 
 
+def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def rotary_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on interleaved pairs (channels ``2i``, ``2i+1`` rotate together; GLM-4, GPT-J)
+    over the first ``cos.shape[-1]`` channels; the rest pass through (partial rotary).
+
+    ``cos``/``sin`` hold each pair's angle twice in a row (``[c0, c0, c1, c1, ...]``), as
+    transformers' GLM-4 builds them. Computed in fp32.
+    """
+    d = cos.shape[-1]
+    dtype = x.dtype
+    rot, rest = x[..., :d].float(), x[..., d:]
+    out = rot * cos.float() + _rotate_pairs(rot) * sin.float()
+    return torch.cat((out.to(dtype), rest), dim=-1) if rest.shape[-1] else out.to(dtype)
+
+
 def rotary_cos_sin(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables ``[..., T, dim]`` for integer positions ``[..., T]`` (1-D rotary)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))

@@ -2,6 +2,6 @@
 so a faster device kernel (CUDA, NPU) replaces the reference without touching model code."""
 
 from mm_core.nn.kv_cache import KVCache
-from mm_core.nn.layers import RMSNorm, SwiGLUMLP, apply_rotary, attention
+from mm_core.nn.layers import RMSNorm, SwiGLUMLP, apply_rotary, apply_rotary_interleaved, attention
 
-__all__ = ["KVCache", "RMSNorm", "SwiGLUMLP", "apply_rotary", "attention"]
+__all__ = ["KVCache", "RMSNorm", "SwiGLUMLP", "apply_rotary", "apply_rotary_interleaved", "attention"]

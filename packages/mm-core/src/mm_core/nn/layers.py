@@ -48,6 +48,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return get_kernel("rotary", x.device.type)(x, cos, sin)
 
 
+def apply_rotary_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on interleaved channel pairs (GLM-4) through the registry's ``rotary_interleaved``
+    kernel; partial when ``cos`` is narrower than ``x``."""
+    return get_kernel("rotary_interleaved", x.device.type)(x, cos, sin)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
