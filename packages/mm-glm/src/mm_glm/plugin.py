@@ -1,7 +1,30 @@
-"""mm-glm's hooks: thin on purpose, heavy modules are imported only when used.
-
-GLM-4.1V/GLM-4.5V support lands family piece by family piece (model, converter, formatter); until then this
-plugin registers nothing but still shows up in `mm-run plugins`.
-"""
+"""mm-glm's hooks: thin on purpose. Each registration names objects in modules that are imported
+only when used (building a model, converting, formatting data, running an NPU kernel)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+from mm_core.family.lazy import lazy as _lazy
+from mm_core.family.lazy import vision_language_spec
+from mm_core.hookspecs import hookimpl
+from mm_core.specs import ConverterSpec, FormatterSpec, ModelSpec
+
+
+@hookimpl
+def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
+    register(vision_language_spec("glm4v", "mm_glm", converter="GlmConverter", formatter="glm4v",
+                                  hf_model_types=("glm4v",), hf_architectures=("Glm4vForConditionalGeneration",),
+                                  description="GLM-4.1V (9B, Base and Thinking)"))
+
+
+@hookimpl
+def mm_register_converters(register: Callable[[ConverterSpec], None]) -> None:
+    register(ConverterSpec("GlmConverter", _lazy("mm_glm.convert", "GlmConverter"),
+                           description="GLM-4.1V: HF <-> mm (tp/pp) <-> DCP"))
+
+
+@hookimpl
+def mm_register_formatters(register: Callable[[FormatterSpec], None]) -> None:
+    register(FormatterSpec("glm4v", _lazy("mm_glm.formatter", "Glm4vFormatter"),
+                           description="GLM-4.1V chat template ([gMASK]<sop>, <|user|>, ...) and processor"))
