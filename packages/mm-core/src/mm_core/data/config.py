@@ -26,6 +26,9 @@ class PreprocessParameters:
     video_min_pixels: int = 256
     video_fps: float = 2.0
     video_maxlen: int = 64
+    # dynamic tiling (InternVL): tiles per image, before the thumbnail
+    min_dynamic_patch: int = 1
+    max_dynamic_patch: int = 12
 
 
 @dataclass
@@ -41,6 +44,10 @@ class BasicParameters:
     packing: bool = False
     train_on_prompt: bool = False
     mask_history: bool = False
+    # replies of Thinking models, "<think>...</think>" then the answer (mm_core.data.thinking): false
+    # leaves the thinking, tags included, out of the loss, so only the answer and the end of the reply
+    # are learnt; true trains on the whole reply. Formatters whose replies have no thinking ignore it.
+    train_on_thinking: bool = True
     strict: bool = False  # the first bad record is an error (file and line) instead of skipped
     pack_buffer: int = 64  # streaming: samples packed together; map-style: samples per packing window
     # with packing: "fill" fills rows to the sequence length and micro_batch_size counts rows, so a
