@@ -33,7 +33,7 @@ from mm_core.data.media import image_size, load_image, load_video
 from mm_core.data.records import Sample
 from mm_core.data.video_times import probe_video, video_seconds
 from mm_core.errors import ConfigError
-from mm_glm.template import IMAGE_TOKEN, VIDEO_TOKEN, image_text, render, video_text
+from mm_glm.template import END_OF_TEXT, IMAGE_TOKEN, VIDEO_TOKEN, image_text, render, video_text
 
 FORMATTER_VERSION = "glm4v-1"
 
@@ -90,6 +90,11 @@ class Glm4vFormatter:
     def video_token_id(self) -> int:
         """``<|video|>``: the chat template's video placeholder; never left in encoded ids."""
         return int(self.tokenizer.convert_tokens_to_ids(VIDEO_TOKEN))
+
+    @property
+    def end_of_sample_ids(self) -> list[int]:
+        """``<|endoftext|>``: what a training sample ends with beyond the chat template's text."""
+        return [int(self.tokenizer.convert_tokens_to_ids(END_OF_TEXT))]
 
     def fingerprint(self) -> str:
         """Changes whenever tokenizer, processor, template or settings change (cache key part)."""
