@@ -8,7 +8,7 @@ from collections.abc import Callable
 from mm_core.family.lazy import lazy as _lazy
 from mm_core.family.lazy import vision_language_spec
 from mm_core.hookspecs import hookimpl
-from mm_core.specs import ConverterSpec, FormatterSpec, ModelSpec
+from mm_core.specs import ConverterSpec, FormatterSpec, KernelSpec, ModelSpec
 
 
 @hookimpl
@@ -28,3 +28,14 @@ def mm_register_converters(register: Callable[[ConverterSpec], None]) -> None:
 def mm_register_formatters(register: Callable[[FormatterSpec], None]) -> None:
     register(FormatterSpec("glm4v", _lazy("mm_glm.formatter", "Glm4vFormatter"),
                            description="GLM-4.1V chat template ([gMASK]<sop>, <|user|>, ...) and processor"))
+
+
+@hookimpl
+def mm_register_kernels(register: Callable[[KernelSpec], None]) -> None:
+    """The interleaved partial rotary on Ascend (npu only); torch_npu is imported only by the call
+    and by the availability check, which the registry runs only when an npu kernel is asked for."""
+    from mm_core.kernels.npu import torch_npu_available
+    from mm_glm.kernels_npu import rotary_interleaved
+
+    register(KernelSpec("rotary_interleaved", "npu", "torch_npu", rotary_interleaved, priority=10,
+                        is_available=torch_npu_available))
