@@ -9,7 +9,8 @@ The tokenizer, chat template and processor come from the HF directory (``--proce
 model is an mm directory). A batch file is JSON (a list) or JSONL of records
 ``{"prompt": str, "images": [paths], "videos": [paths], "system": str}`` (``image``/``video`` for a
 single path also work; relative paths are relative to the file). Answers print one per line, or as
-JSONL records with ``answer`` and ``token_ids`` added when a batch file or ``--output`` is used.
+JSONL records with ``answer`` and ``token_ids`` added when a batch file or ``--output`` is used. A
+Thinking model's ``<think>...</think>`` is shown apart from its answer (``infer_thinking``).
 An item that cannot be answered (bad record, missing or undecodable media) gets a one-line error
 on stderr (and an ``error`` field in JSONL), the others are answered, and the exit status is 1.
 ``--model`` is an existing directory, or ``hf://OWNER/NAME`` for a Hub model.
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_core.cli.infer_inputs import Item, ItemError, Media, load_media, read_items, resolve_model
+from mm_core.cli.infer_thinking import answer_fields, display_text
 from mm_core.errors import ConfigError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -178,9 +180,9 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 text, tokens = answers[id(item)]
                 if as_json:
-                    emit(json.dumps({**item.record, "answer": text, "token_ids": tokens}, ensure_ascii=False))
+                    emit(json.dumps({**item.record, **answer_fields(text), "token_ids": tokens}, ensure_ascii=False))
                 if not as_json or sink is not None:
-                    print(text)
+                    print(display_text(text))
     finally:
         if sink is not None:
             sink.close()
