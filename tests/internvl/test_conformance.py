@@ -13,6 +13,7 @@ ROWS = {  # ("image", n): an image of n 56-px tiles
     "text": [[("text", 9)], [("text", 5)]],
     "image": [[("text", 3), ("image", 1), ("text", 4)]],
     "two_images": [[("text", 3), ("image", 2), ("text", 2), ("image", 1), ("text", 4)]],
+    "video": [[("text", 2), ("image", 1), ("text", 1), ("image", 1), ("text", 1), ("image", 1), ("text", 3)]],  # 3 frames
 }
 
 
@@ -20,9 +21,8 @@ class TestInternVL3(FamilyConformance):
     family = "internvl"
     transformers_class = "InternVLForConditionalGeneration"
     # tp: the engine derives the plan from the converter
-    capabilities = {"image", "tp", "sequence_parallel", "pp", "generation"}
-    capability_notes = {"formatter": "InternVL has no formatter yet",
-                        "video": "the model takes no video inputs yet"}
+    # video: each frame is one tile among the image tokens (the formatter writes FrameN: lines)
+    capabilities = {"image", "video", "tp", "sequence_parallel", "pp", "generation", "formatter"}
 
     def tiny_hf_dir(self, path: Path) -> Path:
         from mm_internvl.tiny import save_tiny_model
@@ -35,3 +35,9 @@ class TestInternVL3(FamilyConformance):
         from mm_internvl.tiny import make_inputs
 
         return make_inputs(hf_config, ROWS[case], seed=seed)
+
+    def formatter_dir(self, path: Path) -> Path:
+        from mm_internvl.tokenizer import save_offline_processor
+
+        self.tiny_hf_dir(path)  # config.json: tile size and tokens per tile
+        return save_offline_processor(path, tile_size=56, image_seq_length=4)

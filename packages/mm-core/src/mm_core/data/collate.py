@@ -67,7 +67,6 @@ def collate(
             batch[key] = torch.cat(parts, dim=0)
     use_dummy = dummy_vision is not None and "pixel_values" not in batch and "pixel_values_videos" not in batch
     if use_dummy:
-        batch["pixel_values"] = dummy_vision["pixel_values"]
-        batch["image_grid_thw"] = dummy_vision["image_grid_thw"]
+        batch.update(dummy_vision)  # whatever the family's encoder takes (pixels, grids)
     batch["dummy_vision"] = torch.tensor(use_dummy)
     return batch
