@@ -1,6 +1,7 @@
 """The engine's tensor-parallel plan comes from the converter's rules (no process group needed here):
-each rule split maps to its DTensor style, and a split that tp does not divide evenly is refused by
-name before anything runs (mm-format's uneven split and DTensor's differ)."""
+each rule split maps to its DTensor style; uneven vocabularies and heads train over padded shards,
+any other split that tp does not divide evenly is refused by name before anything runs (mm-format's
+uneven split and DTensor's differ)."""
 
 from __future__ import annotations
 
@@ -42,16 +43,19 @@ def test_uneven_vocabulary_where_dtensor_and_mm_format_differ_is_padded():
         assert plan[path].vocab_padding.rows == (81, 81, 80, 80)
 
 
-def test_other_uneven_splits_are_refused_by_name():
+def test_uneven_heads_are_padded_and_other_uneven_splits_refused_by_name():
     from torch import nn
 
     from mm_core.checkpoint.ops import Split
+    from mm_core.nn.head_padding import HeadPadding
 
     model = nn.Module()
-    model.attn = nn.Linear(8, 3 * 5 * 4)  # [Q; K; V] of 5 heads of 4
+    model.attn = nn.Linear(8, 3 * 5 * 4)  # [Q; K; V] of 5 heads of 4: padded (mm_core.nn.head_padding)
+    model.rows = nn.Linear(8, 5)  # 5 rows at tp 4: mm-format 2/1/1/1, torch.chunk 2/2/1/0, not a vocabulary
     splits = {"attn.weight": Split(dim=0, parts=3, unit=4, uneven=True, what="heads")}
-    with pytest.raises(ConfigError, match=r"attn.weight has 5 heads, which tp 2 does not divide"):
-        derive_tp_plan(model, splits, 2)
+    assert derive_tp_plan(model, splits, 2)["attn"].param_rows == {"weight": HeadPadding((3, 2), 4, parts=3)}
+    with pytest.raises(ConfigError, match=r"rows.weight has 5 rows, which tp 4 does not divide"):
+        derive_tp_plan(model, {"rows.weight": Split(dim=0, uneven=True)}, 4)
 
 
 def test_vocab_padding_round_trips_and_maps_ids():

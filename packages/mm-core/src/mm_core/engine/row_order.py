@@ -17,10 +17,12 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from mm_core.nn.head_padding import HeadPadding
 from mm_core.nn.vocab_padding import VocabPadding
 
 RowBlocks = tuple[int, int]  # (tp, parts)
-RowMap = RowBlocks | VocabPadding  # how a parameter's engine rows map to the checkpoint's
+RowMap = RowBlocks | VocabPadding | HeadPadding  # how a parameter's engine rows map to the checkpoint's
+Padded = (VocabPadding, HeadPadding)  # row maps with pad / unpad
 
 
 def gated_parameters(model: nn.Module, plan: dict[str, Any], tp: int) -> dict[str, RowMap]:
@@ -28,6 +30,8 @@ def gated_parameters(model: nn.Module, plan: dict[str, Any], tp: int) -> dict[st
     those a sectioned style shards (``(tp, parts)``) and padded vocabularies (names relative to ``model``)."""
     out: dict[str, RowMap] = {}
     for path, style in plan.items():
+        for pname, rows in getattr(style, "param_rows", {}).items():  # per parameter (padded heads)
+            out[f"{path}.{pname}"] = rows
         parts = int(getattr(style, "row_sections", 0))
         padding = getattr(style, "vocab_padding", None)
         if parts > 1 or padding is not None:
@@ -50,12 +54,12 @@ def canonical_to_blocked(t: torch.Tensor, tp: int, parts: int = 2) -> torch.Tens
 
 def canonical_rows(t: torch.Tensor, rows: RowMap) -> torch.Tensor:
     """A whole (plain) tensor in engine row order -> checkpoint order."""
-    return rows.unpad(t) if isinstance(rows, VocabPadding) else blocked_to_canonical(t, *rows)
+    return rows.unpad(t) if isinstance(rows, Padded) else blocked_to_canonical(t, *rows)
 
 
 def engine_rows(t: torch.Tensor, rows: RowMap) -> torch.Tensor:
     """A whole (plain) tensor in checkpoint order -> engine row order."""
-    return rows.pad(t) if isinstance(rows, VocabPadding) else canonical_to_blocked(t, *rows)
+    return rows.pad(t) if isinstance(rows, Padded) else canonical_to_blocked(t, *rows)
 
 
 def _reorder(t: torch.Tensor, fn, rows: RowMap) -> torch.Tensor:

@@ -17,9 +17,10 @@ output for a vocab-parallel loss) and the sequence-parallel regions of the text 
 
 Uneven splits (units that tp does not divide): mm-format gives the first ``units mod tp`` ranks
 one unit more, DTensor shards like ``torch.chunk``. Where the two agree (all ranks but the last
-take one more: any uneven split at tp 2) the engine trains it as is; an uneven vocabulary elsewhere
-trains over zero-padded shards (``vocab_padding``) whose real rows are mm-convert's pieces; any
-other uneven split (attention heads) is refused before any work, naming the tensor.
+take one more: a vocabulary at tp 2) the engine trains it as is; an uneven vocabulary elsewhere
+trains over zero-padded shards (``vocab_padding``), and so do attention heads (splits in units of a
+head, ``padded_heads``), whose real rows are mm-convert's pieces; any other uneven split is refused
+before any work, naming the tensor.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from torch import nn
 
 from mm_core.checkpoint.ops import Split, TPSplit
+from mm_core.engine.padded_heads import head_paddings, head_style
 from mm_core.errors import ConfigError
 from mm_core.layout import Placement
 from mm_core.nn.vocab_padding import VocabPadding
@@ -69,7 +71,8 @@ def dtensor_rows(size: int, tp: int) -> list[int]:
 
 def uneven_vocabularies(splits: Mapping[str, TPSplit], model: nn.Module, tp: int) -> dict[str, VocabPadding]:
     """``{module path: padding}`` of the vocabulary splits DTensor cannot shard as mm-convert cuts them
-    (see ``vocab_padding``); any other split that the engine cannot train is refused, naming the tensor.
+    (see ``vocab_padding``); any other split that the engine cannot train is refused, naming the tensor
+    (head splits are taken out first: ``padded_heads``).
 
     Even splits always agree. An uneven one (mm-format: the first ``units mod tp`` ranks take one
     unit more) agrees with ``torch.chunk`` when all but the last rank take one more (tp 2, say).
@@ -206,7 +209,8 @@ def derive_tp_plan(model: nn.Module, splits: Mapping[str, TPSplit], tp: int, *, 
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
 
-    padded = uneven_vocabularies(splits, model, tp)
+    heads = head_paddings(splits, model, tp)
+    padded = uneven_vocabularies({k: v for k, v in splits.items() if k.rpartition(".")[0] not in heads}, model, tp)
     if padded and loss_parallel:
         raise ConfigError(f"{sorted(padded)}: a padded vocabulary has no vocabulary-sharded logits; gather them")
     by_module: dict[str, dict[str, TPSplit]] = {}
@@ -225,7 +229,10 @@ def derive_tp_plan(model: nn.Module, splits: Mapping[str, TPSplit], tp: int, *, 
             raise ConfigError(f"{path}: the rules split {sorted(params)} but not its weight; a tensor-parallel style "
                               f"cannot be derived")
         bias = params.get("bias")
-        if path in padded:
+        by_heads = head_style(module, params, heads.get(path))
+        if by_heads is not None:
+            plan[path] = by_heads
+        elif path in padded:
             plan[path] = (padded_vocab_embedding(padded[path]) if isinstance(module, nn.Embedding)
                           else padded_vocab_output(padded[path], seq if sequence_parallel else Replicate()))
         elif isinstance(module, nn.Embedding) and weight.dim == 0 and weight.parts == 1:

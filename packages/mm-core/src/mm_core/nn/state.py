@@ -21,8 +21,11 @@ def _is_dtensor(t: torch.Tensor) -> bool:
 
 def _fitted(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
     """A rank's checkpoint piece as the parameter holds it: a padded vocabulary shard (see
-    ``mm_core.nn.vocab_padding``) has zero ghost rows after the converter's rows."""
-    padding = getattr(model.get_submodule(name.rpartition(".")[0]), "mm_vocab_padding", None)
+    ``mm_core.nn.vocab_padding``) has zero ghost rows after the converter's rows, a padded head split
+    (``mm_core.nn.head_padding``) zero ghost heads after each section's real ones."""
+    path, _, pname = name.rpartition(".")
+    module = model.get_submodule(path)
+    padding = getattr(module, "mm_vocab_padding", None) or getattr(module, "mm_param_padding", {}).get(pname)
     return padding.pad_piece(tensor) if padding is not None else tensor
 
 
