@@ -52,11 +52,7 @@ def _parsed(hf: Mapping[str, Any]):
 class GlmConverter(Converter):
     """GLM-4.1V (dense): HF <-> mm (tp/pp) <-> DCP."""
 
-    modules = ("vit", "llm")
-    # transformers 4.x wrote the pre-5 in-memory names; read them as the Hub's
-    hf_aliases = (("visual.", "model.visual."), ("model.layers.", "model.language_model.layers."),
-                  ("model.embed_tokens.", "model.language_model.embed_tokens."),
-                  ("model.norm.", "model.language_model.norm."))
+    modules = ("vit", "llm")  # HF names: model.visual.*, model.language_model.*, lm_head.* (Hub = transformers 5)
 
     def depths(self, hf: Mapping[str, Any]) -> dict[str, int]:
         cfg = _parsed(hf)
