@@ -20,8 +20,7 @@ ROWS = {  # ("image", (h, w)) patch grid; ("video", (t, h, w), seconds between f
 class TestGlm4v(FamilyConformance):
     family = "glm4v"
     transformers_class = "Glm4vForConditionalGeneration"
-    capabilities = {"image", "video", "tp", "sequence_parallel", "pp", "generation"}
-    capability_notes = {"formatter": "switched on when mm_glm.formatter lands"}
+    capabilities = {"image", "video", "tp", "sequence_parallel", "pp", "generation", "formatter"}
 
     def tiny_hf_dir(self, path: Path) -> Path:
         from mm_glm.tiny import save_tiny_model
@@ -33,3 +32,8 @@ class TestGlm4v(FamilyConformance):
         from mm_glm.tiny import make_inputs
 
         return make_inputs(hf_config, ROWS[case], seed=seed)
+
+    def formatter_dir(self, path: Path) -> Path:
+        from mm_glm.testing_tokenizer import save_glm_processor
+
+        return save_glm_processor(path)  # sized for the data config's default pixel limits
