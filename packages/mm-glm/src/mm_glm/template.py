@@ -21,14 +21,14 @@ ends with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from mm_core.data.bad_records import BadRecord
 from mm_core.data.label_spans import Span, subtract_span
-from mm_core.data.records import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
+from mm_core.data.placeholders import expand_placeholders
 from mm_core.data.thinking import thinking_span
 
 PREFIX = "[gMASK]<sop>"
@@ -61,23 +61,6 @@ class Rendered:
     label_spans: list[Span]
 
 
-def _expand(content: str, images: Iterator[str], videos: Iterator[str], where: str) -> str:
-    """``content`` with each ``<image>``/``<video>`` replaced by the next media text, in order."""
-    out, pos = [], 0
-    while True:
-        i, v = content.find(IMAGE_PLACEHOLDER, pos), content.find(VIDEO_PLACEHOLDER, pos)
-        if i < 0 and v < 0:
-            out.append(content[pos:])
-            return "".join(out)
-        is_image = v < 0 or 0 <= i < v
-        at = i if is_image else v
-        media = next(images if is_image else videos, None)
-        if media is None:
-            raise BadRecord("placeholder_mismatch", where, "more vision placeholders than media")
-        out.append(content[pos:at] + media)
-        pos = at + len(IMAGE_PLACEHOLDER if is_image else VIDEO_PLACEHOLDER)
-
-
 def render(messages: Sequence[dict[str, str]], system: str | None, image_texts: Sequence[str],
            video_texts: Sequence[str], *, train_on_prompt: bool = False, mask_history: bool = False,
            train_on_thinking: bool = True, where: str = "?") -> Rendered:
@@ -94,7 +77,7 @@ def render(messages: Sequence[dict[str, str]], system: str | None, image_texts: 
         if m["role"] not in ("user", "observation", "assistant"):
             raise BadRecord("bad_format", where, f"role '{m['role']}' has no GLM-4.1V turn; "
                                                  "use user, observation or assistant")
-        content = _expand(m["content"], images, videos, where)
+        content = expand_placeholders(m["content"], images, videos, where)
         text += ROLE_MARKERS[m["role"]] + "\n"
         if i in trained:
             replies.append((len(text), len(text) + len(content), content))

@@ -11,39 +11,23 @@ the processor does) and a token is a label when it starts inside an assistant re
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mm_core.batch import IGNORE_INDEX
-from mm_core.data.bad_records import BadRecord
 from mm_core.data.config import DataConfig
+from mm_core.data.hf_processor import load_processor, processor_fingerprint
+from mm_core.data.label_spans import tokenize_with_labels
 from mm_core.data.media import image_size, load_image, load_video, video_shape
-from mm_core.data.records import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Sample
+from mm_core.data.placeholders import expand_placeholders
+from mm_core.data.records import Sample
 from mm_core.errors import ConfigError
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
-IMAGE_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"
-VIDEO_SPAN = "<|vision_start|><|video_pad|><|vision_end|>"
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 FORMATTER_VERSION = "qwen2vl-1"
-_FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
-                      "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
-
-
-_PROCESSORS: dict[tuple[str, float], Any] = {}
-
-
-def _load_processor(path: str) -> Any:
-    """One processor per directory (and its modification time) per process: loading takes seconds."""
-    key = (str(Path(path).resolve()), Path(path).stat().st_mtime)
-    if key not in _PROCESSORS:
-        from transformers import AutoProcessor
-
-        _PROCESSORS[key] = AutoProcessor.from_pretrained(path, trust_remote_code=False)
-    return _PROCESSORS[key]
 
 
 class Qwen2VLFormatter:
@@ -73,7 +57,7 @@ class Qwen2VLFormatter:
     @property
     def processor(self) -> Any:
         if self._processor is None:
-            self._processor = _load_processor(self.config.preprocess_parameters.model_name_or_path)
+            self._processor = load_processor(self.config.preprocess_parameters.model_name_or_path)
         return self._processor
 
     @property
@@ -94,27 +78,24 @@ class Qwen2VLFormatter:
 
     def fingerprint(self) -> str:
         """Changes whenever tokenizer, processor, template or settings change (cache key part)."""
-        h = hashlib.sha256(FORMATTER_VERSION.encode())
-        root = Path(self.config.preprocess_parameters.model_name_or_path)
-        for name in _FINGERPRINT_FILES:
-            if (root / name).is_file():
-                h.update(name.encode() + (root / name).read_bytes())
         settings = {"pre": vars(self.config.preprocess_parameters) | {"model_name_or_path": ""},
                     "train_on_prompt": self.config.basic_parameters.train_on_prompt,
                     "mask_history": self.config.basic_parameters.mask_history}
-        h.update(json.dumps(settings, sort_keys=True).encode())
-        return h.hexdigest()[:16]
+        return processor_fingerprint(FORMATTER_VERSION, self.config.preprocess_parameters.model_name_or_path,
+                                     settings)
 
     # -- text --------------------------------------------------------------------------------
 
-    def _text_and_label_spans(self, sample: Sample) -> tuple[str, list[tuple[int, int]]]:
+    def _text_and_label_spans(self, sample: Sample, images: Iterator[str],
+                              videos: Iterator[str]) -> tuple[str, list[tuple[int, int]]]:
+        """The conversation text (vision placeholders expanded) and the spans of its labels."""
         basic = self.config.basic_parameters
         parts: list[tuple[str, bool]] = [
             (f"<|im_start|>system\n{sample.system if sample.system is not None else DEFAULT_SYSTEM}<|im_end|>\n", False)
         ]
         last_assistant = max(i for i, m in enumerate(sample.messages) if m["role"] == "assistant")
         for i, m in enumerate(sample.messages):
-            content = m["content"].replace(IMAGE_PLACEHOLDER, IMAGE_SPAN).replace(VIDEO_PLACEHOLDER, VIDEO_SPAN)
+            content = expand_placeholders(m["content"], images, videos, sample.where)
             if m["role"] == "user":
                 parts.append((f"<|im_start|>user\n{content}<|im_end|>\n", False))
             else:
@@ -178,30 +159,13 @@ class Qwen2VLFormatter:
         ``pixels=False`` counts vision tokens from image headers only (the length pre-pass).
         Raises :class:`BadRecord` for unreadable media.
         """
-        text, spans = self._text_and_label_spans(sample)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids: list[int] = enc["input_ids"]
-        offsets = enc["offset_mapping"]
         vision = self._vision(sample, pixels)
-        counts = {self.image_token_id: iter(vision.pop("image_tokens", [])),
-                  self.video_token_id: iter(vision.pop("video_tokens", []))}
-        out_ids: list[int] = []
-        labels: list[int] = []
-        span_i = 0
-        for tok, (start, _end) in zip(ids, offsets):
-            while span_i < len(spans) and start >= spans[span_i][1]:
-                span_i += 1
-            in_label = span_i < len(spans) and spans[span_i][0] <= start < spans[span_i][1]
-            if tok in counts:
-                n = next(counts[tok], None)
-                if n is None:
-                    raise BadRecord("placeholder_mismatch", sample.where, "more vision placeholders than media")
-                out_ids.extend([tok] * n)
-                labels.extend([IGNORE_INDEX] * n)  # vision positions never carry a label
-                continue
-            out_ids.append(tok)
-            labels.append(tok if in_label else IGNORE_INDEX)
-        return {"input_ids": out_ids, "labels": labels, **vision}
+        images = iter([f"{VISION_START}{'<|image_pad|>' * n}{VISION_END}" for n in vision.pop("image_tokens", [])])
+        videos = iter([f"{VISION_START}{'<|video_pad|>' * n}{VISION_END}" for n in vision.pop("video_tokens", [])])
+        text, spans = self._text_and_label_spans(sample, images, videos)
+        ids, labels = tokenize_with_labels(self.tokenizer, text, spans,
+                                           never_label={self.image_token_id, self.video_token_id})
+        return {"input_ids": ids, "labels": labels, **vision}
 
     def dummy_vision(self) -> dict[str, torch.Tensor]:
         """One 2x2-patch black image (one merged token): what a text-only micro-batch feeds the ViT."""
