@@ -206,3 +206,30 @@ def test_dummy_vision_fingerprint_and_pickling(proc_dir):
     assert fmt.fingerprint() != Glm4vFormatter(config(proc_dir, train_on_thinking=False)).fingerprint()
     clone = pickle.loads(pickle.dumps(fmt))
     assert clone._processor is None and clone.fingerprint() == fmt.fingerprint()
+
+
+def test_glm_loader_packs_samples_with_the_dummy_image_for_text_only_batches(proc_dir, media, tmp_path):
+    import json
+
+    from mm_core.data import build_dataloader
+
+    recs = [{"images": ["a.jpg"], "messages": [{"role": "user", "content": "<image>What?"},
+                                               {"role": "assistant", "content": "A picture."}]},
+            {"videos": ["v.mp4"], "messages": [{"role": "user", "content": "<video>And?"},
+                                               {"role": "assistant", "content": "It brightens."}]},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = config(proc_dir, dataset_dir=str(media), dataset=str(tmp_path / "d.jsonl"), packing=True)
+    cfg.dataloader_param.shuffle = False
+    cfg.dataloader_param.sampler_type = "sequential"
+    (b,) = list(build_dataloader(cfg, seq_len=512, micro_batch_size=1, num_epochs=1, packing=True))
+    assert b["num_samples"].item() == 3 and b["segment_ids"].max().item() == 2 and not b["dummy_vision"].item()
+    assert b["image_grid_thw"].tolist() == [[1, 8, 6]] and b["video_grid_thw"].tolist() == [[5, 4, 4]]
+    assert (b["input_ids"] == IMAGE).sum().item() == 12 + 5 * 4  # the image's tokens and the video's frames
+    assert len(b["pixel_values"]) == 48 and len(b["pixel_values_videos"]) == 80
+    assert (b["input_ids"] == EOT).sum().item() >= 3  # each sample ends with <|endoftext|> (padding too)
+    (tmp_path / "t.jsonl").write_text(json.dumps(recs[2]) + "\n")
+    cfg.basic_parameters.dataset = str(tmp_path / "t.jsonl")
+    (b,) = list(build_dataloader(cfg, seq_len=128, micro_batch_size=1, num_epochs=1, packing=False))
+    assert b["dummy_vision"].item() and b["image_grid_thw"].tolist() == [[1, 2, 2]]
+    assert b["pixel_values"].shape == (4, 1176) and not b["pixel_values"].any()
