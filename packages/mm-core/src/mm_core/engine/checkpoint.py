@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from mm_core.engine import lora_checkpoint
 from mm_core.engine.model_setup import TIED_ALIASES, EngineStage
 from mm_core.engine.row_order import copy_blocked_, to_blocked, to_canonical
 
@@ -105,7 +106,7 @@ def _full_state(stages: list[EngineStage], optimizers: list[torch.optim.Optimize
     model: dict[str, Any] = {}
     optim: dict[str, Any] = {}
     for stage, opt in zip(stages, optimizers):
-        model.update(_model_state(stage))
+        model.update(lora_checkpoint.only_adapters(stage, _model_state(stage)))  # LoRA: adapters only
         if opt is not None and not weights_only:
             optim.update(_optim_state(stage, opt))
     state: dict[str, Any] = {"model": model}
@@ -130,6 +131,7 @@ def save_checkpoint(save: str | Path, step: int, stages: list[EngineStage],
     if dist.get_rank() == 0:
         if config_yaml is not None:
             (path / "finetune_config.yaml").write_text(config_yaml)
+        lora_checkpoint.save_adapters(path, stages)
         tmp = Path(save) / f".{TRACKER}.tmp"
         tmp.write_text(str(step))
         os.replace(tmp, Path(save) / TRACKER)
@@ -181,6 +183,7 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
     ``dp_states``: every saved data rank's, in rank order, from which a map-style loader resumes
     on another data-parallel size.
     """
+    lora = lora_checkpoint.check_base(path, stages)  # adapters only; refuses another base
     meta_keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
     has_optim = any(k.startswith("optim.") for k in meta_keys)
     state = _full_state(stages, optimizers, weights_only=not (load_optim and has_optim))
@@ -221,7 +224,7 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
                 copy_blocked_(param, v, stage.gated[name])
                 v = param
             local[_PREFIX + name] = v
-        set_model_state_dict(stage, local, options=StateDictOptions(strict=True))
+        set_model_state_dict(stage, local, options=StateDictOptions(strict=not lora))
         if opt is not None and "optim" in state:
             set_optimizer_state_dict(stage, opt, _optim_local(stage, state["optim"], own), options=_OPT_OPTIONS)
     if "rng" in state:

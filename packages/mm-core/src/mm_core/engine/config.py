@@ -1,4 +1,4 @@
-"""The `mm-run finetune` configuration: five sections, typed, checked before any worker starts.
+"""The `mm-run finetune` configuration: five sections (and an optional ``lora``), typed, checked before any worker starts.
 
 ``parse_finetune_config(argv)`` reads ``--config file.yaml`` plus ``--section.field value``
 overrides; ``validate(cfg, world_size)`` checks the values against each other and against the
@@ -17,6 +17,7 @@ from mm_core.errors import ConfigError
 from mm_core.family.hf_config import layer_counts as model_layer_counts
 from mm_core.family.hf_config import load_hf_config as load_hf_config_file
 from mm_core.layout import Placement
+from mm_core.lora.config import LoraConfig
 
 FREEZABLE = ("vision_encoder", "vision_projector", "text_decoder")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach")
@@ -138,6 +139,7 @@ class FinetuneConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    lora: LoraConfig | None = None  # low-rank adapters on a frozen base (mm_core.lora); none when absent
 
 
 @dataclass
@@ -295,4 +297,9 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
         raise ConfigError("parallel.pp_schedule: nested layer lists (virtual chunks) need Interleaved1F1B")
     if p.pp > 1 and ga < 1:
         raise ConfigError("training: pipeline parallel needs at least one micro-batch per step")
+    if cfg.lora is not None:
+        from mm_core.engine.model_setup import resolve_spec
+        from mm_core.lora.config import check_against_model
+
+        check_against_model(cfg.lora, resolve_spec(cfg, hf_config), hf_config, {"vit": vit_total, "llm": llm_total})
     return Layout(world_size, p.tp, p.pp, dp, ga, placement)

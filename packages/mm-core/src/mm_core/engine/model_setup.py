@@ -323,6 +323,10 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
                               rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
         else:
             model, gated = load_stage_model(cfg, spec, hf_config, layout, stage, par)
+        if cfg.lora is not None:  # adapters: after the tp plan, before FSDP2 (mm_core.lora)
+            from mm_core.lora.engine import attach_to_stage
+
+            attach_to_stage(model, cfg, spec, hf_config, names, gated)
         if cfg.training.recompute == "full":
             recompute_layers(model, cfg.training.recompute_num_layers)
         if cfg.training.compile:

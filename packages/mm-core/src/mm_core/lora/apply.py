@@ -28,6 +28,7 @@ class LoraState:
     config: LoraConfig
     targets: list[Target] = field(default_factory=list)
     base: dict[str, Any] = field(default_factory=dict)  # where the base weights came from (fingerprint)
+    model: str = ""  # the registered model name
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig, spec: Any, hf_config: Mapping[str, Any], *,
@@ -48,7 +49,7 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, spec: Any, hf_config: Mapping[
         shape = (module.weight.shape[0], module.weight.shape[1])
         attach(module, t.name, sections.of(f"{t.name}.weight", shape), cfg.rank, cfg.scaling, cfg.dropout, seed,
                (blocks or {}).get(f"{t.local}.weight"))
-    state = LoraState(cfg, targets, dict(base or {}))
+    state = LoraState(cfg, targets, dict(base or {}), spec.name)
     model.mm_lora = state
     return state
 
