@@ -97,3 +97,19 @@ def test_infer_shows_the_thinking_apart_from_the_answer(proc_dir, tmp_path, monk
     record = json.loads(answers.read_text())
     assert record["answer"] == "Red." and record["thinking"] == "The square is red.\nNothing else."
     assert record["token_ids"] == reply
+
+
+def test_reasoning_tags_survive_decoding_where_the_tokenizer_makes_them_special(proc_dir):
+    from transformers import AutoTokenizer
+
+    from mm_core.cli.infer_thinking import decode_reply, display_text
+
+    tok = AutoTokenizer.from_pretrained(proc_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<answer>", "</answer>"]})
+    ids = tok("<think>Hm.</think><answer>Red.</answer>", add_special_tokens=False)["input_ids"]
+    ids.append(tok.convert_tokens_to_ids("<|user|>"))
+    assert tok.decode(ids, skip_special_tokens=True) == "<think>Hm.</think>Red."  # what plain decoding loses
+    assert decode_reply(tok, ids) == "<think>Hm.</think><answer>Red.</answer>"
+    assert display_text(decode_reply(tok, ids)) == "thinking:\n  Hm.\nanswer:\nRed."
+    plain = tok("Just red.", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|endoftext|>")]
+    assert decode_reply(tok, plain) == "Just red."

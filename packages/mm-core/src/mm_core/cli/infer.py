@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_core.cli.infer_inputs import Item, ItemError, Media, load_media, read_items, resolve_model
-from mm_core.cli.infer_thinking import answer_fields, display_text
+from mm_core.cli.infer_thinking import answer_fields, decode_reply, display_text
 from mm_core.errors import ConfigError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                 t1 = time.perf_counter()
                 new = generate(model, batch, cfg)
                 print(f"generated {sum(len(t) for t in new)} tokens in {time.perf_counter() - t1:.2f}s", file=sys.stderr)
-                answers = {id(i): (processor.tokenizer.decode(t, skip_special_tokens=True), t) for i, t in zip(good, new)}
+                answers = {id(i): (decode_reply(processor.tokenizer, t), t) for i, t in zip(good, new)}
             for item in chunk:  # in input order, failures included
                 if item.error is not None:
                     failed += 1

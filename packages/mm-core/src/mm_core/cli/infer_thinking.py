@@ -8,9 +8,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from mm_core.data.thinking import split_thinking
+from mm_core.data.thinking import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, split_thinking
 
 INDENT = "  "
+TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+
+def decode_reply(tokenizer: Any, token_ids: list[int]) -> str:
+    """The reply as text without special tokens, but with the reasoning tags even where a tokenizer
+    has them as special tokens (``skip_special_tokens`` would drop them, and the split with them)."""
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    tag_ids = {tokenizer.convert_tokens_to_ids(t): t for t in TAGS}  # an unknown tag may map to <unk>
+    kept = {i: t for i, t in tag_ids.items() if i in special and tokenizer.convert_ids_to_tokens(i) == t}
+    if not kept or not any(i in kept for i in token_ids):
+        return tokenizer.decode(token_ids, skip_special_tokens=True)
+    parts, run = [], []
+    for i in token_ids:
+        if i in kept:
+            parts += [tokenizer.decode(run, skip_special_tokens=True), kept[i]]
+            run = []
+        else:
+            run.append(i)
+    return "".join(parts + [tokenizer.decode(run, skip_special_tokens=True)])
 
 
 def display_text(reply: str) -> str:
