@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "data": ("mm_core.cli.data", "prepare and inspect data (llava-to-mllm, inspect)"),
     "plugins": ("mm_core.cli.plugins", "list installed plugins, their versions, status and what they provide"),
     "demo": ("mm_core.cli.demo", "train a tiny model end to end on this CPU in minutes"),
+    "lora": ("mm_core.cli.lora", "merge LoRA adapters into their base, or export them for peft"),
 }
 
 

@@ -57,3 +57,16 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, spec: Any, hf_config: Mapping[
 def adapter_state(model: nn.Module) -> dict[str, nn.Parameter]:
     """The adapter parameters of ``model`` by (model-relative) name."""
     return {n: p for n, p in model.named_parameters() if is_adapter(n)}
+
+
+def set_adapters(model: nn.Module, tensors: Mapping[str, Any]) -> None:
+    """Load adapter tensors (model-relative names) into an adapted model; names must match exactly."""
+    import torch
+
+    own = adapter_state(model)
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"adapters do not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(tensors[name])

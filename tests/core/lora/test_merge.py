@@ -1,0 +1,115 @@
+"""`mm-run lora merge`: the merged checkpoint (HF, or mm at tp 2) gives the logits of base + adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mm_core.cli.main import main
+from mm_core.errors import ConfigError
+from mm_core.lora.apply import adapter_state, apply_lora
+from mm_core.lora.config import LoraConfig
+from mm_core.lora.files import write_adapters
+from mm_core.lora.fingerprint import weights_fingerprint
+from mm_core.plugins import get_plugin_manager
+
+CONV = "Qwen2_5_VLConverter"
+LORA = LoraConfig(rank=2, alpha=3.0, targets=["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"],
+                  layers={"vision_encoder": [1], "text_decoder": [0, 1]})
+
+
+def our_model(hf_dir: Path, hf: dict):
+    from mm_core.nn.pretrained import load_hf_weights
+
+    spec = get_plugin_manager().model_for_hf_config(hf)
+    model = spec.builder(hf, vit_pp_layers=[2], llm_pp_layers=[2], pp_rank=0, device="cpu", dtype=torch.float32)
+    load_hf_weights(model, hf_dir, spec.converter)
+    return spec, model.eval()
+
+
+def make_adapters(hf_dir: Path, out: Path, batch: dict, seed: int = 4) -> torch.Tensor:
+    """Random adapters on the base (written like the engine writes them); returns base + adapters logits."""
+    from mm_core.family.hf_config import load_hf_config
+
+    hf = load_hf_config(hf_dir)
+    spec, model = our_model(hf_dir, hf)
+    apply_lora(model, LORA, spec, hf, seed=1)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in adapter_state(model).items():
+            if ".lora_B." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    write_adapters(out, adapter_state(model), LORA, {"kind": "hf", "path": str(hf_dir)}, weights_fingerprint(hf_dir),
+                   spec.name)
+    with torch.no_grad():
+        return model(**batch)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from mm_qwen.tiny import make_inputs, save_tiny_model
+
+    tmp = tmp_path_factory.mktemp("lora_merge")
+    hf_dir = save_tiny_model(tmp / "hf", vision_depth=2, text_layers=2)
+    from mm_core.family.hf_config import load_hf_config
+
+    batch = make_inputs(load_hf_config(hf_dir), [[("text", 4), ("image", (1, 8, 12)), ("text", 5)]], seed=2)
+    adapted = make_adapters(hf_dir, tmp / "adapters", batch)
+    return tmp, hf_dir, batch, adapted
+
+
+def test_merged_hf_checkpoint_gives_base_plus_adapters_logits(setup):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from mm_core.family.hf_config import load_hf_config
+
+    tmp, hf_dir, batch, adapted = setup
+    out = tmp / "merged_hf"
+    assert main(["lora", "merge", "--base", str(hf_dir), "--adapters", str(tmp / "adapters"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in hf_dir.iterdir())
+    _, merged = our_model(out, load_hf_config(out))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch), adapted, rtol=1e-5, atol=1e-5)
+        base = our_model(hf_dir, load_hf_config(hf_dir))[1](**batch)
+        assert not torch.allclose(base, adapted, atol=1e-3)
+        ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(out).eval()(**batch).logits
+    torch.testing.assert_close(ref, adapted, rtol=1e-4, atol=1e-4)
+    # the output exists now: a second merge refuses to touch it
+    assert main(["lora", "merge", "--base", str(hf_dir), "--adapters", str(tmp / "adapters"), "--out", str(out)]) == 2
+
+
+def test_merge_refuses_another_base_naming_both_fingerprints(setup):
+    from mm_core.lora.merge_dirs import merge_checkpoint
+    from mm_qwen.tiny import save_tiny_model
+
+    tmp, hf_dir, _, _ = setup
+    other = save_tiny_model(tmp / "other", vision_depth=2, text_layers=2, seed=5)
+    with pytest.raises(ConfigError) as e:
+        merge_checkpoint(other, tmp / "adapters", tmp / "never")
+    assert weights_fingerprint(other) in str(e.value) and weights_fingerprint(hf_dir) in str(e.value)
+    assert not (tmp / "never").exists()
+
+
+def test_merge_into_an_mm_directory_at_tp2_keeps_its_layout(setup):
+    from mm_convert.cli import main as convert
+    from mm_core.checkpoint.api import hf_to_mm_rank, read_mm_rank
+
+    tmp, hf_dir, _, _ = setup
+    mm = tmp / "mm_tp2"
+    assert convert([CONV, "hf_to_mm", "--cfg.mm_dir", str(mm), "--cfg.hf_config.hf_dir", str(hf_dir),
+                    "--cfg.parallel_config.tp_size", "2", "--cfg.trust_remote_code", "False"]) == 0
+    out = tmp / "merged_mm"
+    # the adapters were trained from the HF directory: the mm copy has another fingerprint (other names)
+    assert main(["lora", "merge", "--base", str(mm), "--adapters", str(tmp / "adapters"), "--out", str(out),
+                 "--no-check-base"]) == 0
+    merged_hf = tmp / "merged_hf_for_mm"
+    assert main(["lora", "merge", "--base", str(hf_dir), "--adapters", str(tmp / "adapters"),
+                 "--out", str(merged_hf)]) == 0
+    for rank in (0, 1):
+        got, _ = read_mm_rank(out, tp_rank=rank)
+        want = hf_to_mm_rank(CONV, merged_hf, tp_size=2, tp_rank=rank)
+        assert got.keys() == want.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-6, msg=k)
