@@ -8,7 +8,8 @@ Qwen2.5-VL, InternVL has no temporal patch, so an odd count is not padded with a
 
 from __future__ import annotations
 
-import numpy as np
+import importlib.util
+from typing import Any
 
 from mm_core.data.bad_records import BadRecord
 from mm_core.data.media import sample_indices
@@ -16,14 +17,10 @@ from mm_core.data.video_decode import open_video
 
 
 def _backend() -> str:
-    try:
-        import decord  # noqa: F401
-    except Exception:
-        return "pyav"
-    return "decord"
+    return "decord" if importlib.util.find_spec("decord") is not None else "pyav"
 
 
-def _open(path: str, where: str, backend: str):
+def _open(path: str, where: str, backend: str) -> Any:
     try:
         return open_video(path, backend)
     except Exception as e:  # decoders raise many types for broken or missing files
@@ -31,7 +28,7 @@ def _open(path: str, where: str, backend: str):
         raise BadRecord("unreadable_media", where, f"cannot decode video '{path}' ({backend}): {reason}") from None
 
 
-def _indices(reader, video_fps: float, video_maxlen: int) -> np.ndarray:
+def _indices(reader: Any, video_fps: float, video_maxlen: int) -> Any:
     return sample_indices(reader.total_frames, reader.total_frames / reader.fps, video_fps, video_maxlen)
 
 
@@ -46,7 +43,7 @@ def frame_count(path: str, video_fps: float, video_maxlen: int, where: str = "?"
 
 
 def load_frames(path: str, video_fps: float, video_maxlen: int, where: str = "?",
-                backend: str | None = None) -> np.ndarray:
+                backend: str | None = None) -> Any:
     """The sampled frames ``[T, H, W, 3]`` uint8; ``backend`` ``"decord"``/``"pyav"`` forces one (tests)."""
     backend = backend or _backend()
     reader = _open(path, where, backend)

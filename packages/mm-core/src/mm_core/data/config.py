@@ -55,6 +55,20 @@ class BasicParameters:
     # micro-batch's micro_batch_size samples into as few rows as they fit: the samples per optimizer
     # step stay what they are without packing, only the padding goes
     packing_samples: Literal["fill", "fixed"] = "fill"
+    # the names of InternVL's data configs (the seed's): data_path, one records file relative to the
+    # working directory, becomes ``dataset``; data_folder, the media root, becomes ``dataset_dir``
+    data_path: str | None = None
+    data_folder: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.data_path is not None:
+            if self.dataset and self.dataset != os.path.abspath(self.data_path):
+                raise ConfigError("basic_parameters: give data_path (InternVL's name) or dataset, not both")
+            self.dataset, self.data_path = os.path.abspath(self.data_path), None
+        if self.data_folder is not None:
+            if self.dataset_dir not in (".", self.data_folder):
+                raise ConfigError("basic_parameters: give data_folder (InternVL's name) or dataset_dir, not both")
+            self.dataset_dir, self.data_folder = self.data_folder, None
 
 
 @dataclass

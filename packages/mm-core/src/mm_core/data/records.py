@@ -1,7 +1,8 @@
 """Readers for the mllm record format (JSON list or JSONL) with the ``attr`` column/role mapping.
 
 A record becomes a :class:`Sample`: normalised roles (``system``/``user``/``assistant``), string
-contents that keep their ``<image>``/``<video>`` placeholders, and media paths resolved by the
+contents that keep their ``<image>``/``<video>`` placeholders (records in InternVL's / LLaVA's
+``conversations`` layout are read too: :mod:`mm_core.data.llava_layout`), and media paths resolved by the
 one rule of :mod:`mm_core.data.paths` (relative to ``dataset_dir``, or absolute). Problems
 are raised as :class:`BadRecord` with the file and line, never as a crash.
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 from mm_core.data.bad_records import BadRecord, DataError
 from mm_core.data.config import AttrParameters, BasicParameters
+from mm_core.data.llava_layout import from_llava_layout, is_llava_layout
 from mm_core.data.paths import resolve_media
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -116,6 +118,8 @@ def parse_record(raw: RawRecord, attr: AttrParameters, dataset_dir: str) -> Samp
             raise BadRecord("malformed_json", where, str(e)) from None
     if not isinstance(value, dict):
         raise BadRecord("malformed_json", where, f"expected a JSON object, got {type(value).__name__}")
+    if is_llava_layout(value, attr):  # InternVL's / LLaVA's own files, read as they are
+        value = from_llava_layout(value, attr)
     turns = value.get(attr.messages)
     if not isinstance(turns, list) or not turns:
         raise BadRecord("bad_format", where, f"no '{attr.messages}' list")
