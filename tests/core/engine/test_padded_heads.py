@@ -86,3 +86,14 @@ def test_sharded_rms_norm_in_one_process_is_the_kernel():
         assert not out[..., 12:].any()
     finally:
         dist.destroy_process_group()
+
+
+def test_checkpoint_order_of_padded_heads_is_canonical():
+    """Saving drops the ghost heads and loading puts them back, on the padded dim (row_order)."""
+    from mm_core.engine.row_order import canonical_rows, engine_rows
+
+    pad = HeadPadding.of(5, 3, 2, dim=1)  # an output projection's columns: 2/2/1 heads of 2, padded to 2
+    canonical = torch.randn(4, 10)
+    engine = engine_rows(canonical, pad)
+    assert engine.shape == (4, 12) and not engine[:, 10:].any()
+    assert torch.equal(canonical_rows(engine, pad), canonical)
