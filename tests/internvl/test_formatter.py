@@ -183,3 +183,23 @@ def test_text_only_batches_get_one_black_tile(proc_dir):
     sample = fmt.encode(Sample([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}], [], []))
     batch = collate([sample], pad_token_id=fmt.pad_token_id, dummy_vision=fmt.dummy_vision())
     assert batch["pixel_values"].shape == (1, 3, TILE, TILE) and bool(batch["dummy_vision"])
+
+
+def test_original_remote_code_directory_encodes_the_same(proc_dir, media, tmp_path):
+    """InternVLChatModel's config.json (force_image_size) with its tokenizer and a CLIP-style
+    preprocessor config, as OpenGVLab ships them: the same ids and tiles as the -hf directory."""
+    from mm_internvl.tokenizer import IMAGENET_MEAN, IMAGENET_STD, build_tokenizer
+
+    original = tmp_path / "InternVL3-tiny"
+    build_tokenizer().save_pretrained(original)
+    (original / "config.json").write_text(json.dumps({
+        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "force_image_size": TILE,
+        "downsample_ratio": 0.5, "template": "internvl2_5", "vision_config": {"image_size": TILE, "patch_size": 14}}))
+    (original / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": TILE, "do_center_crop": True, "do_normalize": True, "do_resize": True, "resample": 3,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD,
+        "size": TILE}))
+    sample = Sample([{"role": "user", "content": "<image>\n<video>\nSame?"}, {"role": "assistant", "content": "No."}],
+                    [str(media / "wide.png")], [str(media / "clip.mp4")])
+    want, got = _formatter(proc_dir).encode(sample), _formatter(original).encode(sample)
+    assert got["input_ids"] == want["input_ids"] and torch.equal(got["pixel_values"], want["pixel_values"])
