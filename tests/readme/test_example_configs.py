@@ -27,9 +27,9 @@ from mm_core.cli.main import main as mm_run
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "examples").rglob("*.yaml")
                  if "plugin-template" not in p.parts)
-# (vision blocks, LLM layers) of the published checkpoints the configs name
-REAL_LAYERS = {"Qwen2.5-VL-3B-Instruct": (32, 36), "Qwen2.5-VL-7B-Instruct": (32, 28),
-               "Qwen2.5-VL-72B-Instruct": (32, 80)}
+# family and (vision blocks, LLM layers) of the published checkpoints the configs name
+REAL_MODELS = {"Qwen2.5-VL-3B-Instruct": ("qwen", (32, 36)), "Qwen2.5-VL-7B-Instruct": ("qwen", (32, 28)),
+               "Qwen2.5-VL-72B-Instruct": ("qwen", (32, 80)), "GLM-4.1V-9B-Thinking": ("glm", (24, 40))}
 
 
 def documented_launches(path: Path) -> list[tuple[int, list[str]]]:
@@ -71,11 +71,29 @@ def _dataset(dataset_dir: Path, name: str) -> None:
     (dataset_dir / name).write_text(json.dumps(records))
 
 
-@pytest.fixture(scope="module")
-def processor_files(tmp_path_factory) -> Path:
+def _tiny_family_dir(family: str, path: Path) -> Path:
+    """A tiny random model of the family with its processor files (config.json gives the structure)."""
+    if family == "glm":
+        from mm_glm.testing_tokenizer import save_glm_processor
+        from mm_glm.tiny import save_tiny_model as save_glm
+
+        return save_glm_processor(save_glm(path))
     from mm_qwen.tiny import save_tiny_model
 
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), with_processor=True)
+    return save_tiny_model(path, with_processor=True)
+
+
+@pytest.fixture(scope="module")
+def processor_files(tmp_path_factory):
+    """family -> a tiny model dir of that family, built once per module on first use."""
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = _tiny_family_dir(family, tmp_path_factory.mktemp(f"tiny_{family}"))
+        return built[family]
+
+    return get
 
 
 @pytest.fixture
@@ -88,7 +106,8 @@ def workdir(tmp_path, monkeypatch, processor_files):
         raw = yaml.safe_load((ROOT / config).read_text())
         hf_dir = raw["model"].get("hf_dir")
         if hf_dir:
-            _model_dir(tmp_path / hf_dir, processor_files, REAL_LAYERS.get(Path(hf_dir).name, (4, 4)))
+            family, layers = REAL_MODELS.get(Path(hf_dir).name, ("qwen", (4, 4)))
+            _model_dir(tmp_path / hf_dir, processor_files(family), layers)
         basic = (raw["data"].get("config") or {}).get("basic_parameters")
         if basic:
             _dataset(tmp_path / basic["dataset_dir"], basic["dataset"])
