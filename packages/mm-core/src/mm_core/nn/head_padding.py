@@ -107,14 +107,35 @@ def param_padding(module: torch.nn.Module, name: str) -> HeadPadding | None:
     return getattr(module, "mm_param_padding", {}).get(name)
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the all-reduced gradient: every rank's output feeds the
+    loss through that rank's channels. (torch's own differentiable variants differ across the
+    supported torch versions: deprecated in one, without autograd in older ones.)"""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, group) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        ctx.group = group
+        t = t.clone()
+        dist.all_reduce(t, group=group)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 def sharded_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, channels: int, group) -> torch.Tensor:
     """RMSNorm over channels spread across the tp ranks of ``group`` (each holds ``x``'s local channels,
     ghost ones zero): the sum of squares is all-reduced and divided by the real ``channels``, so the
     result is the one-process norm of these channels (fp32 inside, like the ``rms_norm`` kernel)."""
-    from torch.distributed.nn.functional import all_reduce
-
     dtype = x.dtype
     h = x.float()
-    total = all_reduce(h.pow(2).sum(-1, keepdim=True), group=group)
+    total = _SumOverRanks.apply(h.pow(2).sum(-1, keepdim=True), group)
     h = h * torch.rsqrt(total / channels + eps)
     return weight * h.to(dtype)
