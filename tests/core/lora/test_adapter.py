@@ -139,3 +139,15 @@ def test_config_errors_name_the_field(change, message):
     spec, hf, _ = _family("qwen")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         check_against_model(LoraConfig(**change), spec, hf, _depths(hf))
+
+
+def test_dropout_acts_in_training_only():
+    spec, hf, batch = _family("qwen")
+    model = _build(spec, hf)
+    apply_lora(model, LoraConfig(rank=2, dropout=0.5, targets=["linear_qkv"], layers={"text_decoder": None}), spec, hf)
+    _randomize(model)
+    with torch.no_grad():
+        evals = [model(**batch) for _ in range(2)]
+        model.train()
+        trains = [model(**batch) for _ in range(2)]
+    assert torch.equal(evals[0], evals[1]) and not torch.allclose(trains[0], trains[1])

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
+from mm_core.errors import ConfigError
 from mm_core.lora.sections import Sections
 
 
@@ -87,7 +88,9 @@ def attach(module: nn.Linear, name: str, sections: Sections, rank: int, scaling:
     out_f, in_f = weight.shape
     device = weight.device
     if sum(sections.sizes) != out_f:
-        raise ValueError(f"{name}: sections {sections.sizes} do not add up to {out_f} rows")
+        raise ConfigError(f"lora.targets: {name} has {out_f} rows here but {sum(sections.sizes)} in the checkpoint "
+                          "(rows padded for tensor parallelism?); LoRA cannot adapt it in this layout: leave it out "
+                          "of lora.targets or choose another parallel.tp")
     module.lora_A = nn.ParameterList([nn.Parameter(torch.empty(rank, in_f, device=device)) for _ in sections.sizes])
     module.lora_B = nn.ParameterList([nn.Parameter(torch.empty(n, rank, device=device)) for n in sections.sizes])
     for s, (a, b) in enumerate(zip(module.lora_A, module.lora_B)):

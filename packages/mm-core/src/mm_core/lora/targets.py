@@ -63,6 +63,10 @@ def select_targets(model: nn.Module, cfg: LoraConfig, spec: Any, to_global: Call
 
 def check_patterns(model: nn.Module, cfg: LoraConfig, spec: Any) -> None:
     """Every pattern names a Linear inside some layer of a chosen group (the whole model)."""
+    for g in cfg.layers:
+        if g not in spec.module_groups:
+            raise ConfigError(f"lora.layers: model '{spec.name}' has no module group '{g}'; it has: "
+                              f"{', '.join(spec.module_groups)}")
     inners: set[str] = set()
     for name, module in model.named_modules():
         m = _LAYER.match(name)
