@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from mm_core.data.config import AttrParameters
+from mm_core.data.llava import ROLES  # human/gpt/system -> user/assistant/system, as llava-to-mllm maps them
 
 CONVERSATIONS = "conversations"
-ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
 def is_llava_layout(value: dict[str, Any], attr: AttrParameters) -> bool:
