@@ -50,14 +50,23 @@ def remote_config(hf: dict[str, Any]) -> dict[str, Any]:
            "num_attention_heads": t["num_attention_heads"], "num_key_value_heads": t["num_key_value_heads"],
            "vocab_size": t["vocab_size"], "rms_norm_eps": t["rms_norm_eps"], "rope_theta": 1e6, "hidden_act": "silu",
            "max_position_embeddings": 32768, "tie_word_embeddings": False, "use_sliding_window": False,
-           "torch_dtype": "bfloat16", "_name_or_path": "./pretrained/Qwen2.5-7B-Instruct"}
+           "torch_dtype": "bfloat16", "_name_or_path": "./pretrained/Qwen2.5-7B-Instruct",
+           # as in OpenGVLab's InternVL3 files: the MoE fields of their shared config class
+           "moe_config": None, "bias": True, "use_bfloat16": True, "max_window_layers": 70}
+    rope = t.get("rope_parameters") or {}
+    if rope.get("rope_type") == "dynamic":  # InternVL3's files: dynamic NTK scaling, factor 2
+        llm["rope_scaling"] = {"factor": rope["factor"], "rope_type": "dynamic", "type": "dynamic"}
+        llm["max_position_embeddings"] = t["max_position_embeddings"]
     vision = {"architectures": ["InternVisionModel"], "model_type": "intern_vit_6b", "hidden_size": v["hidden_size"],
               "num_attention_heads": v["num_attention_heads"], "num_hidden_layers": v["num_hidden_layers"],
               "intermediate_size": v["intermediate_size"], "image_size": size, "patch_size": v["patch_size"][0],
               "num_channels": 3, "qkv_bias": v["attention_bias"], "qk_normalization": v["use_qk_norm"],
               "norm_type": v["norm_type"], "layer_norm_eps": 1e-6, "hidden_act": "gelu", "initializer_factor": 0.1,
               "drop_path_rate": 0.1, "use_flash_attn": True, "dropout": 0.0, "attention_dropout": 0.0,
-              "initializer_range": 0.02, "use_mean_pooling": v["use_mean_pooling"]}
+              "initializer_range": 0.02, "use_mean_pooling": v["use_mean_pooling"], "capacity_factor": 1.2,
+              "moe_coeff_ratio": 0.5, "noisy_gate_policy": "RSample_before", "use_moe": False, "num_experts": 8,
+              "_name_or_path": "OpenGVLab/InternViT-300M-448px-V2_5",
+              "auto_map": {"AutoConfig": "configuration_intern_vit.InternVisionConfig"}}
     return {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
             "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
                          "AutoModel": "modeling_internvl_chat.InternVLChatModel"},

@@ -35,15 +35,19 @@ SEED = {  # model -> (tp, vit_pp_layers, llm_pp_layers), as the seed writes them
 VIT_HEADS_78B, HEAD_DIM_78B, VOCAB = 10, 4, 301
 
 
+# as InternVL3's files (both layouts) have it: dynamic NTK scaling, inert below max_position_embeddings
+ROPE = {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}, "max_position_embeddings": 32768}
+
+
 def _save(path: Path, name: str) -> Path:
     from mm_internvl.tiny import save_tiny_model
 
     if name == "8b":
-        return save_tiny_model(path, vision_depth=4, text_layers=6, vocab_size=VOCAB)
+        return save_tiny_model(path, vision_depth=4, text_layers=6, vocab_size=VOCAB, text=ROPE)
     return save_tiny_model(path, seed=1, vision_depth=3, text_layers=4, qk_norm=True, vocab_size=VOCAB,
                            vision={"hidden_size": VIT_HEADS_78B * HEAD_DIM_78B, "num_attention_heads": VIT_HEADS_78B,
                                    "intermediate_size": 80},
-                           text={"num_attention_heads": 8, "num_key_value_heads": 8})
+                           text={"num_attention_heads": 8, "num_key_value_heads": 8, **ROPE})
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +203,33 @@ def test_refusals_name_the_field(dirs, tmp_path):
                  str(dirs[("8b", "hf")])]) == 0
     assert main([CONV, "mm_to_hf", "--cfg.mm_dir", str(tmp_path / "mm"), "--cfg.save_hf_dir", str(tmp_path / "o"),
                  "--cfg.hf_layout", "megatron"]) == 2  # not a layout: refused while parsing the flags
+
+
+def test_internvl3_config_fields_dynamic_rope_and_moe_leftovers(dirs, tmp_path):
+    """OpenGVLab's files carry rope_type 'dynamic' (factor 2) and unused MoE fields: read as the model
+    they describe; the logits equal transformers' (whose dynamic rotary is the default below
+    max_position_embeddings), and a position at that limit is refused by name."""
+    from transformers import InternVLForConditionalGeneration
+
+    from mm_core.nn.pretrained import load_pretrained
+    from mm_internvl.config import parse_config
+    from mm_internvl.tiny import make_inputs
+
+    rc = json.loads((dirs[("8b", "remote_code")] / "config.json").read_text())
+    assert rc["llm_config"]["rope_scaling"]["rope_type"] == "dynamic"
+    assert parse_config(dirs[("8b", "remote_code")]).rope_limit == 32768
+    hf = tmp_path / "hf"
+    assert main([CONV, "hf_to_mm", "--cfg.mm_dir", str(tmp_path / "mm"), "--cfg.hf_config.hf_dir",
+                 str(dirs[("8b", "remote_code")])]) == 0
+    assert main([CONV, "mm_to_hf", "--cfg.mm_dir", str(tmp_path / "mm"), "--cfg.save_hf_dir", str(hf),
+                 "--cfg.hf_layout", "hf"]) == 0
+    config = json.loads((hf / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = 12  # the limit within reach of a tiny batch
+    (hf / "config.json").write_text(json.dumps(config))
+    ref = InternVLForConditionalGeneration.from_pretrained(hf, dtype=torch.float32).eval()
+    ours = load_pretrained(hf, dtype=torch.float32).eval()
+    batch = make_inputs(config, [[("text", 3), ("image", 1), ("text", 4)]], seed=3)  # 11 tokens
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch), ref(**batch).logits, rtol=1e-4, atol=1e-4)
+        with pytest.raises(ConfigError, match="max_position_embeddings 12"):
+            ours(**make_inputs(config, [[("text", 13)]], seed=4))

@@ -43,6 +43,7 @@ class InternVLConfig:
     projector_act: str
     tie_word_embeddings: bool
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    rope_limit: int | None = None  # rope_type 'dynamic': the rotary equals the default below this position
 
     @property
     def shuffle(self) -> int:
@@ -90,8 +91,12 @@ def parse_config(hf_config: dict[str, Any] | str | Path) -> InternVLConfig:
     if getattr(t, "use_sliding_window", False):
         raise ConfigError(f"{source}: text_config.use_sliding_window is not supported; set it to false")
     rope = dict(t.rope_parameters or {})
-    if rope.get("rope_type", "default") != "default":
-        raise ConfigError(f"{source}: text_config rope_type '{rope.get('rope_type')}' is not supported (only 'default')")
+    if rope.get("rope_type", "default") not in ("default", "dynamic"):
+        raise ConfigError(f"{source}: text_config rope_type '{rope.get('rope_type')}' is not supported "
+                          f"('default', or 'dynamic' within max_position_embeddings)")
+    # InternVL3's Qwen2.5 configs ask for dynamic NTK scaling (factor 2), which changes nothing below
+    # max_position_embeddings (32768): positions are held below it (rope_limit)
+    rope_limit = int(t.max_position_embeddings) if rope.get("rope_type") == "dynamic" else None
     return InternVLConfig(
         vision=VisionConfig(
             depth=v.num_hidden_layers, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
@@ -106,4 +111,5 @@ def parse_config(hf_config: dict[str, Any] | str | Path) -> InternVLConfig:
         projector_act=cfg.projector_hidden_act,
         tie_word_embeddings=bool(cfg.tie_word_embeddings),
         raw=raw,
+        rope_limit=rope_limit,
     )

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mm_core.errors import ConfigError
 from mm_core.family.stage_model import StageModel, empty_features
 from mm_core.kernels.reference import rotary_cos_sin
 from mm_core.layout import StagePlan
@@ -69,7 +70,11 @@ class InternVLModel(StageModel):
         return positions, positions[:, -1] + 1
 
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        text = self.config.text
+        text, limit = self.config.text, self.config.rope_limit
+        if limit is not None and positions.numel() and int(positions.max()) >= limit:
+            raise ConfigError(f"position {int(positions.max())} reaches text_config.max_position_embeddings {limit}, "
+                              f"where the config's rope_type 'dynamic' would rescale the rotary (not implemented); "
+                              f"keep sequences shorter than {limit}")
         return rotary_cos_sin(positions, text.head_dim, text.rope_theta)
 
 
