@@ -4,6 +4,7 @@ ids and pixel values for text, tiled images (min/max_dynamic_patch) and videos; 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -174,6 +175,13 @@ def test_bad_media_and_settings_are_named(proc_dir, media, tmp_path):
         _formatter(proc_dir, min_dynamic_patch=3, max_dynamic_patch=2)
     with pytest.raises(ConfigError, match="config.json"):
         _formatter(tmp_path)
+    other = tmp_path / "other"  # a vision tower of 112 px tiles with the 56 px processor files
+    shutil.copytree(proc_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["vision_config"]["image_size"] = [112, 112]
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="56x56 px tiles but config.json's vision tower takes 112 px"):
+        _formatter(other).encode(Sample([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x"}]))
 
 
 def test_text_only_batches_get_one_black_tile(proc_dir):

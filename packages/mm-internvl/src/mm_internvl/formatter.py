@@ -73,8 +73,11 @@ def _load_parts(path: str, tile: int) -> tuple[Any, Any, Any]:
             mean = list(getattr(image, "image_mean", None) or IMAGENET_MEAN)
             std = list(getattr(image, "image_std", None) or IMAGENET_STD)
             image = TilingProcessor(size={"height": tile, "width": tile}, image_mean=mean, image_std=std)
+        if (image.size.height, image.size.width) != (tile, tile):
+            raise ConfigError(f"{path}: the image processor makes {image.size.height}x{image.size.width} px tiles but "
+                              f"config.json's vision tower takes {tile} px; fix preprocessor_config.json 'size'")
         video = VideoProcessor(size={"height": tile, "width": tile}, image_mean=image.image_mean,
-                                       image_std=image.image_std, resample=image.resample)
+                               image_std=image.image_std, resample=image.resample)
         _PARTS[key] = (tokenizer, image, video)
     return _PARTS[key]
 
