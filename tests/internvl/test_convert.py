@@ -233,3 +233,35 @@ def test_internvl3_config_fields_dynamic_rope_and_moe_leftovers(dirs, tmp_path):
         torch.testing.assert_close(ours(**batch), ref(**batch).logits, rtol=1e-4, atol=1e-4)
         with pytest.raises(ConfigError, match="max_position_embeddings 12"):
             ours(**make_inputs(config, [[("text", 13)]], seed=4))
+
+
+@pytest.mark.parametrize("model", ["8b", "78b"])
+def test_seed_layouts_plan_at_the_real_sizes(model):
+    """The seed's command lines on the published shapes (planned on shapes only, nothing is built):
+    InternViT-6B's 25 heads and the 151674-row vocabulary at tp 8, rank by rank."""
+    from mm_internvl.bench_shapes import internvl3_8b_config, internvl3_78b_config, internvl3_shapes
+    from mm_internvl.convert import InternVLConverter
+
+    conv = InternVLConverter()
+    if model == "8b":
+        cfg, tp, vit, llm = internvl3_8b_config(), 1, [[24, 0, 0, 0]], [[6, 8, 8, 6]]
+    else:
+        cfg, tp, vit, llm = internvl3_78b_config(), 8, [[45, 0]], [[40, 40]]
+    shapes = internvl3_shapes(cfg)
+    plan = conv.plan(cfg, conv.placement(cfg, tp, {"vit": vit, "llm": llm}))
+    assert plan.hf_keys() == set(shapes)
+    by_key = {it.mm_key: it for it in plan.items}
+    ranks = {k: it.tp.split_shapes(it.rule.op.forward_shape([shapes[h] for h in it.hf_keys]), tp)
+             for k, it in by_key.items()}
+    assert ranks["text_decoder.embedding.word_embeddings.weight"] == [
+        (151674 // tp + (1 if r < 151674 % tp else 0), 3584 if model == "8b" else 8192) for r in range(tp)]
+    if model == "78b":
+        heads = [4, 3, 3, 3, 3, 3, 3, 3]  # 25 heads of 128
+        attn = "image_encoder.encoder.encoder.layers.44.self_attention."
+        assert [s[0] for s in ranks[attn + "linear_qkv.weight"]] == [3 * h * 128 for h in heads]
+        assert [s[1] for s in ranks[attn + "linear_proj.weight"]] == [h * 128 for h in heads]
+        assert [s[0] for s in ranks[attn + "q_layernorm.weight"]] == [h * 128 for h in heads]
+        assert {it.stage for it in plan.items if it.rule.module == "vit"} == {0}
+        assert max(it.stage for it in plan.items) == 1
+    else:
+        assert {it.stage for it in plan.items if it.rule.module == "llm" and it.layer is not None} == {0, 1, 2, 3}

@@ -1,7 +1,7 @@
 """InternVL3-8B-shaped checkpoints for conversion benchmarks and memory tests (no weights: names and shapes).
 
 ``internvl3_8b_config(scale)`` is the published config (InternViT-300M-448px-V2.5 + Qwen2.5-7B, vocab
-151674) in either layout; ``internvl3_shapes(cfg)`` the tensor names a checkpoint of that layout
+151674) in either layout (``internvl3_78b_config``: InternViT-6B + Qwen2.5-72B); ``internvl3_shapes(cfg)`` the tensor names a checkpoint of that layout
 stores, with shapes. The ``-hf`` names and shapes come from transformers' class built on the meta
 device (so they cannot drift from what ``save_pretrained`` writes); the remote-code ones follow from
 them through the converter's two rule tables (the same mm tensor in both).
@@ -21,6 +21,12 @@ QWEN25_7B = {"model_type": "qwen2", "vocab_size": 151674, "hidden_size": 3584, "
              "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-6,
              "max_position_embeddings": 32768, "hidden_act": "silu", "tie_word_embeddings": False,
              "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+
+
+VISION_6B = {**VISION_300M, "hidden_size": 3200, "num_hidden_layers": 45, "num_attention_heads": 25,
+             "intermediate_size": 12800, "attention_bias": False, "use_qk_norm": True, "norm_type": "rms_norm"}
+QWEN25_72B = {**QWEN25_7B, "hidden_size": 8192, "intermediate_size": 29568, "num_hidden_layers": 80,
+              "num_attention_heads": 64, "num_key_value_heads": 8}
 
 
 def _scaled(n: int, scale: float) -> int:
@@ -44,6 +50,11 @@ def internvl3_8b_config(scale: float = 1.0, *, layout: str = "hf", vision: dict[
            "downsample_ratio": 0.5, "projector_hidden_act": "gelu", "vision_feature_layer": -1,
            "vision_feature_select_strategy": "default", "tie_word_embeddings": False}
     return config_for_layout(cfg, layout)  # type: ignore[arg-type]
+
+
+def internvl3_78b_config(scale: float = 1.0, *, layout: str = "hf") -> dict[str, Any]:
+    """InternVL3-78B's config.json (InternViT-6B-448px-V2.5: 25 heads, q/k norms; Qwen2.5-72B)."""
+    return internvl3_8b_config(scale, layout=layout, vision=VISION_6B, text=QWEN25_72B)
 
 
 def _hf_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
