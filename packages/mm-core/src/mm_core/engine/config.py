@@ -58,10 +58,13 @@ class DataConfig:
 
 @dataclass
 class ParallelConfig:
-    """Parallel layout; data parallel is what the world size leaves after tp x pp."""
+    """Parallel layout; data parallel is what the world size leaves after tp x pp x cp."""
 
     tp: int = 1
     pp: int = 1
+    # context parallel: the text decoder's sequence split over cp ranks (mm_core.engine.context_parallel);
+    # sequences are padded to a multiple of 2 x cp (x tp with sequence parallel)
+    cp: int = 1
     pp_schedule: Literal["1F1B", "Interleaved1F1B", "GPipe"] = "1F1B"
     pp_pad_multiple: int = 256  # pp: a step's micro-batches are padded to a multiple of this (one schedule per length)
     device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
@@ -152,6 +155,7 @@ class Layout:
     dp: int
     grad_accum: int
     placement: Placement  # the layers of every stage (ranges, first/last stages, virtual chunks)
+    cp: int = 1
 
     @property
     def virtual(self) -> int:
@@ -217,6 +221,26 @@ def _check_packing(cfg: FinetuneConfig, pp: int) -> None:
                           "step; use packing_samples fill, or parallel.pp 1")
 
 
+def _check_context_parallel(cfg: FinetuneConfig) -> None:
+    """``parallel.cp`` fits the sequence length and the features it runs with."""
+    from mm_core.engine.context_parallel import cp_multiple
+
+    p, t = cfg.parallel, cfg.training
+    if p.cp == 1:
+        return
+    multiple = cp_multiple(p.cp, p.tp, p.sequence_parallel)
+    if t.seq_length % multiple:
+        what = "2 x cp x tp (sequence parallel)" if p.sequence_parallel else "2 x cp"
+        raise ConfigError(f"training.seq_length: {t.seq_length} is not a multiple of {what} = {multiple}; each cp "
+                          f"rank holds two equal chunks of the sequence (parallel.cp = {p.cp})")
+    if p.pp > 1:
+        raise ConfigError(f"parallel.cp: context parallel ({p.cp}) with pipeline parallel (parallel.pp = {p.pp}) "
+                          "is not supported yet; use parallel.pp 1 or parallel.cp 1")
+    if t.compile:
+        raise ConfigError("training.compile: compiled layers with context parallel (its K/V all-gather inside "
+                          "attention) are not supported yet; set training.compile false or parallel.cp 1")
+
+
 def _placement(m: ModelConfig, pp: int, tp: int, vit_total: int, llm_total: int) -> Placement:
     """The pipeline placement of the config's layer lists (``model.*_pp_layers``), checked against ``pp``."""
     for name, value in (("vit_pp_layers", m.vit_pp_layers), ("llm_pp_layers", m.llm_pp_layers)):
@@ -238,18 +262,21 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
     from mm_core.plugins import get_plugin_manager
 
     p, t, m, o = cfg.parallel, cfg.training, cfg.model, cfg.output
-    for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp), ("training.micro_batch_size", t.micro_batch_size),
+    for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp), ("parallel.cp", p.cp),
+                        ("training.micro_batch_size", t.micro_batch_size),
                         ("training.global_batch_size", t.global_batch_size), ("training.seq_length", t.seq_length),
                         ("training.chunk_size", t.chunk_size), ("output.log_interval", o.log_interval)):
         if value < 1:
             raise ConfigError(f"{name}: must be >= 1, got {value}")
-    if world_size % (p.tp * p.pp):
-        raise ConfigError(f"parallel: tp x pp = {p.tp} x {p.pp} = {p.tp * p.pp} does not divide the world size "
-                          f"{world_size}; change parallel.tp/parallel.pp or the number of processes")
+    if world_size % (p.tp * p.pp * p.cp):
+        raise ConfigError(f"parallel: tp x pp x cp = {p.tp} x {p.pp} x {p.cp} = {p.tp * p.pp * p.cp} does not divide "
+                          f"the world size {world_size} (data parallel takes the rest); change parallel.tp/pp/cp or "
+                          "the number of processes")
     if p.sequence_parallel and p.tp == 1:
         raise ConfigError("parallel.sequence_parallel: needs parallel.tp > 1 (it shards over the tp ranks); "
                           "set it false or raise parallel.tp")
-    dp = world_size // (p.tp * p.pp)
+    _check_context_parallel(cfg)
+    dp = world_size // (p.tp * p.pp * p.cp)
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(f"training.global_batch_size: {t.global_batch_size} is not a multiple of "
                           f"micro_batch_size x data parallel = {t.micro_batch_size} x {dp}")
@@ -302,4 +329,4 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
         from mm_core.lora.config import check_against_model
 
         check_against_model(cfg.lora, resolve_spec(cfg, hf_config), hf_config, {"vit": vit_total, "llm": llm_total})
-    return Layout(world_size, p.tp, p.pp, dp, ga, placement)
+    return Layout(world_size, p.tp, p.pp, dp, ga, placement, cp=p.cp)

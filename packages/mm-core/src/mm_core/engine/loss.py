@@ -36,6 +36,7 @@ class MicroBatch:
     samples: int
     positions: int  # non-padding positions the model runs over (what compute and MFU scale with)
     stats: dict[str, Any] = field(default_factory=dict)  # detached values (tensors) for logging
+    cp_scale: float = 1.0  # context parallel: this rank's share of the loss x cp (engine/context_parallel.py)
 
 
 def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -114,6 +115,7 @@ class LossComputer:
                                 vocab_padding=self._padding(model, w))
         loss = total / mb.denominator if mb.denominator > 0 else total * 0.0
         mb.stats["loss"] = loss.detach() * mb.scale  # a tensor: read once per step, not a sync per micro-batch
+        loss = loss * mb.cp_scale
         aux = total_aux_loss(model) if self.router_aux_loss_coef else None
         if aux is not None:
             loss = loss + self.router_aux_loss_coef * aux

@@ -1,4 +1,4 @@
-"""Process group and one DeviceMesh with (pp, dp, tp) dimensions, on cpu/gloo, cuda/nccl or npu/hccl.
+"""Process group and one DeviceMesh with (pp, dp, cp, tp) dimensions, on cpu/gloo, cuda/nccl or npu/hccl.
 
 torch_npu is imported only when the device is ``npu``: importing it on a machine without the
 Ascend toolkit breaks ``import torch``.
@@ -46,6 +46,11 @@ class Parallel:
     pp_rank: int
     dp_rank: int
     tp_rank: int
+    cp: int = 1
+    cp_rank: int = 0
+    # what FSDP2 shards over and reduces gradients on: ``dp``, or ``dp x cp`` flattened under
+    # context parallel (cp ranks hold replicas whose gradients are partial sums)
+    data_mesh: DeviceMesh | None = None
 
     @property
     def is_last_stage_rank(self) -> bool:
@@ -75,13 +80,15 @@ def init_distributed(device_name: str) -> tuple[str, int, int]:
     return device_type, rank, world
 
 
-def build_mesh(device_type: str, pp: int, tp: int) -> Parallel:
-    """One mesh ``(pp, dp, tp)``: tp innermost (fastest links), pp outermost."""
+def build_mesh(device_type: str, pp: int, tp: int, cp: int = 1) -> Parallel:
+    """One mesh ``(pp, dp, cp, tp)``: tp innermost (fastest links), then cp, pp outermost."""
     world = dist.get_world_size()
-    dp = world // (pp * tp)
-    mesh = init_device_mesh(device_type, (pp, dp, tp), mesh_dim_names=("pp", "dp", "tp"))
+    dp = world // (pp * cp * tp)
+    mesh = init_device_mesh(device_type, (pp, dp, cp, tp), mesh_dim_names=("pp", "dp", "cp", "tp"))
     coords = mesh.get_coordinate()
     assert coords is not None
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(device_type, local) if device_type != "cpu" else torch.device("cpu")
-    return Parallel(mesh, device, dist.get_rank(), world, pp, dp, tp, coords[0], coords[1], coords[2])
+    data_mesh = mesh["dp"] if cp == 1 else mesh["dp", "cp"]._flatten("dp_cp")
+    return Parallel(mesh, device, dist.get_rank(), world, pp, dp, tp, coords[0], coords[1], coords[3],
+                    cp=cp, cp_rank=coords[2], data_mesh=data_mesh)

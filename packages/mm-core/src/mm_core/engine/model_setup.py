@@ -227,18 +227,19 @@ def compile_layers(model: nn.Module, backend: str) -> int:
 
 
 def _apply_fsdp(stage: EngineStage, cfg: FinetuneConfig, par: Parallel) -> None:
-    """FSDP2 over the data-parallel mesh (each decoder/ViT layer a unit), with its mixed precision.
+    """FSDP2 over the data-parallel mesh (x cp, flattened, under context parallel; each decoder/ViT
+    layer a unit), with its mixed precision.
 
     With one data-parallel rank there is nothing to shard: the stage stays a plain module
     (``parallel.fsdp auto``) and a lower compute precision comes from ``torch.autocast``; the
     fp32 result is the same as under FSDP2 (tested), without its per-layer bookkeeping.
     """
     dtype = DTYPES[cfg.training.dtype]
-    if par.dp == 1 and cfg.parallel.fsdp == "auto":
+    if par.dp * par.cp == 1 and cfg.parallel.fsdp == "auto":
         stage.autocast = None if dtype == torch.float32 else (par.device.type, dtype)
         return
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    mesh = par.mesh["dp"]
+    mesh = par.data_mesh if par.data_mesh is not None else par.mesh["dp"]  # dp x cp under context parallel
     for layers in _layer_lists(stage.model):
         for layer in layers:
             if any(True for _ in layer.parameters()):

@@ -1,4 +1,4 @@
-"""The training loop: one process or tp x pp x dp, gradient accumulation, clipping, checkpoints."""
+"""The training loop: one process or tp x pp x cp x dp, gradient accumulation, clipping, checkpoints."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from mm_core.engine.checkpoint import iter_dir, latest_iteration, load_checkpoint, save_checkpoint
 from mm_core.engine.config import FinetuneConfig, load_hf_config, validate
+from mm_core.engine.context_parallel import ContextParallel, cp_multiple
 from mm_core.engine.data import build_data, pad_batch, padded_length
 from mm_core.engine.loss import LossComputer, prepare_window
 from mm_core.engine.mesh import build_mesh, init_distributed
@@ -35,15 +36,16 @@ class TiedHead:
         self.emb = [m.model.get_parameter(f"{EMBEDDING}.weight") for m in stages if m.stage == first]
         self.head = [m.model.get_parameter(f"{OUTPUT_LAYER}.weight") for m in stages if m.stage == last]
         self.group = None
-        ranks = par.mesh.mesh  # [pp, dp, tp] global ranks
+        ranks = par.mesh.mesh  # [pp, dp, cp, tp] global ranks
         a, b = first % par.pp, last % par.pp
         if a != b:
             for d in range(par.dp):  # every rank creates every group, in the same order
-                for t in range(par.tp):
-                    pair = sorted({int(ranks[a, d, t]), int(ranks[b, d, t])})
-                    g = dist.new_group(pair)
-                    if par.rank in pair:
-                        self.group = g
+                for c in range(par.cp):
+                    for t in range(par.tp):
+                        pair = sorted({int(ranks[a, d, c, t]), int(ranks[b, d, c, t])})
+                        g = dist.new_group(pair)
+                        if par.rank in pair:
+                            self.group = g
 
     def head_params(self) -> list:
         return self.head
@@ -83,10 +85,15 @@ class Trainer:
         device_type, _, world = init_distributed(cfg.parallel.device)
         self.hf_config = load_hf_config(cfg)
         self.layout = validate(cfg, world, self.hf_config)
-        self.par = build_mesh(device_type, self.layout.pp, self.layout.tp)
+        self.par = build_mesh(device_type, self.layout.pp, self.layout.tp, self.layout.cp)
         torch.manual_seed(t.seed)
         self.spec = resolve_spec(cfg, self.hf_config)
         self.stages = build_stages(cfg, self.layout, self.par, self.spec, self.hf_config)
+        self.cp = None
+        if self.layout.cp > 1:  # the text decoder's sequence split over cp ranks
+            self.cp = ContextParallel(self.par.group("cp"), self.par.cp, self.par.cp_rank)
+            for m in self.stages.modules:
+                self.cp.install(m.model, f"model '{self.spec.name}'")
         from mm_core.plugins import get_plugin_manager
 
         self.loss_spec = get_plugin_manager().loss(t.loss_type)
@@ -160,10 +167,14 @@ class Trainer:
         window = self.data.next_window()
         if self.layout.pp > 1:
             window = self._pad_for_pipeline(window)
-        if self.cfg.parallel.sequence_parallel:  # the sequence is sharded over tp: pad to a multiple of it
-            window = [pad_batch(b, padded_length(b["input_ids"].shape[1], self.par.tp, 1 << 62), self.pad_id)
+        p = self.cfg.parallel
+        if p.sequence_parallel or self.cp is not None:  # the sequence is sharded over tp and/or cp: pad it
+            multiple = cp_multiple(self.par.cp, self.par.tp, p.sequence_parallel) if self.cp else self.par.tp
+            window = [pad_batch(b, padded_length(b["input_ids"].shape[1], multiple, 1 << 62), self.pad_id)
                       for b in window]
         mbs = prepare_window(window, self.loss_spec, self.par.device, self.par.group("dp"), self.par.dp)
+        if self.cp is not None:  # counted on the whole sequence above; each cp rank takes its chunks
+            self.cp.split_micro_batches(mbs)
         lr = self.schedule.apply(self.optimizers, self.step)
         self._forward_backward(mbs)
         if self.tied is not None:
@@ -177,13 +188,13 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
         last = self.par.is_last_stage_rank
         loss = float(sum(mb.stats.get("loss", 0.0) for mb in mbs)) if last else 0.0  # the step's one loss sync
-        first_tp = self.par.tp_rank == 0 and last
+        first_tp = self.par.tp_rank == 0 and self.par.cp_rank == 0 and last  # counted once per dp rank
         loss_tokens = sum(mb.valid_tokens for mb in mbs) if first_tp else 0
         samples = sum(mb.samples for mb in mbs) if first_tp else 0
         real_tokens = sum(mb.positions for mb in mbs) if first_tp else 0
         loss, loss_tokens, samples, real_tokens = self._reduce([loss, float(loss_tokens), float(samples),
                                                                 float(real_tokens)])
-        loss /= self.par.dp * self.par.tp
+        loss /= self.par.dp * self.par.tp  # cp ranks hold shares of the loss: their sum is it
         self.step += 1
         dt = time.perf_counter() - t0
         world = self.par.world_size

@@ -62,6 +62,10 @@ def decoder_config_from_hf(text: Any, source: str, field: str = "text_config") -
 
 
 class DecoderAttention(nn.Module):
+    # set by the engine under context parallel (mm_core.engine.context_parallel): this rank holds
+    # two chunks of the sequence and attends to every rank's keys
+    context_parallel: Any = None
+
     def __init__(self, cfg: DecoderConfig, *, device=None, dtype=None):
         super().__init__()
         self.head_dim = cfg.head_dim
@@ -84,7 +88,10 @@ class DecoderAttention(nn.Module):
         k = self.rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        out = attention(q, k, v, causal=True, segment_ids=segment_ids, scale=self.head_dim**-0.5)
+        if self.context_parallel is not None and cache is None:
+            out = self.context_parallel.attention(q, k, v, segment_ids, self.head_dim**-0.5)
+        else:
+            out = attention(q, k, v, causal=True, segment_ids=segment_ids, scale=self.head_dim**-0.5)
         return self.linear_proj(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
