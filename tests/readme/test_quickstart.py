@@ -1,4 +1,5 @@
-"""README.md's "Quick start on real models" runs as written, with tiny stand-ins for the real files.
+"""README.md's "Quick start on real models" blocks (Qwen2.5-VL-7B, GLM-4.1V-9B) run as written, with
+tiny stand-ins for the real files.
 
 The bash block is read from the README by its heading, so an edit there is what this test runs.
 Each command line goes through the installed console-script entry point of its program (``mm-run``,
@@ -19,6 +20,10 @@ Substitutions, the least that lets the block run on 2 CPU cores without download
 - ``mm-convert ... dcp_to_hf --dcp_dir save_dir/qwen2_5_vl_7b/iter_0005000``: the iteration the
   2-step run saved (``iter_0000002``).
 - ``mm-run infer``: ``--max-new-tokens 4`` added.
+
+The GLM-4.1V block gets the same substitutions with a tiny GLM-4.1V (4 + 4 layers): its two
+``hf_to_mm`` lines keep their layout shapes (``[[4]]``/``[[4]]`` and ``[[1,1,1,1]]``/``[[4,0,0,0]]``),
+and its ``finetune`` keeps the frozen vision stage alone (``[4,0]`` / ``[0,4]``).
 """
 
 from __future__ import annotations
@@ -35,12 +40,20 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADING = "## Quick start on real models"
+GLM_HEADING = "## Quick start on real models: GLM-4.1V-9B"
+GLM_PROGRAMS = ["make", "huggingface-cli", "mm-run data llava-to-mllm", "mm-run data inspect",
+                "mm-convert GlmConverter hf_to_mm", "mm-convert GlmConverter hf_to_mm", "mm-run finetune",
+                "mm-convert GlmConverter dcp_to_hf", "mm-run infer"]
 PROGRAMS = ["make", "huggingface-cli", "mm-run data llava-to-mllm", "mm-run data inspect",
             "mm-convert Qwen2_5_VLConverter hf_to_mm", "mm-run finetune",
             "mm-convert Qwen2_5_VLConverter dcp_to_hf", "mm-run infer"]
+TINY_RUN = ["--training.global_batch_size", "2", "--training.train_iters", "2", "--training.seq_length", "512",
+            "--data.config.dataloader_param.num_workers", "1"]
 FINETUNE_OVERRIDES = ["--parallel.pp", "2", "--model.vit_pp_layers", "[4,0]", "--model.llm_pp_layers", "[1,3]",
-                      "--training.global_batch_size", "2", "--training.train_iters", "2",
-                      "--training.seq_length", "512", "--data.config.dataloader_param.num_workers", "1"]
+                      *TINY_RUN]
+GLM_FINETUNE_OVERRIDES = ["--parallel.pp", "2", "--model.vit_pp_layers", "[4,0]", "--model.llm_pp_layers", "[0,4]",
+                          *TINY_RUN]
+GLM_LAYOUTS = {"[[40]]": "[[4]]", "[[24]]": "[[4]]", "[[5,12,12,11]]": "[[1,1,1,1]]", "[[24,0,0,0]]": "[[4,0,0,0]]"}
 
 
 def readme_commands(readme: Path = ROOT / "README.md", heading: str = HEADING) -> list[list[str]]:
@@ -144,4 +157,47 @@ def test_readme_quick_start_runs_as_written(workspace, capsys):
     assert (workspace / "ckpt/mm_path/Qwen2.5-VL-7B-Instruct/release/mp_rank_00_003").is_dir()
     assert (workspace / "save_dir/qwen2_5_vl_7b/iter_0000002").is_dir()
     assert any((workspace / "ckpt/hf_path/Qwen2.5-VL-7B-finetuned").glob("*.safetensors"))
+    assert outputs["mm-run infer"].strip(), "infer printed no answer"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_readme_glm_quick_start_runs_as_written(workspace, capsys):
+    from mm_glm.testing_tokenizer import TOKEN_IDS, save_glm_processor
+    from mm_glm.tiny import save_tiny_model
+
+    # the offline tokenizer has GLM-4's vocabulary size and ids: the tiny model's config names them
+    ids = {"vocab_size": 151552, "image_token_id": TOKEN_IDS["<|image|>"], "video_token_id": TOKEN_IDS["<|video|>"],
+           "image_start_token_id": TOKEN_IDS["<|begin_of_image|>"], "image_end_token_id": TOKEN_IDS["<|end_of_image|>"],
+           "video_start_token_id": TOKEN_IDS["<|begin_of_video|>"], "video_end_token_id": TOKEN_IDS["<|end_of_video|>"]}
+
+    commands = readme_commands(heading=GLM_HEADING)
+    assert [_program(w) for w in commands] == GLM_PROGRAMS, "the README's GLM block changed: update this test"
+    outputs: dict[str, str] = {}
+    for words in commands:
+        name = _program(words)
+        if name == "make":
+            continue
+        if name == "huggingface-cli":
+            target = workspace / words[words.index("--local-dir") + 1]
+            save_glm_processor(save_tiny_model(target, vision_depth=4, text_layers=4, vocab=ids, hidden=64, seed=1,
+                                               std=0.2))
+            continue
+        if name.endswith("hf_to_mm"):
+            for flag in ("--cfg.parallel_config.llm_pp_layers", "--cfg.parallel_config.vit_pp_layers"):
+                words = _set(words, flag, GLM_LAYOUTS[words[words.index(flag) + 1]])
+        elif name == "mm-run finetune":
+            words = [*_set(words, "--nproc-per-node", "2"), *GLM_FINETUNE_OVERRIDES]
+        elif name.endswith("dcp_to_hf"):
+            dcp = words[words.index("--dcp_dir") + 1]
+            words = _set(words, "--dcp_dir", re.sub(r"iter_\d{7}$", "iter_0000002", dcp))
+        elif name == "mm-run infer":
+            words = [*words, "--max-new-tokens", "4"]
+        outputs[name] = _run(words, capsys)[1]
+
+    assert "usable: 5" in outputs["mm-run data inspect"] and "bad records: none" in outputs["mm-run data inspect"]
+    assert (workspace / "ckpt/mm_path/GLM-4.1V-9B-Thinking/release/mp_rank_00").is_dir()
+    assert (workspace / "ckpt/mm_path/GLM-4.1V-9B-Thinking-pp4/release/mp_rank_00_003").is_dir()
+    assert (workspace / "save_dir/glm4_1v_9b_pp4/iter_0000002").is_dir()
+    assert any((workspace / "ckpt/hf_path/GLM-4.1V-9B-finetuned").glob("*.safetensors"))
     assert outputs["mm-run infer"].strip(), "infer printed no answer"
