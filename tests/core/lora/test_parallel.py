@@ -1,9 +1,10 @@
-"""LoRA under every parallel layout trains like one process (gloo on CPU, tiny Qwen2.5-VL, fp32).
+"""LoRA under every parallel layout trains like one process (gloo on CPU, fp32).
 
-The engine's shared test worker (tests/core/engine/_worker.py) runs the one-process reference in
-this process, then dp=2 (FSDP2), tp=2 (column/row-parallel base layers; with sequence parallel)
-and pp=2 (vision and LLM adapters on different stages) one after the other in ONE launch of 2
-processes. Losses and the adapters after 3 steps must match (rtol 1e-5); the base stays as it was.
+Tiny Qwen2.5-VL: the one-process reference runs in this process (the engine tests' worker), then
+dp=2 (FSDP2), tp=2 (column/row-parallel base layers, with sequence parallel) and pp=2 (vision and
+LLM adapters on different stages); tiny InternVL3 (its vision q/k/v fused in one HF tensor, split
+in three sections per tp rank) at tp=2 on its own micro-batches. All in ONE launch of 2 processes.
+Losses and the adapters must match (rtol 1e-5); the base stays as it was.
 """
 
 from __future__ import annotations
@@ -35,14 +36,55 @@ def lora_config(**parallel) -> dict:
     return cfg
 
 
+def internvl_jobs(tmp: Path) -> tuple[dict, dict]:
+    """InternVL3: the one-process reference job and the tp=2 run (fixed micro-batches, checkpoints)."""
+    import yaml
+
+    from mm_core.family.hf_config import load_hf_config
+    from mm_core.plugins import get_plugin_manager
+    from mm_core.testing.parallel_checks import finetune_config
+    from mm_internvl.tiny import make_inputs, save_tiny_model
+
+    hf_dir = save_tiny_model(tmp / "internvl_hf", vocab_size=301)
+    hf = load_hf_config(hf_dir)
+    rows = [[("text", 3), ("image", 1), ("text", 4)]], [[("text", 2), ("image", 2), ("text", 3)]]
+    torch.save([make_inputs(hf, r, seed=21 + i) for i, r in enumerate(rows)], tmp / "internvl_batches.pt")
+    spec = get_plugin_manager().model_for_hf_config(hf)
+    files = {}
+    for name, parallel in (("internvl_one", {}), ("internvl_tp2", {"tp": 2})):
+        cfg = finetune_config(spec, hf_dir, tmp / name / "ckpt", **parallel)
+        cfg["lora"] = dict(LORA)
+        files[name] = tmp / f"{name}.yaml"
+        files[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
+    batches = str(tmp / "internvl_batches.pt")
+    return ({"batches": batches, "runs": {"internvl_one": str(files["internvl_one"])}, "out": str(tmp)},
+            {"config": str(files["internvl_tp2"]), "batches": batches})
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mm_core.testing.train_worker import run_all
+
     tmp = tmp_path_factory.mktemp("lora_parallel")
     records, weights = helpers.run_inprocess(tmp, "one", lora_config())
+    reference, internvl_tp2 = internvl_jobs(tmp)
+    (tmp / "internvl_one.json").write_text(json.dumps(reference))
+    run_all(tmp / "internvl_one.json")
     layouts = {"dp2": lora_config(), "tp2": lora_config(tp=2, sequence_parallel=True),
                "pp2": lora_config(pp=2, layers=([2, 0], [0, 2]))}
     layouts["pp2"]["output"]["save"] = str(tmp / "ckpt_pp2")  # each stage saves its own adapters
-    proc = helpers.run_torchrun_many(tmp, 2, layouts)
+    job = {"out": str(tmp), "runs": {name: {"config": str(helpers.write_config(tmp / f"{name}.yaml", cfg))}
+                                     for name, cfg in layouts.items()}}
+    job["runs"]["internvl_tp2"] = internvl_tp2
+    (tmp / "job.json").write_text(json.dumps(job))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(Path(__file__).with_name("_worker.py")), str(tmp / "job.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tmp, [r["loss"] for r in records], weights
 
@@ -78,3 +120,19 @@ def test_pp2_checkpoint_holds_every_stages_adapters(runs):
     assert set(saved) == {k for k in want if is_adapter(k)}
     for k, v in saved.items():
         torch.testing.assert_close(v, want[k], rtol=RTOL, atol=ATOL, msg=k)
+
+
+def test_internvl_tp2_equals_one_process(runs):
+    import json
+
+    from safetensors.torch import load_file
+
+    tmp = runs[0]
+    want = json.loads((tmp / "internvl_one" / "records.json").read_text())
+    got = json.loads((tmp / "internvl_tp2" / "records.json").read_text())
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=RTOL)
+    a = load_file(str(tmp / "internvl_one" / "ckpt" / "iter_0000002" / "lora" / "adapter_model.safetensors"))
+    b = load_file(str(tmp / "internvl_tp2" / "ckpt" / "iter_0000002" / "lora" / "adapter_model.safetensors"))
+    assert set(a) == set(b) and any(".lora_B." in k and v.abs().sum() > 0 for k, v in a.items())
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=RTOL, atol=ATOL, msg=k)
