@@ -1,7 +1,23 @@
-"""mm-visualglm's hooks: thin on purpose, heavy modules are imported only when used.
-
-VisualGLM-6B support lands family piece by family piece (model, converter, formatter); until then this
-plugin registers nothing but still shows up in `mm-run plugins`.
-"""
+"""mm-visualglm's hooks: thin on purpose, heavy modules are imported only when used."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+from mm_core.family.lazy import lazy as _lazy
+from mm_core.family.lazy import vision_language_spec
+from mm_core.hookspecs import hookimpl
+from mm_core.specs import ConverterSpec, ModelSpec
+
+
+@hookimpl
+def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
+    register(vision_language_spec("visualglm", "mm_visualglm", converter="VisualGLMConverter",
+                                  hf_architectures=("ChatGLMForConditionalGenerationWithImage",),
+                                  description="VisualGLM-6B (EVA ViT + BLIP-2 Q-Former + ChatGLM-6B)"))
+
+
+@hookimpl
+def mm_register_converters(register: Callable[[ConverterSpec], None]) -> None:
+    register(ConverterSpec("VisualGLMConverter", _lazy("mm_visualglm.convert", "VisualGLMConverter"),
+                           description="VisualGLM-6B: SAT (.pt) or HF remote-code (.bin) <-> mm (tp/pp) <-> DCP"))

@@ -87,10 +87,29 @@ def vision_config(hf: Mapping[str, Any], *, source: str = "config.json", require
 
 
 def layer_counts(hf: Mapping[str, Any]) -> tuple[int, int]:
-    """``(vision layers, LLM layers)``: ``depth`` (Qwen) or ``num_hidden_layers`` (InternViT)."""
+    """``(vision layers, LLM layers)``: ``depth`` (Qwen) or ``num_hidden_layers`` (InternViT); a config
+    in another shape (VisualGLM's ``eva_config`` / ``num_layers``) is counted by its family's converter."""
     vc = vision_config(hf, required=False)
-    vit = vc.get("depth", vc.get("num_hidden_layers", 0))
-    return int(vit), int(text_config(hf).get("num_hidden_layers", 0))
+    vit = int(vc.get("depth", vc.get("num_hidden_layers", 0)))
+    llm = int(text_config(hf).get("num_hidden_layers", 0))
+    if not (vit and llm):
+        vit, llm = _converter_depths(hf) or (vit, llm)
+    return vit, llm
+
+
+def _converter_depths(hf: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The registered family's converter depths for a config the standard keys do not describe."""
+    from mm_core.errors import MMError
+    from mm_core.plugins import get_plugin_manager
+
+    try:
+        spec = get_plugin_manager().model_for_hf_config(dict(hf))
+        if spec.converter is None:
+            return None
+        depths = get_plugin_manager().converter(spec.converter).factory().depths(hf)
+    except (MMError, KeyError, ValueError):
+        return None
+    return int(depths.get("vit", 0)), int(depths.get("llm", 0))
 
 
 def is_tied(hf: Mapping[str, Any]) -> bool:
