@@ -15,6 +15,9 @@ def mm_register_kernels(register: Callable[[KernelSpec], None]) -> None:
     for op, fn in (("rms_norm", ref.rms_norm), ("rotary", ref.rotary), ("rotary_interleaved", ref.rotary_interleaved),
                    ("attention", ref.attention), ("swiglu", ref.swiglu)):
         register(KernelSpec(op, "any", "reference", fn, priority=0))
+    from mm_core.kernels.grouped import grouped_mm
+
+    register(KernelSpec("grouped_mm", "any", "reference", grouped_mm, priority=0))
     from mm_core.kernels import cuda
 
     register(KernelSpec("attention", "cuda", "flash_varlen", cuda.attention, priority=10,

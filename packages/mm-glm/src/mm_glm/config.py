@@ -78,6 +78,13 @@ def parse_config(hf_config: dict[str, Any] | str | Path) -> GlmConfig:
     cfg, raw, source = parse_with_transformers(
         hf_config, model_type="glm4v", config_class="Glm4vConfig", what="GLM-4.1V",
         refused={"glm4v_moe": "is GLM-4.5V (MoE); mm-glm's dense model reads 'glm4v' (GLM-4.1V) only"})
+    return glm_config(cfg, raw, source, TextConfig, rotary_interleaved=True, sandwich_norms=True)
+
+
+def glm_config(cfg: Any, raw: dict[str, Any], source: str, text_class: type[TextConfig], *,
+               rotary_interleaved: bool, sandwich_norms: bool, **text_fields: Any) -> GlmConfig:
+    """The :class:`GlmConfig` of a parsed transformers GLM-4.xV config (GLM-4.1V: interleaved rotary
+    and sandwich norms; GLM-4.5V: neither, plus its MoE fields in ``text_fields``)."""
     v, t = cfg.vision_config, cfg.text_config
     text = decoder_config_from_hf(t, source)
     rope = dict(t.rope_parameters or {})
@@ -89,7 +96,7 @@ def parse_config(hf_config: dict[str, Any] | str | Path) -> GlmConfig:
     rotary_dim = int(text["head_dim"] * factor)
     section = tuple(int(x) for x in (rope.get("mrope_section") or (8, 12, 12)))
     if sum(section) * 2 != rotary_dim or len(section) != 3:
-        hint = "" if "partial_rotary_factor" in rope else " (partial_rotary_factor is missing: GLM-4.1V has 0.5)"
+        hint = "" if "partial_rotary_factor" in rope else " (partial_rotary_factor is missing: GLM-4.1V and GLM-4.5V have 0.5)"
         raise ConfigError(f"{source}: text_config.rope_parameters.mrope_section {list(section)} must be 3 numbers "
                           f"summing to rotary_dim/2 = {rotary_dim // 2} (head_dim {text['head_dim']} x "
                           f"partial_rotary_factor {factor}){hint}")
@@ -109,8 +116,8 @@ def parse_config(hf_config: dict[str, Any] | str | Path) -> GlmConfig:
             image_size=_int(v.image_size, source, "image_size"), attention_bias=bool(v.attention_bias),
             hidden_act=v.hidden_act, eps=float(v.rms_norm_eps), rope_theta=float(vis_rope.get("rope_theta", 10000.0)),
         ),
-        text=TextConfig(**text, rotary_interleaved=True, sandwich_norms=True, rotary_dim=rotary_dim,
-                        mrope_section=section),
+        text=text_class(**text, rotary_interleaved=rotary_interleaved, sandwich_norms=sandwich_norms,
+                        rotary_dim=rotary_dim, mrope_section=section, **text_fields),
         image_token_id=int(cfg.image_token_id), video_token_id=int(cfg.video_token_id),
         image_start_token_id=int(cfg.image_start_token_id), image_end_token_id=int(cfg.image_end_token_id),
         video_start_token_id=int(cfg.video_start_token_id), video_end_token_id=int(cfg.video_end_token_id),

@@ -42,27 +42,32 @@ PROJ = "image_encoder.projector."
 def _parsed(hf: Mapping[str, Any]):
     from mm_core.errors import ConfigError as CoreConfigError
     from mm_glm.config import parse_config
+    from mm_glm.moe_config import parse_moe_config
 
     try:
-        return parse_config(dict(hf))
+        return (parse_moe_config if hf.get("model_type") == "glm4v_moe" else parse_config)(dict(hf))
     except CoreConfigError as e:
         raise ConfigError(str(e)) from e
 
 
 class GlmConverter(Converter):
-    """GLM-4.1V (dense): HF <-> mm (tp/pp) <-> DCP."""
+    """GLM-4.1V (dense) and GLM-4.5V (MoE, ``model_type`` ``glm4v_moe``): HF <-> mm (tp/pp) <-> DCP."""
 
     modules = ("vit", "llm")  # HF names: model.visual.*, model.language_model.*, lm_head.* (Hub = transformers 5)
 
+    def parse(self, hf: Mapping[str, Any]) -> Any:
+        """The family config (``mm_glm.config.GlmConfig``) of an HF config dict."""
+        return _parsed(hf)
+
     def depths(self, hf: Mapping[str, Any]) -> dict[str, int]:
-        cfg = _parsed(hf)
+        cfg = self.parse(hf)
         return {"vit": cfg.vision.depth, "llm": cfg.text.num_layers}
 
     def tied(self, hf: Mapping[str, Any]) -> bool:
-        return _parsed(hf).tie_word_embeddings
+        return self.parse(hf).tie_word_embeddings
 
     def check(self, hf: Mapping[str, Any], placement: Placement) -> None:
-        cfg = _parsed(hf)
+        cfg = self.parse(hf)
         tp = placement.tp_size
         check_decoder_tp(cfg.text.num_kv_heads, tp)
         if cfg.vision.num_heads % tp:
@@ -70,8 +75,20 @@ class GlmConverter(Converter):
                               f"{cfg.vision.num_heads} of config.json; choose a tp_size that divides it")
 
     def rules(self, hf: Mapping[str, Any]) -> list[Rule]:
-        cfg = _parsed(hf)
-        t, v = cfg.text, cfg.vision
+        cfg = self.parse(hf)
+        t = cfg.text
+        if getattr(t, "moe", None) is not None:
+            from mm_glm.convert_moe import moe_text_rules
+
+            return self.vision_rules(cfg) + moe_text_rules(t)
+        return self.vision_rules(cfg) + decoder_rules(
+            heads=t.num_heads, kv_heads=t.num_kv_heads, head_dim=t.head_dim, hf_layer=HF_LLM, hf_embedding=EMBED,
+            hf_final_norm="model.language_model.norm.weight", hf_lm_head="lm_head.weight",
+            hf_gate_up="mlp.gate_up_proj.weight", sandwich_norms=True)
+
+    def vision_rules(self, cfg: Any) -> list[Rule]:
+        """The ViT and merger (shared by GLM-4.1V and GLM-4.5V)."""
+        v = cfg.vision
         vit = layer_rules(VIT, HF_VIT, "vit")
         qkv_split = Split(dim=0, parts=3, unit=v.head_dim, what="vision_config.num_heads")
 
@@ -107,7 +124,4 @@ class GlmConverter(Converter):
             last(PROJ + "up_proj.weight", "merger.up_proj.weight", tp=COLUMN),
             last(PROJ + "down_proj.weight", "merger.down_proj.weight", tp=ROW),
         ]
-        return rules + decoder_rules(heads=t.num_heads, kv_heads=t.num_kv_heads, head_dim=t.head_dim, hf_layer=HF_LLM,
-                                     hf_embedding=EMBED, hf_final_norm="model.language_model.norm.weight",
-                                     hf_lm_head="lm_head.weight", hf_gate_up="mlp.gate_up_proj.weight",
-                                     sandwich_norms=True)
+        return rules

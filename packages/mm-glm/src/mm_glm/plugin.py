@@ -16,6 +16,11 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
     register(vision_language_spec("glm4v", "mm_glm", converter="GlmConverter", formatter="glm4v",
                                   hf_model_types=("glm4v",), hf_architectures=("Glm4vForConditionalGeneration",),
                                   description="GLM-4.1V (9B, Base and Thinking)"))
+    register(vision_language_spec("glm4v_moe", "mm_glm", converter="GlmConverter", formatter="glm4v",
+                                  hf_model_types=("glm4v_moe",), hf_architectures=("Glm4vMoeForConditionalGeneration",),
+                                  builder=_lazy("mm_glm.glm4v_moe", "build_model"),
+                                  tiny_checkpoint=_lazy("mm_glm.tiny_moe", "save_tiny_model"),
+                                  description="GLM-4.5V (106B-A12B MoE)"))
 
 
 @hookimpl
@@ -32,10 +37,14 @@ def mm_register_formatters(register: Callable[[FormatterSpec], None]) -> None:
 
 @hookimpl
 def mm_register_kernels(register: Callable[[KernelSpec], None]) -> None:
-    """The interleaved partial rotary on Ascend (npu only); torch_npu is imported only by the call
-    and by the availability check, which the registry runs only when an npu kernel is asked for."""
+    """The interleaved partial rotary and GLM-4.5V's expert grouped GEMM on Ascend (npu only); torch_npu
+    is imported only by the calls and by the availability check, which the registry runs only when an
+    npu kernel is asked for."""
     from mm_core.kernels.npu import torch_npu_available
     from mm_glm.kernels_npu import rotary_interleaved
 
     register(KernelSpec("rotary_interleaved", "npu", "torch_npu", rotary_interleaved, priority=10,
                         is_available=torch_npu_available))
+    from mm_glm.moe_kernels_npu import grouped_mm
+
+    register(KernelSpec("grouped_mm", "npu", "torch_npu", grouped_mm, priority=10, is_available=torch_npu_available))

@@ -8,7 +8,7 @@ from mm_core.errors import UnknownKeyError
 from mm_core.specs import KernelSpec
 
 ANY_DEVICE = "any"
-OPS = ("rms_norm", "rotary", "rotary_interleaved", "attention", "swiglu")
+OPS = ("rms_norm", "rotary", "rotary_interleaved", "attention", "swiglu", "grouped_mm")
 
 
 def kernel_candidates(op: str, device_type: str) -> list[KernelSpec]:

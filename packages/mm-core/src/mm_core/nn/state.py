@@ -29,9 +29,18 @@ def _fitted(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
     return padding.pad_piece(tensor) if padding is not None else tensor
 
 
+def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds for ``model``: its parameters and its persistent buffers (e.g. an MoE
+    router's score-correction bias, which is no parameter because no gradient trains it)."""
+    tensors = dict(model.named_parameters())
+    persistent = set(model.state_dict(keep_vars=True))
+    tensors.update((n, b) for n, b in model.named_buffers() if n in persistent)
+    return tensors
+
+
 def check_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, fix: str) -> None:
     """Raise a ``CheckpointMismatchError`` naming missing, unexpected and mis-shaped keys and the fix."""
-    params = dict(model.named_parameters())
+    params = checkpoint_tensors(model)
     missing = sorted(set(params) - set(state))
     unexpected = sorted(set(state) - set(params))
     wrong = []
@@ -58,7 +67,8 @@ def assign_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source:
     Floating tensors take the parameter's dtype; a meta parameter takes the tensor's device.
     """
     check_state(model, state, source=source, fix=fix)
-    params = dict(model.named_parameters())
+    params = checkpoint_tensors(model)
+    buffers = set(dict(model.named_buffers()))
     for name, tensor in state.items():
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
@@ -67,6 +77,9 @@ def assign_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source:
         device = tensor.device if old.device.type == "meta" else old.device
         dtype = old.dtype if tensor.dtype.is_floating_point else tensor.dtype
         tensor = tensor.to(device=device, dtype=dtype)
+        if name in buffers:  # keeps the buffer's own dtype (an fp32 buffer in a bf16 model stays fp32)
+            module.register_buffer(attr, tensor, persistent=True)
+            continue
         if _is_dtensor(old):
             from torch.distributed.tensor import DTensor
 

@@ -22,6 +22,7 @@ def tp_shard_mismatches(hf_dir: str | Path, tp_size: int, tp_rank: int, mesh) ->
     from mm_core.engine.tp_rules import plan_from_rules
     from mm_core.nn.head_padding import param_padding
     from mm_core.nn.pretrained import load_pretrained, resolve_hf_config
+    from mm_core.nn.state import checkpoint_tensors
     from mm_core.nn.vocab_padding import padding_of
     from mm_core.plugins import get_plugin_manager
 
@@ -30,7 +31,7 @@ def tp_shard_mismatches(hf_dir: str | Path, tp_size: int, tp_rank: int, mesh) ->
     model = load_pretrained(hf_dir, device="cpu", dtype=torch.float32)
     parallelize_module(model, mesh, plan_from_rules(model, spec.converter, config, tp_size))
     pieces = hf_to_mm_rank(spec.converter, hf_dir, tp_size=tp_size, tp_rank=tp_rank)
-    params = dict(model.named_parameters())
+    params = checkpoint_tensors(model)  # parameters and persistent buffers (an MoE router's bias)
     bad = [f"{name}: in only one of engine / converter" for name in sorted(set(params) ^ set(pieces))]
     for name in sorted(set(params) & set(pieces)):
         p = params[name]

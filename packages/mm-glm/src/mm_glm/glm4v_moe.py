@@ -1,0 +1,90 @@
+"""GLM-4.5V (``glm4v_moe``) in the mm layout: GLM-4.1V's stage model with MoE decoder layers.
+
+Everything but the text layers' MLPs is GLM-4.1V's (vision tower, merger, placeholders, 3-D
+positions). The text decoder is mm-core's shared one without sandwich norms and with rotate-half
+partial rotary (transformers' ``Glm4vMoeTextAttention``: ``[freq, freq]`` tables cut into the
+mRoPE sections, unlike GLM-4.1V's interleaved pairs). Layers before ``first_k_dense_replace`` keep
+the dense SwiGLU MLP; the others get :class:`mm_glm.moe.MoeMLP` as their ``mlp``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mm_core.kernels.reference import mrope_cos_sin
+from mm_core.layout import StagePlan
+from mm_glm.config import GlmConfig
+from mm_glm.model import Glm4vModel
+from mm_glm.moe import MoeMLP
+from mm_glm.moe_aux import router_balance_loss
+from mm_glm.moe_config import MoeTextConfig, parse_moe_config
+
+
+class Glm4vMoeModel(Glm4vModel):
+    """One pipeline stage (or the whole model) of GLM-4.5V."""
+
+    supports_sequence_parallel = False  # the routed experts are not written for sequence-sharded input
+
+    def __init__(self, cfg: GlmConfig, plan: StagePlan, *, device=None, dtype=None):
+        super().__init__(cfg, plan, device=device, dtype=dtype)
+        text: MoeTextConfig = cfg.text  # type: ignore[assignment]
+        if not plan.has_text or text.moe is None:
+            return
+        for i, layer in enumerate(self.text_decoder.decoder.layers):
+            if text.is_moe(plan.llm_first + i):
+                layer.mlp = MoeMLP(text.hidden_size, text.moe, device=device, dtype=dtype)
+
+    def moe_layers(self) -> list[tuple[int, MoeMLP]]:
+        """(global LLM layer, its MoE MLP) of this stage."""
+        if not self.plan.has_text:
+            return []
+        return [(self.plan.llm_first + i, layer.mlp) for i, layer in enumerate(self.text_decoder.decoder.layers)
+                if isinstance(layer.mlp, MoeMLP)]
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        super().init_weights(std)
+        for _, mlp in self.moe_layers():
+            mlp.router.expert_bias.zero_()  # a buffer: not among the parameters the base initialises
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        text = self.config.text
+        return mrope_cos_sin(positions, text.rotary_dim, text.rope_theta, list(text.mrope_section))
+
+    def forward(self, *stage_input: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        for _, mlp in self.moe_layers():
+            mlp.router_stats.clear()  # the balance loss is of this forward only
+        self._valid_rows = _valid_rows(kwargs.get("attention_mask"), kwargs.get("segment_ids"))
+        return super().forward(*stage_input, **kwargs)
+
+    def aux_losses(self) -> list[torch.Tensor]:
+        """The router balance loss of the last training forward (transformers' ``load_balancing_loss_func``
+        over this stage's MoE layers; see ``mm_glm.moe_aux``)."""
+        logits = [s for _, mlp in self.moe_layers() for s in mlp.router_stats]
+        if not logits:
+            return []
+        moe = self.config.text.moe
+        return [router_balance_loss(logits, moe.num_experts, moe.top_k, getattr(self, "_valid_rows", None))]
+
+    def take_expert_counts(self) -> dict[int, torch.Tensor]:
+        """``{global layer: tokens routed to each expert}`` since the last call (the engine logs them per step)."""
+        out = {}
+        for layer, mlp in self.moe_layers():
+            counts = mlp.take_expert_counts()
+            if counts is not None:
+                out[layer] = counts
+        return out
+
+
+def _valid_rows(attention_mask: torch.Tensor | None, segment_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """``[B*T]`` 1 for real tokens, 0 for padding (what transformers masks in the balance loss)."""
+    if attention_mask is not None:
+        return attention_mask.reshape(-1)
+    if segment_ids is not None:
+        return (segment_ids >= 0).reshape(-1)
+    return None
+
+
+build_model = Glm4vMoeModel.builder(parse_moe_config)
