@@ -1,11 +1,11 @@
 """The checkpoints bench/convert.py builds: each model's config.json and tensor shapes, by family.
 
-Qwen2.5-VL-3B's names and shapes are written out (they are the Hub's old-style names). GLM-4.1V-9B's
-come from transformers itself: the reference class is built on the meta device from the Hub's
+Qwen2.5-VL-3B's names and shapes are written out (they are the Hub's old-style names); InternVL3-8B's
+come from mm-internvl's ``bench_shapes`` (the ``-hf`` layout). GLM-4.1V-9B's come from transformers itself: the reference class is built on the meta device from the Hub's
 config values and its state dict gives the names ``save_pretrained`` writes (for Glm4v the saved
 names equal the module names) and every shape, so nothing here can drift from the real model.
 
-For GLM-4.1V ``scale`` shrinks the layer counts only, so every tensor keeps its real shape and the
+For GLM-4.1V and InternVL3 ``scale`` shrinks the layer counts only, so every tensor keeps its real shape and the
 peak memory of a streaming conversion (one tensor at a time) is the real model's; quick runs
 (scale < 0.1) also shrink the vocabulary so they take seconds. Qwen2.5-VL-3B keeps its earlier
 meaning (layers and vocabulary scale together), so its stored figures stay comparable.
@@ -122,9 +122,31 @@ def glm_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(t.shape) for k, t in model.state_dict().items()}
 
 
+# -- InternVL3-8B (the family's own shape helper: either checkpoint layout, transformers-derived) --------
+
+def internvl_config(scale: float) -> dict:
+    from mm_internvl.bench_shapes import internvl3_8b_config
+
+    return internvl3_8b_config(scale)
+
+
+def internvl_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    from mm_internvl.bench_shapes import internvl3_shapes
+
+    return internvl3_shapes(cfg)
+
+
+def internvl_counts(cfg: dict) -> tuple[int, int]:
+    from mm_internvl.bench_shapes import internvl3_counts
+
+    return internvl3_counts(cfg)
+
+
 MODELS: dict[str, BenchModel] = {
     "qwen2_5_vl_3b": BenchModel("Qwen2.5-VL-3B", "Qwen2_5_VLConverter", (32, 36), qwen_config, qwen_shapes,
                                 lambda c: (c["vision_config"]["depth"], c["num_hidden_layers"])),
     "glm4_1v_9b": BenchModel("GLM-4.1V-9B", "GlmConverter", (24, 40), glm_config, glm_shapes,
                              lambda c: (c["vision_config"]["depth"], c["text_config"]["num_hidden_layers"])),
+    "internvl3_8b": BenchModel("InternVL3-8B", "InternVLConverter", (24, 28), internvl_config, internvl_shapes,
+                               internvl_counts),
 }

@@ -154,6 +154,7 @@ def _packed_attention_rows(r: dict[str, Any]) -> list[Row]:
 READERS: dict[str, tuple[str, Any]] = {
     "convert": ("Conversion (Qwen2.5-VL-3B shapes, bf16)", _convert_rows),
     "convert_glm4_1v": ("Conversion (GLM-4.1V-9B shapes, bf16)", _convert_rows),
+    "convert_internvl3": ("Conversion (InternVL3-8B shapes, bf16)", _convert_rows),
     "qwen_step": ("Model step (mm Qwen2.5-VL vs transformers)", _qwen_step_rows),
     "data": ("Data pipeline", _data_rows),
     "train_step": ("Training step and loss memory", _train_step_rows),
