@@ -22,6 +22,7 @@ from mm_core.checkpoint.errors import ConfigError
 from mm_core.checkpoint.ops import COLUMN, IDENTITY, REPLICATED, ROW, VOCAB, HeadInterleave, Split, Transform
 from mm_core.checkpoint.rules import Rule
 from mm_core.layout import Placement
+from mm_visualglm.layouts_io import VisualGLMFromMmConfig, VisualGLMToMmConfig
 
 SourceLayout = Literal["hf", "sat"]
 LAYOUTS: tuple[str, ...] = ("hf", "sat")
@@ -83,6 +84,48 @@ class VisualGLMConverter(Converter):
             raise ConfigError(f"qkv_order '{order}': use one of {list(QKV_ORDERS)}")
         self.layout: SourceLayout = layout
         self.qkv_order = order
+
+    # -- verbs: the pickled layouts (SAT .pt, HF .bin) and the three-part export --------------------
+
+    def hf_to_mm(self, cfg: VisualGLMToMmConfig) -> None:  # type: ignore[override]
+        """Convert a SAT, HF ``.bin`` or safetensors VisualGLM directory into the mm layout (tp/pp shards)."""
+        from mm_visualglm import formats, layouts_io
+
+        if not cfg.hf_config.hf_dir:
+            raise ConfigError("--cfg.hf_config.hf_dir is required for hf_to_mm")
+        if formats.detect(cfg.hf_config.hf_dir) == "safetensors":
+            super().hf_to_mm(cfg)
+        else:
+            layouts_io.pickled_to_mm(cfg)
+
+    def mm_to_hf(self, cfg: VisualGLMFromMmConfig) -> None:  # type: ignore[override]
+        """Write an mm checkpoint as SAT (``sat``), HF remote-code ``.bin`` (``hf_bin``) or safetensors;
+        by default in the layout it was converted from."""
+        from mm_visualglm import layouts_io
+
+        recorded = layouts_io.recorded_source(cfg.mm_dir, cfg.iteration)
+        target = cfg.layout or recorded.get("visualglm_source", "safetensors")
+        if target not in layouts_io.TARGETS:
+            raise ConfigError(f"--cfg.layout '{target}': use one of {list(layouts_io.TARGETS)}")
+        if target == "safetensors":
+            super().mm_to_hf(cfg)
+        else:
+            layouts_io.mm_to_pickled(cfg, target, recorded)
+
+    def export_parts(self, mm_dir: str, save_dir: str, iteration: str | None = None, overwrite: bool = False) -> None:
+        """Write vit.safetensors, qformer.safetensors (Q-Former + glm_proj) and glm.safetensors, each loadable alone.
+
+        Args:
+            mm_dir: an mm directory (any tp/pp layout)
+            save_dir: output directory
+            iteration: which saved iteration; default: the latest
+            overwrite: replace a non-empty save_dir
+        """
+        from mm_visualglm import layouts_io
+
+        layouts_io.export_parts(mm_dir, save_dir, iteration, overwrite)
+
+    # -- the rule table ----------------------------------------------------------------------------
 
     def depths(self, hf: Mapping[str, Any]) -> dict[str, int]:
         cfg = _parsed(hf)
