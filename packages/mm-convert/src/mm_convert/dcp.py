@@ -56,14 +56,26 @@ def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True) -
     items = [it for it in plan.items if not it.tied_copy]
     metas = {MODEL_PREFIX + it.mm_key: source.meta(it) for it in items}
     make = {MODEL_PREFIX + it.mm_key: (lambda it=it: source.full(it)) for it in items}
-    total = sum(m.numel() * m.element_size() for m in metas.values())
+    save_lazily(metas, make, out, progress=progress)
+
+
+def save_lazily(state: dict[str, Any], make: dict[str, Any], out: Path, *, progress: bool = True) -> None:
+    """``dcp.save`` of ``state`` (meta tensors, nested dicts and plain values allowed) into the new
+    directory ``out``, each tensor made by ``make[flattened name]()`` only when the writer asks for it."""
+    total = sum(int(m.numel() * m.element_size()) for m in _tensors(state))
     bar = Progress(total, "write dcp", progress)
     out.mkdir(parents=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no process group: running as a single process"
-        dcp.save(metas, storage_writer=dcp.FileSystemWriter(str(out), thread_count=1, single_file_per_rank=False),
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(out), thread_count=1, single_file_per_rank=False),
                  planner=_LazyPlanner(make, bar), no_dist=True)
     bar.close()
+
+
+def _tensors(state: Any) -> list[torch.Tensor]:
+    if isinstance(state, dict):
+        return [t for v in state.values() for t in _tensors(v)]
+    return [state] if isinstance(state, torch.Tensor) else []
 
 
 def dcp_source(conv: Converter, plan: Plan, dcp_dir: str | Path) -> Source:

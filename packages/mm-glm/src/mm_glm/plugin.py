@@ -26,7 +26,10 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
 @hookimpl
 def mm_register_converters(register: Callable[[ConverterSpec], None]) -> None:
     register(ConverterSpec("GlmConverter", _lazy("mm_glm.convert", "GlmConverter"),
-                           description="GLM-4.1V: HF <-> mm (tp/pp) <-> DCP"))
+                           description="GLM-4.1V and GLM-4.5V: HF <-> mm (tp/pp) <-> DCP"))
+    register(ConverterSpec("ExpertMergeDcpConverter", _lazy("mm_glm.expert_merge", "ExpertMergeDcpConverter"),
+                           verbs=("hf_to_dcp", "dcp_to_hf"),
+                           description="GLM-4.5V: HF <-> DCP with merged experts (the reference system's layout)"))
 
 
 @hookimpl
