@@ -58,14 +58,20 @@ def random_mm_state(config: dict[str, Any], *, seed: int = 0, std: float = 0.05)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def save_tiny_model(path: str | Path, *, seed: int = 0, std: float = 0.05, **config_overrides: Any) -> Path:
-    """Write a tiny random VisualGLM directory (HF remote-code names, safetensors); returns it."""
+def save_tiny_model(path: str | Path, *, seed: int = 0, std: float = 0.05, tokenizer: bool = False,
+                    **config_overrides: Any) -> Path:
+    """Write a tiny random VisualGLM directory (HF remote-code names, safetensors); returns it.
+    ``tokenizer``: also a tiny ``ice_text.model`` (``mm_visualglm.testing_tokenizer``), whose ids the config takes."""
     from safetensors.torch import save_file
 
     from mm_visualglm.sources import mm_to_source
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if tokenizer:
+        from mm_visualglm.testing_tokenizer import save_tiny_tokenizer, tokenizer_ids
+
+        config_overrides["ids"] = tokenizer_ids(save_tiny_tokenizer(path))
     config = tiny_config_dict(**config_overrides)
     state = mm_to_source(random_mm_state(config, seed=seed, std=std), config, "hf")
     save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"), metadata={"format": "pt"})

@@ -18,6 +18,7 @@ from typing import Any
 
 from mm_core.data.bad_records import BadRecord, DataError
 from mm_core.data.config import AttrParameters, BasicParameters
+from mm_core.data.fewshot_layout import from_fewshot_layout, is_fewshot_layout
 from mm_core.data.llava_layout import from_llava_layout, is_llava_layout
 from mm_core.data.paths import resolve_media
 
@@ -120,6 +121,8 @@ def parse_record(raw: RawRecord, attr: AttrParameters, dataset_dir: str) -> Samp
         raise BadRecord("malformed_json", where, f"expected a JSON object, got {type(value).__name__}")
     if is_llava_layout(value, attr):  # InternVL's / LLaVA's own files, read as they are
         value = from_llava_layout(value, attr)
+    elif is_fewshot_layout(value, attr):  # VisualGLM's {"img", "prompt", "label"}
+        value = from_fewshot_layout(value, attr)
     turns = value.get(attr.messages)
     if not isinstance(turns, list) or not turns:
         raise BadRecord("bad_format", where, f"no '{attr.messages}' list")
