@@ -69,6 +69,15 @@ def test_hf_bin_round_trip_is_bit_exact(tiny, tmp_path: Path) -> None:
     assert config == tiny["config"]
 
 
+def test_hf_qkv_rows_are_sat_rows_per_head(tiny) -> None:
+    """The reference's statement of the two orders: SAT [3, H, D, in] permuted to [H, 3, D, in] is HF."""
+    heads, d = tiny["config"]["num_attention_heads"], tiny["config"]["hidden_size"] // tiny["config"]["num_attention_heads"]
+    for p in ("weight", "bias"):
+        key = f"transformer.layers.1.attention.query_key_value.{p}"
+        sat = tiny["sat"][key]
+        assert torch.equal(tiny["hf"][key], sat.view(3, heads, d, -1).transpose(0, 1).reshape(sat.shape))
+
+
 def test_sat_and_hf_convert_into_each_other(tiny, tmp_path: Path) -> None:
     hf = from_mm(to_mm(tiny["root"] / "sat", tmp_path / "mm1", qkv_order="contiguous"), tmp_path / "hf", "hf_bin")
     assert_same(formats.read_hf_bin(hf)[0], tiny["hf"])

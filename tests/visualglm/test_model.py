@@ -158,10 +158,10 @@ def ref_chatglm(state, cfg, ids: list[int], embeds: torch.Tensor) -> torch.Tenso
     for layer in range(t_cfg.num_layers):
         p = f"text_decoder.decoder.layers.{layer}."
         a = ln(x, p + "input_layernorm")
-        qkv = lin(a, p + "self_attention.linear_qkv").view(n, heads, 3, d)  # per head [q; k; v] (HF order)
+        qkv = lin(a, p + "self_attention.linear_qkv").view(n, 3, heads, d)  # mm rows: [Q; K; V] thirds
         outs = []
         for h in range(heads):
-            q, k, v = qkv[:, h, 0], qkv[:, h, 1], qkv[:, h, 2]
+            q, k, v = qkv[:, 0, h], qkv[:, 1, h], qkv[:, 2, h]
             q = torch.cat([ref_rotate(q[:, : d // 2], pos), ref_rotate(q[:, d // 2:], block)], dim=-1)
             k = torch.cat([ref_rotate(k[:, : d // 2], pos), ref_rotate(k[:, d // 2:], block)], dim=-1)
             scores = (q @ k.t() / math.sqrt(d)).masked_fill(~allowed, -10000.0)

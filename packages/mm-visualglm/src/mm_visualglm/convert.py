@@ -3,9 +3,13 @@
 Both layouts name the LM ``transformer.*`` and keep the ViT and Q-Former as SAT modules; they differ
 in the image encoder's prefix (SAT ``mixins.eva.model.``, HF remote code ``image_encoder.``), the LM
 head (``mixins.chatglm-final.lm_head.weight`` / ``lm_head.weight``) and the LM's fused q/k/v rows
-(SAT: contiguous thirds ``[Q; K; V]``; HF: per head ``[q_h; k_h; v_h]``, which is mm's order). The ViT
-and Q-Former keep ``[Q; K; V]`` (and ``key_value`` = ``[K; V]``) everywhere, mm included; a tensor
-parallel rank takes whole heads of each third.
+(SAT: contiguous thirds ``[Q; K; V]``; HF: per head ``[q_h; k_h; v_h]``). mm keeps ``[Q; K; V]``
+everywhere (LM, ViT, Q-Former; ``key_value`` = ``[K; V]``): a tensor-parallel rank takes whole heads of
+each third, and LoRA gets one A/B pair per q, k and v as the original recipe (the rule's sections).
+
+Layouts: ``sat`` (SAT names), ``hf`` (HF remote-code names, per-head q/k/v: the ``.bin`` files) and
+``safetensors`` (HF names with mm's q/k/v thirds: no published VisualGLM ships safetensors, so this
+is mm's own HF-style directory, what ``tiny_checkpoint`` writes and the engine reads directly).
 
 Tensors no module uses (SAT's ``transformer.position_embeddings`` and rotary ``inv_freq``, HF's
 per-layer ``inv_freq``) are not in the table; ``sources.py`` keeps them aside so a round trip gives
@@ -14,21 +18,24 @@ them back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
+
+import torch
 
 from mm_convert.converter import Converter
 from mm_core.checkpoint.errors import ConfigError
-from mm_core.checkpoint.ops import COLUMN, IDENTITY, REPLICATED, ROW, VOCAB, HeadInterleave, Split, Transform
+from mm_core.checkpoint.ops import COLUMN, IDENTITY, REPLICATED, ROW, VOCAB, Split, Transform
 from mm_core.checkpoint.rules import Rule
 from mm_core.layout import Placement
 from mm_visualglm.layouts_io import VisualGLMFromMmConfig, VisualGLMToMmConfig
 
-SourceLayout = Literal["hf", "sat"]
-LAYOUTS: tuple[str, ...] = ("hf", "sat")
-ENCODER_PREFIX = {"hf": "image_encoder.", "sat": "mixins.eva.model."}
-LM_HEAD = {"hf": "lm_head.weight", "sat": "mixins.chatglm-final.lm_head.weight"}
-QKV_ORDERS = ("interleaved", "contiguous")  # the LM's fused q/k/v rows: per head (HF, mm) or thirds (SAT)
+SourceLayout = Literal["safetensors", "hf", "sat"]
+LAYOUTS: tuple[str, ...] = ("safetensors", "hf", "sat")
+ENCODER_PREFIX = {"safetensors": "image_encoder.", "hf": "image_encoder.", "sat": "mixins.eva.model."}
+LM_HEAD = {"safetensors": "lm_head.weight", "hf": "lm_head.weight", "sat": "mixins.chatglm-final.lm_head.weight"}
+QKV_ORDERS = ("interleaved", "contiguous")  # the LM's fused q/k/v rows: per head (HF) or thirds (SAT, mm)
 
 ENC = "image_encoder.encoder."
 QF = "image_encoder.projector.qformer."
@@ -47,6 +54,29 @@ def _parsed(hf: Mapping[str, Any]):
         return parse_config(dict(hf))
     except CoreConfigError as e:
         raise ConfigError(str(e)) from e
+
+
+@dataclass(frozen=True)
+class HeadDeinterleave(Transform):
+    """Per-head ``[q_h; k_h; v_h]`` rows (HF ChatGLM) -> ``[Q; K; V]`` thirds (mm); weights and biases."""
+
+    heads: int
+    head_dim: int
+
+    def forward(self, hf: Sequence[torch.Tensor]) -> torch.Tensor:
+        (t,) = hf
+        return t.reshape(self.heads, 3, self.head_dim, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+    def inverse(self, mm: torch.Tensor) -> list[torch.Tensor]:
+        return [mm.reshape(3, self.heads, self.head_dim, *mm.shape[1:]).transpose(0, 1).reshape(mm.shape).contiguous()]
+
+    def forward_shape(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+        if not shapes[0] or shapes[0][0] != 3 * self.heads * self.head_dim:
+            raise ValueError(f"fused q/k/v has shape {tuple(shapes[0])}, expected {3 * self.heads * self.head_dim} rows")
+        return tuple(shapes[0])
+
+    def inverse_shapes(self, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        return [self.forward_shape([shape])]
 
 
 def layer_rules(mm_prefix: str, src_prefix: str, module: str, *, qkv_split: Split, qkv_op: Transform = IDENTITY,
@@ -69,17 +99,17 @@ def layer_rules(mm_prefix: str, src_prefix: str, module: str, *, qkv_split: Spli
 class VisualGLMConverter(Converter):
     """VisualGLM-6B: SAT or HF remote-code checkpoints <-> mm (tp/pp) <-> DCP.
 
-    ``layout``: the source layout the rule table names (``hf`` for the HF remote-code names, also
-    what a safetensors directory of this family holds; ``sat`` for SAT's). ``qkv_order``: the LM's
-    fused q/k/v rows in the source (default: the layout's own, HF interleaved, SAT contiguous).
+    ``layout``: the source layout the rule table names (see the module docstring; the registry's
+    default, ``safetensors``, is what the engine reads). ``qkv_order``: the LM's fused q/k/v rows in the
+    source (default: the layout's own: ``hf`` interleaved, ``sat`` and ``safetensors`` contiguous).
     """
 
     modules = ("vit", "llm")
 
-    def __init__(self, layout: SourceLayout = "hf", qkv_order: str | None = None):
+    def __init__(self, layout: SourceLayout = "safetensors", qkv_order: str | None = None):
         if layout not in LAYOUTS:
             raise ConfigError(f"layout '{layout}' is not a VisualGLM checkpoint layout; use one of {list(LAYOUTS)}")
-        order = qkv_order or ("contiguous" if layout == "sat" else "interleaved")
+        order = qkv_order or ("interleaved" if layout == "hf" else "contiguous")
         if order not in QKV_ORDERS:
             raise ConfigError(f"qkv_order '{order}': use one of {list(QKV_ORDERS)}")
         self.layout: SourceLayout = layout
@@ -177,11 +207,11 @@ class VisualGLMConverter(Converter):
                               last(f"{mm}post_cross_attention_layernorm.{p}", f"{sat}post_cross_attention_layernorm.{p}")]
         rules += [last(QF + f"final_layernorm.{p}", qf + f"transformer.final_layernorm.{p}") for p in ("weight", "bias")]
         rules += [last(f"image_encoder.projector.linear_proj.{p}", src + f"glm_proj.{p}") for p in ("weight", "bias")]
-        qkv_op = HeadInterleave(heads=t.num_heads, head_dim=t.head_dim) if self.qkv_order == "contiguous" else IDENTITY
+        qkv_op = HeadDeinterleave(heads=t.num_heads, head_dim=t.head_dim) if self.qkv_order == "interleaved" else IDENTITY
         rules.append(Rule("text_decoder.embedding.word_embeddings.weight", ("transformer.word_embeddings.weight",),
                           "llm", place="first", tp=VOCAB))
         rules += layer_rules(LLM, "transformer.layers.{layer}.", "llm", qkv_op=qkv_op,
-                             qkv_split=Split(dim=0, unit=3 * t.head_dim, what="num_attention_heads"))
+                             qkv_split=Split(dim=0, parts=3, unit=t.head_dim, what="num_attention_heads"))
         rules += [Rule(f"text_decoder.decoder.final_layernorm.{p}", (f"transformer.final_layernorm.{p}",), "llm",
                        place="last") for p in ("weight", "bias")]
         rules.append(Rule("text_decoder.output_layer.weight", (LM_HEAD[self.layout],), "llm", place="last", tp=VOCAB))

@@ -128,7 +128,7 @@ def mm_full_state(mm_dir: str, iteration: str | None, hf_dir: str | None, layout
     from mm_convert.engine import mm_plan
     from mm_visualglm.convert import VisualGLMConverter
 
-    conv = VisualGLMConverter("hf" if layout == "mm" else layout, order)  # type: ignore[arg-type]
+    conv = VisualGLMConverter("safetensors" if layout == "mm" else layout, order)  # type: ignore[arg-type]
     hf_config, _, plan, source = mm_plan(conv, mm_dir, iteration, hf_dir)
     out: dict[str, torch.Tensor] = {}
     try:

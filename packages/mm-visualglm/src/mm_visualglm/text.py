@@ -2,8 +2,8 @@
 
 - layer (DeepNorm-like residuals, alpha = sqrt(2 x layers)): ``a = ln_in(x); h = a * alpha + attn(a);
   m = ln_post(h); out = m * alpha + mlp(m)``; LayerNorm, biased linears, tanh GELU;
-- attention: fused ``linear_qkv`` whose rows are per head ``[q_h; k_h; v_h]`` (HF's order, mm's
-  group interleave with one head per group; SAT's contiguous thirds are converted), 2-D rotary: the
+- attention: fused ``linear_qkv`` whose rows are ``[Q; K; V]`` thirds (SAT's order; HF's per-head rows
+  are converted, see ``convert.py``), 2-D rotary: the
   first half of each head rotates (rotate-half) with the position, the second with the block position;
   a prefix-LM mask (every token sees the whole context before ``<sop>``; causal from ``<sop>`` on);
 - the final LayerNorm and an untied ``output_layer`` (``lm_head``).
@@ -54,8 +54,8 @@ class GlmAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 cache: KVCache | None, layer: int) -> torch.Tensor:
         b, t = x.shape[:2]
-        qkv = self.linear_qkv(x).view(b, t, -1, 3, self.head_dim)  # this rank's heads, [q_h; k_h; v_h] each
-        q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))
+        q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2)  # this rank's heads of each third
+                   for y in self.linear_qkv(x).chunk(3, dim=-1))
         q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)

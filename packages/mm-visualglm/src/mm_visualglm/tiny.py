@@ -1,8 +1,8 @@
 """Tiny random VisualGLM-6B checkpoints and batches (tests, benchmarks; nothing is downloaded).
 
 There is no transformers class for VisualGLM, so the tiny checkpoint is our own model's random
-weights written in the HF remote-code key layout (``image_encoder.*``, ``transformer.*``,
-``lm_head.weight``; the LM's q/k/v per head) as ``model.safetensors`` + a ``config.json`` of the
+weights written with the HF remote-code key names (``image_encoder.*``, ``transformer.*``,
+``lm_head.weight``; the converter's ``safetensors`` layout) as ``model.safetensors`` + a ``config.json`` of the
 HF repository's shape. Token ids keep ChatGLM's roles on a small vocabulary.
 """
 
@@ -73,7 +73,7 @@ def save_tiny_model(path: str | Path, *, seed: int = 0, std: float = 0.05, token
 
         config_overrides["ids"] = tokenizer_ids(save_tiny_tokenizer(path))
     config = tiny_config_dict(**config_overrides)
-    state = mm_to_source(random_mm_state(config, seed=seed, std=std), config, "hf")
+    state = mm_to_source(random_mm_state(config, seed=seed, std=std), config, "safetensors")
     save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return path
