@@ -29,7 +29,8 @@ CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "examples").rgl
                  if "plugin-template" not in p.parts)
 # family and (vision blocks, LLM layers) of the published checkpoints the configs name
 REAL_MODELS = {"Qwen2.5-VL-3B-Instruct": ("qwen", (32, 36)), "Qwen2.5-VL-7B-Instruct": ("qwen", (32, 28)),
-               "Qwen2.5-VL-72B-Instruct": ("qwen", (32, 80)), "GLM-4.1V-9B-Thinking": ("glm", (24, 40))}
+               "Qwen2.5-VL-72B-Instruct": ("qwen", (32, 80)), "GLM-4.1V-9B-Thinking": ("glm", (24, 40)),
+               "InternVL3-8B": ("internvl", (24, 28)), "InternVL3-78B": ("internvl", (45, 80))}
 
 
 def documented_launches(path: Path) -> list[tuple[int, list[str]]]:
@@ -55,24 +56,43 @@ def _model_dir(target: Path, processor_files: Path, layers: tuple[int, int]) -> 
         if f.suffix != ".safetensors":
             shutil.copy(f, target / f.name)
     cfg = json.loads((target / "config.json").read_text())
-    cfg["vision_config"]["depth"], cfg["text_config"]["num_hidden_layers"] = layers
+    vision = cfg["vision_config"]
+    vision["depth" if "depth" in vision else "num_hidden_layers"], cfg["text_config"]["num_hidden_layers"] = layers
     cfg["text_config"].pop("layer_types", None)  # per-layer list of the tiny model: rebuilt from the count
     (target / "config.json").write_text(json.dumps(cfg))
 
 
-def _dataset(dataset_dir: Path, name: str) -> None:
+def _dataset(dataset_dir: Path, records_file: Path) -> None:
+    """Three image records (mllm JSON, or InternVL's own jsonl for a ``.jsonl`` file) under ``dataset_dir``."""
     rng = np.random.default_rng(0)
     (dataset_dir / "pics").mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (56, 84, 3), dtype=np.uint8)).save(dataset_dir / "pics" / f"{i}.jpg")
-        records.append({"images": [f"pics/{i}.jpg"], "messages": [
-            {"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": f"Thing {i}."}]})
-    (dataset_dir / name).write_text(json.dumps(records))
+        if records_file.suffix == ".jsonl":
+            records.append({"image": f"pics/{i}.jpg", "conversations": [
+                {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": f"Thing {i}."}]})
+        else:
+            records.append({"images": [f"pics/{i}.jpg"], "messages": [
+                {"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": f"Thing {i}."}]})
+    records_file.parent.mkdir(parents=True, exist_ok=True)
+    if records_file.suffix == ".jsonl":
+        records_file.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    else:
+        records_file.write_text(json.dumps(records))
 
 
 def _tiny_family_dir(family: str, path: Path) -> Path:
     """A tiny random model of the family with its processor files (config.json gives the structure)."""
+    if family == "internvl":
+        from mm_internvl.tiny import save_tiny_model as save_internvl
+        from mm_internvl.tokenizer import TOKEN_IDS, VOCAB_SIZE, save_offline_processor
+
+        save_internvl(path, vocab_size=VOCAB_SIZE)
+        cfg = json.loads((path / "config.json").read_text())
+        cfg["image_token_id"] = TOKEN_IDS["<IMG_CONTEXT>"]  # the offline tokenizer's id, as in the real model
+        (path / "config.json").write_text(json.dumps(cfg))
+        return save_offline_processor(path, tile_size=56, image_seq_length=4)
     if family == "glm":
         from mm_glm.testing_tokenizer import save_glm_processor
         from mm_glm.tiny import save_tiny_model as save_glm
@@ -109,8 +129,10 @@ def workdir(tmp_path, monkeypatch, processor_files):
             family, layers = REAL_MODELS.get(Path(hf_dir).name, ("qwen", (4, 4)))
             _model_dir(tmp_path / hf_dir, processor_files(family), layers)
         basic = (raw["data"].get("config") or {}).get("basic_parameters")
-        if basic:
-            _dataset(tmp_path / basic["dataset_dir"], basic["dataset"])
+        if basic and "data_path" in basic:  # InternVL's names: records relative to the working dir
+            _dataset(tmp_path / basic["data_folder"], tmp_path / basic["data_path"])
+        elif basic:
+            _dataset(tmp_path / basic["dataset_dir"], tmp_path / basic["dataset_dir"] / basic["dataset"])
         return raw
 
     return prepare

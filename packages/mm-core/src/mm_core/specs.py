@@ -17,6 +17,11 @@ class ModelSpec:
     model through the registry instead of importing a family package. Import it lazily.
     ``formatter`` names the model's data formatter: the data config's template defaults to it, and
     a template that is not it is refused (``mm_core.data.template``).
+    ``synthetic_image(hf_config, side, generator) -> (placeholder_ids, media)`` makes one random
+    image of about ``side`` pixels in the family's batch layout for the engine's synthetic data
+    (``data.source synthetic``): the token ids that stand for it in the text, and the batch tensors
+    (concatenated along dim 0 over a micro-batch's images). None: Qwen2-VL-style patch rows with
+    ``image_grid_thw`` and the config's vision start/end tokens.
     """
 
     name: str
@@ -30,6 +35,7 @@ class ModelSpec:
     formatter: str | None = None
     description: str = ""
     tiny_checkpoint: Callable[..., Path] | None = None
+    synthetic_image: Callable[..., Any] | None = None
 
     @property
     def key(self) -> str:

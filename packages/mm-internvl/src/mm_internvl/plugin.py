@@ -16,6 +16,7 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
     register(vision_language_spec("internvl", "mm_internvl", converter="InternVLConverter", formatter="internvl2_5",
                                   hf_model_types=("internvl", "internvl_chat"),
                                   hf_architectures=("InternVLForConditionalGeneration", "InternVLChatModel"),
+                                  synthetic_image=_lazy("mm_internvl.synthetic", "synthetic_image"),
                                   description="InternVL3 (InternViT + Qwen2.5): the '-hf' layout or the original "
                                               "remote-code one (read without running its code)"))
 

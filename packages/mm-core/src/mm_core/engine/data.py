@@ -22,7 +22,7 @@ class SyntheticData:
 
     def __init__(self, cfg: FinetuneConfig, layout: Layout, dp_rank: int, hf_config: dict[str, Any]):
         d, t = cfg.data, cfg.training
-        self.cfg, self.layout, self.dp_rank = cfg, layout, dp_rank
+        self.cfg, self.layout, self.dp_rank, self.hf_config = cfg, layout, dp_rank, hf_config
         self.vocab = int(text_config(hf_config)["vocab_size"])
         self.image_token = int(hf_config.get("image_token_id", 3))
         special = [int(hf_config[k]) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
@@ -31,13 +31,18 @@ class SyntheticData:
         start, end = hf_config.get("vision_start_token_id"), hf_config.get("vision_end_token_id")
         self.wrap = [int(start), int(end)] if start is not None and end is not None else []
         vc = vision_config(hf_config, required=False)
+        patch = vc.get("patch_size", 14)
+        self.patch = int(patch[0] if isinstance(patch, (list, tuple)) else patch)  # InternVL writes [14, 14]
         self.patch_dim = int(vc.get("patch_dim", vc.get("in_channels", 3) * vc.get("temporal_patch_size", 2)
-                                    * vc.get("patch_size", 14) ** 2))
+                                    * self.patch ** 2))
         self.merge = int(vc.get("spatial_merge_size", 1))
-        self.patch = int(vc.get("patch_size", 14))
         self.n = d.synthetic_samples
         self.seed = t.seed
         self.consumed = 0  # global samples consumed
+        self.family_image = _family_image(cfg, hf_config)
+        if self.family_image is not None and d.synthetic_image_tokens and not d.synthetic_image_size:
+            raise ConfigError("data.synthetic_image_tokens: this model makes its own synthetic images; "
+                              "give data.synthetic_image_size instead")
 
     def sample(self, index: int) -> dict[str, torch.Tensor]:
         d = self.cfg.data
@@ -53,7 +58,13 @@ class SyntheticData:
         every = d.synthetic_text_only_every
         with_image = not (every and int(perm[i]) % every == 0)
         out: dict[str, torch.Tensor] = {}
-        if with_image and (d.synthetic_image_size or d.synthetic_image_tokens):
+        if with_image and self.family_image is not None and d.synthetic_image_size:
+            images = [self.family_image(self.hf_config, d.synthetic_image_size, g) for _ in range(d.synthetic_images)]
+            media = torch.cat([ids for ids, _ in images]).long()
+            ids = torch.cat([ids[:1], media, ids[1:]])
+            labels = torch.cat([labels[:1], torch.full((len(media),), IGNORE_INDEX), labels[1:]])
+            out.update({k: torch.cat([m[k] for _, m in images]) for k in images[0][1]})
+        elif with_image and (d.synthetic_image_size or d.synthetic_image_tokens):
             if d.synthetic_image_size:  # square images: a side of size / patch patches
                 side = d.synthetic_image_size // self.patch
                 grids = [[1, side, side]] * d.synthetic_images
@@ -86,9 +97,14 @@ class SyntheticData:
         batch: Batch = {"input_ids": ids, "labels": labels, "attention_mask": (seg >= 0).long(),
                         "segment_ids": seg, "num_samples": torch.tensor(b)}
         if pix:
-            batch["pixel_values"] = torch.cat(pix)
-            batch["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in samples if "image_grid_thw" in s])
+            media_keys = {k for s in samples for k in s if k not in ("input_ids", "labels")}
+            for key in sorted(media_keys):
+                batch[key] = torch.cat([s[key] for s in samples if key in s])
             batch["dummy_vision"] = torch.tensor(False)
+        elif self.family_image is not None:  # the family's smallest image, its features added times 0
+            _, media = self.family_image(self.hf_config, 0, torch.Generator().manual_seed(0))
+            batch.update({k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in media.items()})
+            batch["dummy_vision"] = torch.tensor(True)
         else:
             batch["pixel_values"] = torch.zeros(self.merge * self.merge, self.patch_dim)
             batch["image_grid_thw"] = torch.tensor([[1, self.merge, self.merge]])
@@ -112,6 +128,13 @@ class SyntheticData:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.consumed = int(state["consumed_samples"])
+
+
+def _family_image(cfg: FinetuneConfig, hf_config: dict[str, Any]) -> Any:
+    """The model family's synthetic-image maker (``ModelSpec.synthetic_image``), or None."""
+    from mm_core.engine.model_setup import resolve_spec
+
+    return resolve_spec(cfg, hf_config).synthetic_image
 
 
 def padded_length(longest: int, multiple: int, limit: int) -> int:
