@@ -18,7 +18,7 @@ from mm_core.layout import StagePlan
 from mm_glm.config import GlmConfig
 from mm_glm.model import Glm4vModel
 from mm_glm.moe import MoeMLP
-from mm_glm.moe_aux import router_balance_loss
+from mm_glm.moe_aux import balance_loss, pack_stats, router_sums, unpack_stats
 from mm_glm.moe_config import MoeTextConfig, parse_moe_config
 
 
@@ -54,19 +54,44 @@ class Glm4vMoeModel(Glm4vModel):
         return mrope_cos_sin(positions, text.rotary_dim, text.rope_theta, list(text.mrope_section))
 
     def forward(self, *stage_input: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The stage forward; a pipeline stage between LLM stages also passes the router balance
+        statistics on, as one extra position of the hidden states (``mm_glm.moe_aux``)."""
         for _, mlp in self.moe_layers():
             mlp.router_stats.clear()  # the balance loss is of this forward only
         self._valid_rows = _valid_rows(kwargs.get("attention_mask"), kwargs.get("segment_ids"))
-        return super().forward(*stage_input, **kwargs)
+        ids = kwargs.get("input_ids")
+        self._tokens = float(ids.numel()) if ids is not None else 0.0  # rows when nothing marks padding
+        self._incoming: tuple[torch.Tensor, torch.Tensor] | None = None
+        moe = self.config.text.moe
+        if stage_input and self.plan.has_text and not self.plan.embedding:  # hidden states of an LLM stage
+            hidden, probs, counts = unpack_stats(stage_input[0], moe.num_experts)
+            stage_input, self._incoming = (hidden, *stage_input[1:]), (probs, counts)
+        out = super().forward(*stage_input, **kwargs)
+        if self.plan.has_text and not self.plan.head:
+            out = pack_stats(out, *self._stage_sums())
+        return out
+
+    def _stage_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S, C)`` of this stage's MoE layers plus what earlier stages sent."""
+        moe = self.config.text.moe
+        logits = [s for _, mlp in self.moe_layers() for s in mlp.router_stats]
+        device = next(self.parameters()).device
+        probs, counts = (router_sums(logits, moe.num_experts, moe.top_k, self._valid_rows) if logits else
+                         (torch.zeros(moe.num_experts, device=device), torch.zeros(moe.num_experts, device=device)))
+        if self._incoming is not None:
+            probs, counts = probs + self._incoming[0].to(probs.device), counts + self._incoming[1].to(probs.device)
+        return probs, counts
 
     def aux_losses(self) -> list[torch.Tensor]:
-        """The router balance loss of the last training forward (transformers' ``load_balancing_loss_func``
-        over this stage's MoE layers; see ``mm_glm.moe_aux``)."""
-        logits = [s for _, mlp in self.moe_layers() for s in mlp.router_stats]
-        if not logits:
+        """The router balance loss of the last training forward over *all* MoE layers (transformers'
+        ``load_balancing_loss_func``): on the last stage, with the earlier stages' sums it received."""
+        if not self.plan.head or not (self._incoming is not None or any(m.router_stats for _, m in self.moe_layers())):
             return []
-        moe = self.config.text.moe
-        return [router_balance_loss(logits, moe.num_experts, moe.top_k, getattr(self, "_valid_rows", None))]
+        text = self.config.text
+        probs, counts = self._stage_sums()
+        valid = self._valid_rows
+        tokens = valid.float().sum() if valid is not None else self._tokens
+        return [balance_loss(probs, counts, max(text.num_layers - text.first_k_dense_replace, 0) * tokens)]
 
     def take_expert_counts(self) -> dict[int, torch.Tensor]:
         """``{global layer: tokens routed to each expert}`` since the last call (the engine logs them per step)."""

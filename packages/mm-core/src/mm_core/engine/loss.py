@@ -16,7 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mm_core.contracts import StageModel, total_aux_loss
+from mm_core.contracts import StageModel
+from mm_core.engine.aux_loss import with_aux_loss
 from mm_core.engine.model_setup import output_weight
 from mm_core.losses.cross_entropy import sample_ids_for, shift_labels, weighted_ce_sum
 from mm_core.nn.vocab_padding import VocabPadding, head_padding, padding_of
@@ -116,7 +117,5 @@ class LossComputer:
         loss = total / mb.denominator if mb.denominator > 0 else total * 0.0
         mb.stats["loss"] = loss.detach() * mb.scale  # a tensor: read once per step, not a sync per micro-batch
         loss = loss * mb.cp_scale
-        aux = total_aux_loss(model) if self.router_aux_loss_coef else None
-        if aux is not None:
-            loss = loss + self.router_aux_loss_coef * aux
+        loss = with_aux_loss(loss, model, self.router_aux_loss_coef, mb)  # the final loss: engine/aux_loss.py
         return loss * mb.scale
