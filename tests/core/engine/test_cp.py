@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from mm_core.engine.context_parallel import ContextParallel, chunk_positions
-from mm_core.engine.context_parallel_attention import chunk_attention
+from mm_core.engine.context_parallel_attention import chunk_attention, one_sample_per_row
 from mm_core.kernels import reference as ref_kernels
 
 _spec = importlib.util.spec_from_file_location("cp_worker", Path(__file__).with_name("_cp_worker.py"))
@@ -187,6 +187,12 @@ def test_chunk_attention_equals_whole_sequence_attention(packed: bool) -> None:
     for a, e in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad),
                     strict=True):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_one_sample_then_padding_takes_the_mask_free_path() -> None:
+    assert one_sample_per_row(torch.tensor([[0, 0, 0, -1], [0, 0, 0, 0]]))
+    assert not one_sample_per_row(torch.tensor([[0, 0, 1, -1]]))  # packed
+    assert not one_sample_per_row(torch.tensor([[-1, 0, 0, 0]]))  # left padding: real tokens would see it
 
 
 @pytest.mark.parametrize("loss_type", ["default", "per_sample_loss", "per_token_loss", "token_loss", "square_loss"])

@@ -7,10 +7,11 @@ keys ``[0, (j + 1) c)`` with the causal diagonal aligned bottom-right.
 
 Two ways to compute that, the same numbers:
 
-- no packed segments, CPU, a flash dtype: PyTorch's CPU flash kernel on two mask-free blocks per
-  chunk (the prefix before the chunk, unmasked, and the chunk's own causal square), merged by
-  their log-sum-exp; backward runs the kernel's backward on each block with the merged output
-  and log-sum-exp (exact, as in ring attention). Memory stays linear in the sequence;
+- one sample per row (padding after it allowed: a real token never sees a later key), CPU, a
+  flash dtype: PyTorch's CPU flash kernel on two mask-free blocks per chunk (the prefix before
+  the chunk, unmasked, and the chunk's own causal square), merged by their log-sum-exp; backward
+  runs the kernel's backward on each block with the merged output and log-sum-exp (exact, as in
+  ring attention). Memory stays linear in the sequence;
 - otherwise (packed rows, other devices): the reference kernel with a dense mask over the
   chunk's key range (``reference.attention`` aligns a shorter query bottom-right), so a packed
   sample attends only within its own segment, wherever its tokens sit across the cp ranks.
@@ -115,11 +116,21 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_i
     return reference.attention(q, k, v, causal=True, segment_ids=segment_ids, scale=scale)
 
 
+def one_sample_per_row(segment_ids: torch.Tensor) -> bool:
+    """Every row is one sample followed only by padding (ids ``0 ... 0 -1 ... -1``): plain causal
+    attention is exact for its real tokens (what padding tokens compute is never used)."""
+    if bool(((segment_ids != 0) & (segment_ids != -1)).any()):
+        return False
+    return bool((segment_ids[:, 1:] <= segment_ids[:, :-1]).all())
+
+
 def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor | None,
                                scale: float, group: dist.ProcessGroup, rank: int) -> torch.Tensor:
     """This rank's queries ``[B, H, 2c, D]`` (chunks ``rank`` and ``2cp-1-rank``) against every rank's
     keys; ``segment_ids`` ``[B, 2c * cp]`` are the whole sequence's. Returns ``[B, H, 2c, D]``."""
     k_all, v_all = gather_sequence(k, group), gather_sequence(v, group)
+    if segment_ids is not None and one_sample_per_row(segment_ids):
+        segment_ids = None
     c = q.shape[2] // 2
     cp = k_all.shape[2] // (2 * c)
     outs = []
