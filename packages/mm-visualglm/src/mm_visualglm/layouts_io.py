@@ -109,11 +109,10 @@ def pickled_to_mm(cfg: VisualGLMToMmConfig, progress: bool = True) -> None:
     lay = placement.layout(converter=conv.name, hf_key_style="old")
     lay.extra.update(visualglm_source="sat" if layout == "sat" else "hf_bin", qkv_order=order)
     with atomic_dir(cfg.mm_dir, cfg.overwrite) as tmp:
+        copy_aux_files(src, tmp)  # tokenizer files (ice_text.model) too; SAT's ``latest`` is not ours
+        (tmp / "latest").unlink(missing_ok=True)
         if model_config is not None:
-            (tmp / "model_config.json").write_text((src / "model_config.json").read_text())
             (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        else:
-            copy_aux_files(src, tmp)
         write_mm(plan, source, tmp, lay, progress=progress)
         if unused:
             from safetensors.torch import save_file
