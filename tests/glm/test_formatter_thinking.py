@@ -66,7 +66,7 @@ def test_infer_shows_the_thinking_apart_from_the_answer(proc_dir, tmp_path, monk
 
     from transformers import AutoTokenizer
 
-    import mm_core.cli.infer
+    import mm_core.cli.infer_model
     import mm_core.generation
     import mm_core.nn.pretrained
     from mm_core.cli.main import main
@@ -80,12 +80,12 @@ def test_infer_shows_the_thinking_apart_from_the_answer(proc_dir, tmp_path, monk
         def eval(self):
             return self
 
-    def fake_generate(model, batch, cfg):
+    def fake_generate(model, batch, cfg, tp_group=None):
         seen["prompt"] = tok.decode(batch["input_ids"][0])
         seen["stops"] = cfg.stop_token_ids
         return [list(reply)]
 
-    monkeypatch.setattr(mm_core.cli.infer, "resolve_model", Path)  # a processor-only directory, no weights
+    monkeypatch.setattr(mm_core.cli.infer_model, "resolve_model", Path)  # a processor-only directory, no weights
     monkeypatch.setattr(mm_core.nn.pretrained, "load_pretrained", lambda *a, **k: FakeModel())
     monkeypatch.setattr(mm_core.generation, "generate", fake_generate)
     assert main(["infer", "--model", str(proc_dir), "--prompt", "What colour is the square?"]) == 0

@@ -5,6 +5,9 @@ Works with any model whose forward takes ``input_ids``, ``attention_mask`` (and 
 ``return_hidden=True``, hidden states for ``model.output_weight()``), keeping in the
 cache what the next call needs (keys/values, padding as segment ids, next rotary positions).
 Prompts are left-padded so every row's last prompt token sits in the last column.
+Under tensor parallel (a model parallelised by its DTensor plan) every rank of the tp group runs
+the same loop; the LM head's vocabulary shards are gathered for the last position only, and the
+chosen tokens are broadcast from the group's first rank so the ranks never drift apart.
 """
 
 from __future__ import annotations
@@ -57,14 +60,39 @@ def _last_logits(model: torch.nn.Module, inputs: dict[str, Any], cache: KVCache)
     long multimodal prompt would cost gigabytes. Uses ``return_hidden`` + ``output_weight()`` for
     mm stage models (``mm_core.contracts.StageModel``), else slices the full logits."""
     if not missing_members(model, StageModel):
-        hidden = model(**inputs, cache=cache, return_hidden=True)[:, -1:]
-        return torch.nn.functional.linear(hidden, model.output_weight())[:, -1]
+        hidden = model(**inputs, cache=cache, return_hidden=True)[:, -1]
+        return head_logits(model, hidden)
     return model(**inputs, cache=cache)[:, -1]
 
 
+def head_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``hidden @ output_weight().T``; a tensor-parallel head (a DTensor sharded over the
+    vocabulary, possibly zero-padded: ``vocab_padding``) gives the gathered logits of the real rows."""
+    weight = model.output_weight()
+    if not hasattr(weight, "device_mesh"):
+        return torch.nn.functional.linear(hidden, weight)
+    from mm_core.family.decoder import tied_logits
+    from mm_core.nn.vocab_padding import head_padding
+
+    logits = tied_logits(hidden, weight)
+    padding = head_padding(model, weight)
+    return padding.unpad(logits, dim=-1) if padding is not None else logits
+
+
+def _same_on_all_ranks(tokens: torch.Tensor, group: Any) -> torch.Tensor:
+    """The tokens of the group's first rank (sampling, or a near-tie after the all-reduces, could
+    otherwise differ between ranks, and a rank that stops early would hang the others)."""
+    import torch.distributed as dist
+
+    dist.broadcast(tokens, src=dist.get_global_rank(group, 0), group=group)
+    return tokens
+
+
 @torch.no_grad()
-def generate(model: torch.nn.Module, inputs: dict[str, Any], cfg: GenerationConfig) -> list[list[int]]:
-    """New token ids per row (stop token included when hit), for a left-padded prompt batch."""
+def generate(model: torch.nn.Module, inputs: dict[str, Any], cfg: GenerationConfig,
+             tp_group: Any = None) -> list[list[int]]:
+    """New token ids per row (stop token included when hit), for a left-padded prompt batch;
+    ``tp_group``: the tensor-parallel process group the model is sharded over (None: one process)."""
     input_ids = inputs["input_ids"]
     bsz = input_ids.shape[0]
     mask = inputs.get("attention_mask")
@@ -80,6 +108,8 @@ def generate(model: torch.nn.Module, inputs: dict[str, Any], cfg: GenerationConf
     alive = torch.arange(bsz, device=input_ids.device)  # original row of each cache row
     for step in range(cfg.max_new_tokens):
         tokens = next_tokens(logits, cfg, generator)
+        if tp_group is not None:
+            tokens = _same_on_all_ranks(tokens.contiguous(), tp_group)
         for row, tok in zip(alive.tolist(), tokens.tolist()):
             out[row].append(tok)
         done = torch.isin(tokens, stop)

@@ -63,12 +63,41 @@ def build_hf_model(config: dict[str, Any], *, seed: int = 0, std: float = 0.05):
     return model
 
 
-def save_tiny_model(path: str | Path, *, seed: int = 0, std: float = 0.05, **config_overrides: Any) -> Path:
-    """Write a tiny random HF GLM-4.1V directory with ``save_pretrained``; returns it."""
+def save_tiny_model(path: str | Path, *, seed: int = 0, std: float = 0.05, with_processor: bool = False,
+                    **config_overrides: Any) -> Path:
+    """Write a tiny random HF GLM-4.1V directory with ``save_pretrained``; returns it.
+    ``with_processor`` adds the offline GLM tokenizer, chat template and processor files
+    (``testing_tokenizer``, small pixel limits) and gives the model their ids: the special tokens at
+    their published ids, and the end-of-turn ids of GLM-4.1V's generation config, so ``mm-run infer``
+    and transformers can run it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if with_processor:
+        config_overrides = {**processor_config_overrides(), **config_overrides}
     build_hf_model(tiny_config_dict(**config_overrides), seed=seed, std=std).save_pretrained(path)
+    if with_processor:
+        from mm_glm.testing_tokenizer import save_glm_processor
+
+        save_glm_processor(path, **PROCESSOR_PIXELS)
     return path
+
+
+PROCESSOR_PIXELS = {"image_min_pixels": 3136, "image_max_pixels": 50176, "video_min_pixels": 3136,
+                    "video_max_pixels": 12544}  # a few dozen patches per image: tiny tests stay fast
+
+
+def processor_config_overrides() -> dict[str, Any]:
+    """``tiny_config_dict`` overrides that match the offline GLM processor's tokenizer."""
+    from mm_glm.testing_tokenizer import PLAIN_ADDED_TOKENS, TOKEN_IDS
+
+    size = max(TOKEN_IDS.values()) + 1 + len(PLAIN_ADDED_TOKENS)  # the reasoning tags come last
+    vocab = {"vocab_size": -(-size // 64) * 64, "image_token_id": TOKEN_IDS["<|image|>"],
+             "video_token_id": TOKEN_IDS["<|video|>"], "image_start_token_id": TOKEN_IDS["<|begin_of_image|>"],
+             "image_end_token_id": TOKEN_IDS["<|end_of_image|>"],
+             "video_start_token_id": TOKEN_IDS["<|begin_of_video|>"],
+             "video_end_token_id": TOKEN_IDS["<|end_of_video|>"]}
+    ends = [TOKEN_IDS[t] for t in ("<|endoftext|>", "<|user|>", "<|observation|>")]
+    return {"vocab": vocab, "eos_token_id": ends, "pad_token_id": TOKEN_IDS["<|endoftext|>"]}
 
 
 def make_inputs(config: dict[str, Any], rows: list[list[tuple]], *, seed: int = 0, padding: str = "right",

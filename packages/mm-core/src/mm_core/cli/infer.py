@@ -14,23 +14,36 @@ Thinking model's ``<think>...</think>`` is shown apart from its answer (``infer_
 An item that cannot be answered (bad record, missing or undecodable media) gets a one-line error
 on stderr (and an ``error`` field in JSONL), the others are answered, and the exit status is 1.
 ``--model`` is an existing directory, or ``hf://OWNER/NAME`` for a Hub model.
+
+Tensor parallel: ``--nproc-per-node N`` (or ``--tp N``, which starts N processes) shards the model
+over N processes with the family's DTensor plan (derived from its converter rules); each rank
+loads only its shard of the HF or mm checkpoint, all ranks generate together and rank 0 prints or
+writes the answers. A tp size the model's heads do not allow is refused before anything starts.
+``torchrun --nproc-per-node N -m mm_core.cli.infer ...`` works too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from mm_core.cli.infer_inputs import Item, ItemError, Media, load_media, read_items, resolve_model
+from mm_core.cli.infer_batch import prepare_batch, stop_token_ids
+from mm_core.cli.infer_inputs import Item, ItemError, Media, load_media, read_items
+from mm_core.cli.infer_model import DTYPES, check_model, load_model
 from mm_core.cli.infer_thinking import answer_fields, decode_reply, display_text
-from mm_core.errors import ConfigError
+from mm_core.cli.launcher import add_launcher_arguments, split_launcher_args, wants_workers
+from mm_core.cli.launcher import launch as launch_workers
+from mm_core.cli.launcher import world_size as launched_world
+from mm_core.errors import ConfigError, MMError
 
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
+PROG = "mm-run infer"
+WORKER_MODULE = "mm_core.cli.infer"
+__all__ = ["add_arguments", "main", "prepare_batch", "run", "stop_token_ids"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,55 +68,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, npu")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--iteration", help="mm dir: which iteration to load (default: latest)")
+    p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: the number of processes; "
+                                                        "alone, it starts that many)")
+    add_launcher_arguments(p.add_argument_group("launcher (torchrun)"))
 
 
-def _messages(record: dict[str, Any]) -> list[dict[str, Any]]:
-    content = [{"type": "image"} for _ in record["images"]] + [{"type": "video"} for _ in record["videos"]]
-    content.append({"type": "text", "text": record["prompt"]})
-    msgs = [{"role": "user", "content": content}]
-    if record.get("system"):
-        msgs.insert(0, {"role": "system", "content": record["system"]})
-    return msgs
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="generate answers for images, videos and prompts")
+    add_arguments(p)
+    return p
 
 
-def prepare_batch(processor: Any, records: list[dict[str, Any]], *, video_fps: float = 2.0,
-                  max_video_frames: int = 32, media: list[Media] | None = None) -> dict[str, Any]:
-    """Chat-template the records and run the processor (left padding, for generation); ``media``:
-    the records' decoded media when already loaded (else they are loaded here)."""
-    from transformers.video_utils import VideoMetadata
-
-    if media is None:
-        media = [load_media(r, f"record {i}", video_fps=video_fps, max_video_frames=max_video_frames)
-                 for i, r in enumerate(records)]
-    texts = [processor.apply_chat_template(_messages(r), add_generation_prompt=True, tokenize=False)
-             for r in records]
-    images = [im for m in media for im in m.images]
-    videos, metas = [], []
-    for frames, rate in (v for m in media for v in m.videos):
-        videos.append(frames)
-        metas.append(VideoMetadata(total_num_frames=len(frames), fps=rate, width=frames.shape[2],
-                                   height=frames.shape[1], duration=len(frames) / rate,
-                                   frames_indices=list(range(len(frames)))))
-    processor.tokenizer.padding_side = "left"
-    kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
-    if images:
-        kwargs["images"] = images
-    if videos:
-        kwargs["videos"] = videos
-        kwargs["videos_kwargs"] = {"video_metadata": metas, "do_sample_frames": False}
-    return dict(processor(**kwargs))
-
-
-def stop_token_ids(model_dir: Path, tokenizer: Any) -> list[int]:
-    """End-of-turn ids: generation_config.json's eos ids plus the tokenizer's eos."""
-    ids: list[int] = []
-    gen = model_dir / "generation_config.json"
-    if gen.is_file():
-        eos = json.loads(gen.read_text()).get("eos_token_id")
-        ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
+def main(argv: Sequence[str]) -> int:
+    """Answer in this process, or check the model and start the tensor-parallel workers."""
+    argv = list(argv)
+    args = _parser().parse_args(argv)
+    launch, rest = split_launcher_args(argv, PROG)
+    if "WORLD_SIZE" in os.environ:  # a worker already (torchrun -m mm_core.cli.infer)
+        return run(args)
+    if args.tp is not None and args.tp > 1 and not wants_workers(launch):
+        launch.nproc = args.tp  # --tp N alone: one process per shard
+    if not wants_workers(launch):
+        return run(args)
+    check_model(args, launched_world(launch))
+    read_items(args.input, args.prompt, args.image, args.video, args.system)  # a missing --input fails here
+    return launch_workers(WORKER_MODULE, rest, launch)
 
 
 def _answerable(chunk: list[Item], args: argparse.Namespace) -> tuple[list[Item], list[Media]]:
@@ -122,38 +111,38 @@ def _answerable(chunk: list[Item], args: argparse.Namespace) -> tuple[list[Item]
 
 
 def run(args: argparse.Namespace) -> int:
+    """Answer every item (all ranks of a tp group run this; rank 0 prints and writes)."""
     import torch
     from transformers import AutoProcessor
 
+    from mm_core.cli.infer_model import model_source
     from mm_core.generation import GenerationConfig, generate
-    from mm_core.nn.pretrained import is_mm_dir, load_pretrained
 
-    model_dir = resolve_model(args.model)
-    proc_dir = Path(args.processor) if args.processor else model_dir
-    if is_mm_dir(model_dir) and not args.processor:
-        raise ConfigError(f"--model {model_dir} is an mm checkpoint: add --processor <the original HF directory>")
+    src = model_source(args)
     items = read_items(args.input, args.prompt, args.image, args.video, args.system)
     try:
-        processor = AutoProcessor.from_pretrained(proc_dir, trust_remote_code=False)
+        processor = AutoProcessor.from_pretrained(src.proc_dir, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{proc_dir}: no usable tokenizer/processor files ({e}); pass --processor "
+        raise ConfigError(f"{src.proc_dir}: no usable tokenizer/processor files ({e}); pass --processor "
                           "<the HF directory the model came from>") from e
     dtype = getattr(torch, DTYPES[args.dtype])
-    t0 = time.perf_counter()
-    model = load_pretrained(model_dir, hf_config=proc_dir if args.processor else None, device=args.device,
-                            dtype=dtype, iteration=args.iteration).eval()
-    print(f"loaded {model_dir} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    gen_dir = model_dir if (model_dir / "generation_config.json").is_file() else proc_dir
+    loaded = load_model(args)
+    model, device, main_rank = loaded.model, loaded.device, loaded.is_main
+    gen_dir = src.gen_dir
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            stop_token_ids=stop_token_ids(gen_dir, processor.tokenizer), seed=args.seed)
     as_json = bool(args.input or args.output)
-    if args.output:
+    if args.output and main_rank:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    sink = open(args.output, "w") if args.output else None  # noqa: SIM115 - closed below
+    sink = open(args.output, "w") if args.output and main_rank else None  # noqa: SIM115 - closed below
 
     def emit(line: str) -> None:
         print(line) if sink is None else sink.write(line + "\n")
+
+    def say(line: str, err: bool = False) -> None:  # only the main rank speaks
+        if main_rank:
+            print(line, file=sys.stderr if err else sys.stdout)
 
     failed = 0
     try:
@@ -163,29 +152,50 @@ def run(args: argparse.Namespace) -> int:
             answers: dict[int, tuple[str, list[int]]] = {}
             if good:
                 batch = prepare_batch(processor, [i.record for i in good], media=media)
-                batch = {k: v.to(args.device) if hasattr(v, "to") else v for k, v in batch.items()}
+                batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
                 for key in ("pixel_values", "pixel_values_videos"):
                     if key in batch:
                         batch[key] = batch[key].to(dtype)
                 t1 = time.perf_counter()
-                new = generate(model, batch, cfg)
-                print(f"generated {sum(len(t) for t in new)} tokens in {time.perf_counter() - t1:.2f}s", file=sys.stderr)
+                new = generate(model, batch, cfg, tp_group=loaded.tp_group)
+                say(f"generated {sum(len(t) for t in new)} tokens in {time.perf_counter() - t1:.2f}s", err=True)
                 answers = {id(i): (decode_reply(processor.tokenizer, t), t) for i, t in zip(good, new)}
             for item in chunk:  # in input order, failures included
                 if item.error is not None:
                     failed += 1
-                    print(f"mm-run infer: error: {item.error}", file=sys.stderr)
-                    if as_json:
+                    say(f"mm-run infer: error: {item.error}", err=True)
+                    if as_json and main_rank:
                         emit(json.dumps({**item.record, "error": item.error}, ensure_ascii=False))
                     continue
                 text, tokens = answers[id(item)]
-                if as_json:
+                if as_json and main_rank:
                     emit(json.dumps({**item.record, **answer_fields(text), "token_ids": tokens}, ensure_ascii=False))
                 if not as_json or sink is not None:
-                    print(display_text(text))
+                    say(display_text(text))
     finally:
         if sink is not None:
             sink.close()
     if failed:
-        print(f"mm-run infer: {failed} of {len(items)} item(s) failed (see the errors above)", file=sys.stderr)
+        say(f"mm-run infer: {failed} of {len(items)} item(s) failed (see the errors above)", err=True)
     return 1 if failed else 0
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """What each launched process runs: errors are printed once (by rank 0), without a traceback."""
+    import torch.distributed as dist
+
+    try:
+        return run(_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
+    except MMError as e:
+        if os.environ.get("MM_TRACEBACK"):
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

@@ -37,10 +37,12 @@ class Item:
 
 @dataclass
 class Media:
-    """Decoded images (PIL) and videos (frames ``[T, H, W, 3]`` uint8 with their sampled rate)."""
+    """Decoded images (PIL) and videos (frames ``[T, H, W, 3]`` uint8 with their sampled rate), and
+    the second each video frame was shown at (templates that write times into the prompt use them)."""
 
     images: list[Any] = field(default_factory=list)
     videos: list[tuple[Any, float]] = field(default_factory=list)
+    video_seconds: list[list[float]] = field(default_factory=list)
 
 
 def resolve_model(value: str) -> Path:
@@ -133,6 +135,7 @@ def load_media(record: dict[str, Any], where: str, *, video_fps: float, max_vide
     """Decode the record's images and videos, or raise :class:`ItemError` naming the file and why."""
     from mm_core.data.bad_records import BadRecord
     from mm_core.data.media import load_image, load_video
+    from mm_core.data.video_times import video_seconds
 
     media = Media()
     for path in record["images"] + record["videos"]:
@@ -142,6 +145,7 @@ def load_media(record: dict[str, Any], where: str, *, video_fps: float, max_vide
         for p in record["videos"]:
             v = load_video(p, video_fps, max_video_frames, where)
             media.videos.append((v.frames, v.sample_fps))
+            media.video_seconds.append(video_seconds(v, video_fps, max_video_frames))
     except BadRecord as e:
         raise ItemError(f"{where}: {_one_line(e.detail)}") from None
     return media

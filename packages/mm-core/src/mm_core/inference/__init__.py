@@ -1,0 +1,1 @@
+"""Inference beyond one process: the model sharded over tensor-parallel ranks (``tensor_parallel``)."""
