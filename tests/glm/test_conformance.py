@@ -20,7 +20,7 @@ ROWS = {  # ("image", (h, w)) patch grid; ("video", (t, h, w), seconds between f
 class TestGlm4v(FamilyConformance):
     family = "glm4v"
     transformers_class = "Glm4vForConditionalGeneration"
-    capabilities = {"image", "video", "tp", "sequence_parallel", "pp", "generation", "formatter"}
+    capabilities = {"image", "video", "tp", "sequence_parallel", "pp", "cp", "generation", "formatter"}
 
     def tiny_hf_dir(self, path: Path) -> Path:
         from mm_glm.tiny import save_tiny_model

@@ -22,7 +22,7 @@ class TestInternVL3(FamilyConformance):
     transformers_class = "InternVLForConditionalGeneration"
     # tp: the engine derives the plan from the converter
     # video: each frame is one tile among the image tokens (the formatter writes FrameN: lines)
-    capabilities = {"image", "video", "tp", "sequence_parallel", "pp", "generation", "formatter"}
+    capabilities = {"image", "video", "tp", "sequence_parallel", "pp", "cp", "generation", "formatter"}
 
     def tiny_hf_dir(self, path: Path) -> Path:
         from mm_internvl.tiny import save_tiny_model

@@ -20,7 +20,7 @@ ROWS = {
 class TestQwen25VL(FamilyConformance):
     family = "qwen2_5_vl"
     transformers_class = "Qwen2_5_VLForConditionalGeneration"
-    capabilities = {"image", "video", "tp", "sequence_parallel", "pp", "generation", "formatter"}
+    capabilities = {"image", "video", "tp", "sequence_parallel", "pp", "cp", "generation", "formatter"}
 
     def tiny_hf_dir(self, path: Path) -> Path:
         from mm_qwen.tiny import save_tiny_model

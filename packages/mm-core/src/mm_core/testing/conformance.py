@@ -31,7 +31,7 @@ from mm_core.testing.generation_checks import GenerationChecks
 from mm_core.testing.model_checks import ModelChecks
 from mm_core.testing.parallel_checks import ParallelChecks
 
-CAPABILITIES = frozenset({"image", "video", "tp", "sequence_parallel", "pp", "generation", "formatter"})
+CAPABILITIES = frozenset({"image", "video", "tp", "sequence_parallel", "pp", "cp", "generation", "formatter"})
 CASES = ("text", "image", "two_images", "video")  # what make_batch must build (media cases: one row)
 
 

@@ -1,4 +1,4 @@
-"""One training step at tp 2 (with sequence parallel where the family has it), at pp 2 and at dp 2 equals one process (gloo on CPU, fp32), and the
+"""One training step at tp 2 (with sequence parallel where the family has it), at pp 2, cp 2 and at dp 2 equals one process (gloo on CPU, fp32), and the
 engine's tp shards are the converter's.
 
 The one-process reference trains in this process; the parallel layouts run one after the other
@@ -85,6 +85,8 @@ class ParallelChecks:
             # with sequence parallel where the family has it: the same launch checks both
             runs["tp2"] = finetune_config(spec, hf_dir, root / "tp2" / "ckpt", tp=2,
                                           sequence_parallel="sequence_parallel" in self.capabilities)
+        if "cp" in self.capabilities:  # context parallel: the text decoder's sequence over both ranks
+            runs["cp2"] = finetune_config(spec, hf_dir, root / "cp2" / "ckpt", cp=2)
         if "pp" in self.capabilities:
             runs["pp2"] = finetune_config(spec, hf_dir, root / "pp2" / "ckpt", pp=2,
                                           layers=pipeline_layouts(*depths)["pp2"])
@@ -117,6 +119,10 @@ class ParallelChecks:
     def test_training_step_at_pp2_equals_one_process(self, parallel_runs: Path) -> None:
         self.require("pp")
         self._matches_one_process(parallel_runs, "pp2")
+
+    def test_training_step_at_cp2_equals_one_process(self, parallel_runs: Path) -> None:
+        self.require("cp")
+        self._matches_one_process(parallel_runs, "cp2")
 
     def test_derived_tp_shards_equal_the_converter(self, parallel_runs: Path) -> None:
         """At tp 2, each rank's shard of every parameter, as the engine's plan (derived from the
