@@ -22,6 +22,9 @@ class ModelSpec:
     (``data.source synthetic``): the token ids that stand for it in the text, and the batch tensors
     (concatenated along dim 0 over a micro-batch's images). None: Qwen2-VL-style patch rows with
     ``image_grid_thw`` and the config's vision start/end tokens.
+    ``processor(model_dir) -> processor``: for a family without an HF processor class (VisualGLM), an
+    object with the HF processor members inference uses (``apply_chat_template``, ``__call__``,
+    ``tokenizer``); ``mm_core.data.hf_processor.load_processor`` returns it instead of ``AutoProcessor``.
     """
 
     name: str
@@ -36,6 +39,7 @@ class ModelSpec:
     description: str = ""
     tiny_checkpoint: Callable[..., Path] | None = None
     synthetic_image: Callable[..., Any] | None = None
+    processor: Callable[..., Any] | None = None
 
     @property
     def key(self) -> str:

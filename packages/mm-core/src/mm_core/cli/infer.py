@@ -113,15 +113,15 @@ def _answerable(chunk: list[Item], args: argparse.Namespace) -> tuple[list[Item]
 def run(args: argparse.Namespace) -> int:
     """Answer every item (all ranks of a tp group run this; rank 0 prints and writes)."""
     import torch
-    from transformers import AutoProcessor
 
     from mm_core.cli.infer_model import model_source
+    from mm_core.data.hf_processor import load_processor
     from mm_core.generation import GenerationConfig, generate
 
     src = model_source(args)
     items = read_items(args.input, args.prompt, args.image, args.video, args.system)
     try:
-        processor = AutoProcessor.from_pretrained(src.proc_dir, trust_remote_code=False)
+        processor = load_processor(str(src.proc_dir))  # AutoProcessor, or the family's (ModelSpec.processor)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{src.proc_dir}: no usable tokenizer/processor files ({e}); pass --processor "
                           "<the HF directory the model came from>") from e

@@ -18,13 +18,33 @@ _PROCESSORS: dict[tuple[str, float], Any] = {}
 
 
 def load_processor(path: str) -> Any:
-    """``AutoProcessor`` of ``path`` (never remote code), shared by the formatters of this process."""
+    """``AutoProcessor`` of ``path`` (never remote code), or the family's own processor when its model
+    spec has one (``ModelSpec.processor``); shared by the formatters of this process."""
     key = (str(Path(path).resolve()), Path(path).stat().st_mtime)
     if key not in _PROCESSORS:
-        from transformers import AutoProcessor
+        own = _family_processor(path)
+        if own is not None:
+            _PROCESSORS[key] = own(path)
+        else:
+            from transformers import AutoProcessor
 
-        _PROCESSORS[key] = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+            _PROCESSORS[key] = AutoProcessor.from_pretrained(path, trust_remote_code=False)
     return _PROCESSORS[key]
+
+
+def _family_processor(path: str) -> Any:
+    """The ``ModelSpec.processor`` of the model whose config.json is in ``path``, or None."""
+    from mm_core.errors import MMError
+
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        from mm_core.plugins import get_plugin_manager
+
+        return get_plugin_manager().model_for_hf_config(json.loads(file.read_text()), str(file)).processor
+    except (MMError, ValueError):
+        return None
 
 
 def processor_fingerprint(version: str, root: str, settings: dict[str, Any]) -> str:
