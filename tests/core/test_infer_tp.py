@@ -142,3 +142,20 @@ def test_tp_alone_starts_that_many_workers_with_the_same_arguments(dirs, monkeyp
     assert seen == {"module": "mm_core.cli.infer", "rest": argv, "nproc": 2}
     assert main(["infer", "--nproc-per-node", "2", *argv[:-2]]) == 0
     assert seen["rest"] == argv[:-2] and seen["nproc"] == 2
+
+
+def test_an_mm_dir_runs_at_the_tp_it_was_split_for(dirs, monkeypatch, capsys):
+    import mm_core.cli.infer
+    from mm_convert.cli import main as convert
+
+    monkeypatch.setattr(mm_core.cli.infer, "launch_workers", lambda *_a, **_k: pytest.fail("launched"))
+    ask = ["--processor", str(dirs["glm"]), "--prompt", "hi"]
+    assert main(["infer", "--model", str(dirs["glm_mm"]), *ask]) == 2  # one process, a tp 2 split
+    err = capsys.readouterr().err
+    assert "split for tp 2, asked to run at tp 1: run it with --nproc-per-node 2" in err and "Traceback" not in err
+    tp1 = dirs["root"] / "glm_mm_tp1"
+    assert convert(["GlmConverter", "hf_to_mm", "--cfg.hf_config.hf_dir", str(dirs["glm"]), "--cfg.mm_dir", str(tp1),
+                    "--cfg.parallel_config.tp_size", "1"]) in (0, None)
+    assert main(["infer", "--model", str(tp1), *ask, "--nproc-per-node", "2"]) == 2  # refused before launch
+    err = capsys.readouterr().err
+    assert "split for tp 1, asked to run at tp 2" in err and "GlmConverter resplit" in err

@@ -73,6 +73,25 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def check_mm_split(src: ModelSource, tp: int, converter: str | None, iteration: str | None = None) -> None:
+    """An mm checkpoint holds one file per tp rank: it loads at the tp it was split for only."""
+    if not src.mm:
+        return
+    from mm_core.checkpoint.api import read_mm_layout
+
+    layout = read_mm_layout(src.model_dir, iteration)
+    saved_tp, saved_pp = layout.tp_size or 1, (layout.pp_size or 1) * (layout.vpp_size or 1)
+    if saved_pp > 1:
+        raise ConfigError(f"--model {src.model_dir}: an mm checkpoint split into {saved_pp} pipeline stages; "
+                          f"inference runs one stage: re-split it with mm-convert {converter} resplit --cfg.mm_dir "
+                          f"{src.model_dir} --cfg.save_dir <new mm dir> --cfg.parallel_config.tp_size {saved_tp}")
+    if saved_tp != tp:
+        raise ConfigError(f"--model {src.model_dir}: an mm checkpoint split for tp {saved_tp}, asked to run at tp "
+                          f"{tp}: run it with --nproc-per-node {saved_tp}, or re-split it with mm-convert "
+                          f"{converter} resplit --cfg.mm_dir {src.model_dir} --cfg.save_dir <new mm dir> "
+                          f"--cfg.parallel_config.tp_size {tp}")
+
+
 def check_model(args: argparse.Namespace, world: int) -> None:
     """Everything about the model that can be refused before a worker starts: the directories,
     the family, ``--tp`` against the process count and against the model's heads."""
@@ -85,8 +104,10 @@ def check_model(args: argparse.Namespace, world: int) -> None:
     if args.iteration is not None and tp > 1:
         raise ConfigError("--iteration: tensor-parallel inference loads the mm checkpoint's latest iteration; "
                           "drop --iteration or run with one process")
-    config, spec = model_config(model_source(args))
+    src = model_source(args)
+    config, spec = model_config(src)
     check_tp(spec, config, tp)
+    check_mm_split(src, tp, spec.converter, args.iteration)
 
 
 def load_model(args: argparse.Namespace) -> Loaded:
@@ -100,6 +121,8 @@ def load_model(args: argparse.Namespace) -> Loaded:
     if world == 1 and (args.tp or 1) == 1:
         from mm_core.nn.pretrained import load_pretrained
 
+        if src.mm:
+            check_mm_split(src, 1, model_config(src)[1].converter, args.iteration)
         model = load_pretrained(src.model_dir, hf_config=src.proc_dir if src.mm else None, device=args.device,
                                 dtype=dtype, iteration=args.iteration).eval()
         print(f"loaded {src.model_dir} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
