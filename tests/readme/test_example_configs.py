@@ -62,14 +62,14 @@ def _model_dir(target: Path, processor_files: Path, layers: tuple[int, int]) -> 
     (target / "config.json").write_text(json.dumps(cfg))
 
 
-def _dataset(dataset_dir: Path, records_file: Path) -> None:
-    """Three image records (mllm JSON, or InternVL's own jsonl for a ``.jsonl`` file) under ``dataset_dir``."""
+def _dataset(dataset_dir: Path, records_file: Path, internvl: bool = False) -> None:
+    """Three image records under ``dataset_dir``: mllm JSON, or InternVL's own (JSON or jsonl)."""
     rng = np.random.default_rng(0)
     (dataset_dir / "pics").mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (56, 84, 3), dtype=np.uint8)).save(dataset_dir / "pics" / f"{i}.jpg")
-        if records_file.suffix == ".jsonl":
+        if internvl:
             records.append({"image": f"pics/{i}.jpg", "conversations": [
                 {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": f"Thing {i}."}]})
         else:
@@ -130,7 +130,7 @@ def workdir(tmp_path, monkeypatch, processor_files):
             _model_dir(tmp_path / hf_dir, processor_files(family), layers)
         basic = (raw["data"].get("config") or {}).get("basic_parameters")
         if basic and "data_path" in basic:  # InternVL's names: records relative to the working dir
-            _dataset(tmp_path / basic["data_folder"], tmp_path / basic["data_path"])
+            _dataset(tmp_path / basic["data_folder"], tmp_path / basic["data_path"], internvl=True)
         elif basic:
             _dataset(tmp_path / basic["dataset_dir"], tmp_path / basic["dataset_dir"] / basic["dataset"])
         return raw

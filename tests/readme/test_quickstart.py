@@ -21,9 +21,11 @@ Substitutions, the least that lets the block run on 2 CPU cores without download
   2-step run saved (``iter_0000002``).
 - ``mm-run infer``: ``--max-new-tokens 4`` added.
 
-The GLM-4.1V block gets the same substitutions with a tiny GLM-4.1V (4 + 4 layers): its two
-``hf_to_mm`` lines keep their layout shapes (``[[4]]``/``[[4]]`` and ``[[1,1,1,1]]``/``[[4,0,0,0]]``),
-and its ``finetune`` keeps the frozen vision stage alone (``[4,0]`` / ``[0,4]``).
+The GLM-4.1V and InternVL3 blocks get the same substitutions with tiny models (4 + 4 layers, the
+offline processors): their ``hf_to_mm`` lines keep their layout shapes (``[[4]]``/``[[4]]``,
+``[[1,1,1,1]]``/``[[4,0,0,0]]``; InternVL3-78B's tp 8 ``[[2,2]]``/``[[3,0]]`` on a tiny model with 10
+ViT heads and 301 vocabulary rows, which 8 splits unevenly), and their ``finetune`` keeps the frozen
+vision stage alone (``[4,0]`` / ``[0,4]``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ FINETUNE_OVERRIDES = ["--parallel.pp", "2", "--model.vit_pp_layers", "[4,0]", "-
                       *TINY_RUN]
 GLM_FINETUNE_OVERRIDES = ["--parallel.pp", "2", "--model.vit_pp_layers", "[4,0]", "--model.llm_pp_layers", "[0,4]",
                           *TINY_RUN]
+INTERNVL_HEADING = "## Quick start on real models: InternVL3"
+INTERNVL_PROGRAMS = ["make", "huggingface-cli", "huggingface-cli", "mm-run data inspect",
+                     "mm-convert InternVLConverter hf_to_mm", "mm-convert InternVLConverter hf_to_mm",
+                     "mm-run finetune", "mm-convert InternVLConverter dcp_to_hf", "mm-run infer"]
+INTERNVL_LAYOUTS = {"[[6,8,8,6]]": "[[1,1,1,1]]", "[[24,0,0,0]]": "[[4,0,0,0]]", "[[40,40]]": "[[2,2]]",
+                    "[[45,0]]": "[[3,0]]"}
+INTERNVL_FINETUNE_OVERRIDES = GLM_FINETUNE_OVERRIDES
 GLM_LAYOUTS = {"[[40]]": "[[4]]", "[[24]]": "[[4]]", "[[5,12,12,11]]": "[[1,1,1,1]]", "[[24,0,0,0]]": "[[4,0,0,0]]"}
 
 
@@ -160,6 +169,34 @@ def test_readme_quick_start_runs_as_written(workspace, capsys):
     assert outputs["mm-run infer"].strip(), "infer printed no answer"
 
 
+def _run_block(workspace: Path, capsys, heading: str, programs: list[str], download, layouts: dict[str, str],
+               finetune_overrides: list[str]) -> dict[str, str]:
+    """Run the README block under ``heading`` with the module docstring's substitutions: ``download(dir,
+    repo)`` writes the tiny stand-in, ``layouts`` maps each layer-list value to the tiny model's."""
+    commands = readme_commands(heading=heading)
+    assert [_program(w) for w in commands] == programs, f"the README's block under {heading!r} changed: update this test"
+    outputs: dict[str, str] = {}
+    for words in commands:
+        name = _program(words)
+        if name == "make":
+            continue
+        if name == "huggingface-cli":
+            download(workspace / words[words.index("--local-dir") + 1], words[2])
+            continue
+        if name.endswith("hf_to_mm"):
+            for flag in ("--cfg.parallel_config.llm_pp_layers", "--cfg.parallel_config.vit_pp_layers"):
+                words = _set(words, flag, layouts[words[words.index(flag) + 1]])
+        elif name == "mm-run finetune":
+            words = [*_set(words, "--nproc-per-node", "2"), *finetune_overrides]
+        elif name.endswith("dcp_to_hf"):
+            dcp = words[words.index("--dcp_dir") + 1]
+            words = _set(words, "--dcp_dir", re.sub(r"iter_\d{7}$", "iter_0000002", dcp))
+        elif name == "mm-run infer":
+            words = [*words, "--max-new-tokens", "4"]
+        outputs[name] = _run(words, capsys)[1]
+    return outputs
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_readme_glm_quick_start_runs_as_written(workspace, capsys):
@@ -171,33 +208,42 @@ def test_readme_glm_quick_start_runs_as_written(workspace, capsys):
            "image_start_token_id": TOKEN_IDS["<|begin_of_image|>"], "image_end_token_id": TOKEN_IDS["<|end_of_image|>"],
            "video_start_token_id": TOKEN_IDS["<|begin_of_video|>"], "video_end_token_id": TOKEN_IDS["<|end_of_video|>"]}
 
-    commands = readme_commands(heading=GLM_HEADING)
-    assert [_program(w) for w in commands] == GLM_PROGRAMS, "the README's GLM block changed: update this test"
-    outputs: dict[str, str] = {}
-    for words in commands:
-        name = _program(words)
-        if name == "make":
-            continue
-        if name == "huggingface-cli":
-            target = workspace / words[words.index("--local-dir") + 1]
-            save_glm_processor(save_tiny_model(target, vision_depth=4, text_layers=4, vocab=ids, hidden=64, seed=1,
-                                               std=0.2))
-            continue
-        if name.endswith("hf_to_mm"):
-            for flag in ("--cfg.parallel_config.llm_pp_layers", "--cfg.parallel_config.vit_pp_layers"):
-                words = _set(words, flag, GLM_LAYOUTS[words[words.index(flag) + 1]])
-        elif name == "mm-run finetune":
-            words = [*_set(words, "--nproc-per-node", "2"), *GLM_FINETUNE_OVERRIDES]
-        elif name.endswith("dcp_to_hf"):
-            dcp = words[words.index("--dcp_dir") + 1]
-            words = _set(words, "--dcp_dir", re.sub(r"iter_\d{7}$", "iter_0000002", dcp))
-        elif name == "mm-run infer":
-            words = [*words, "--max-new-tokens", "4"]
-        outputs[name] = _run(words, capsys)[1]
+    def download(target: Path, repo: str) -> None:
+        save_glm_processor(save_tiny_model(target, vision_depth=4, text_layers=4, vocab=ids, hidden=64, seed=1,
+                                           std=0.2))
 
+    outputs = _run_block(workspace, capsys, GLM_HEADING, GLM_PROGRAMS, download, GLM_LAYOUTS, GLM_FINETUNE_OVERRIDES)
     assert "usable: 5" in outputs["mm-run data inspect"] and "bad records: none" in outputs["mm-run data inspect"]
     assert (workspace / "ckpt/mm_path/GLM-4.1V-9B-Thinking/release/mp_rank_00").is_dir()
     assert (workspace / "ckpt/mm_path/GLM-4.1V-9B-Thinking-pp4/release/mp_rank_00_003").is_dir()
     assert (workspace / "save_dir/glm4_1v_9b_pp4/iter_0000002").is_dir()
     assert any((workspace / "ckpt/hf_path/GLM-4.1V-9B-finetuned").glob("*.safetensors"))
+    assert outputs["mm-run infer"].strip(), "infer printed no answer"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_readme_internvl_quick_start_runs_as_written(workspace, capsys):
+    from mm_internvl.tiny import save_tiny_model
+    from mm_internvl.tokenizer import TOKEN_IDS, VOCAB_SIZE, save_offline_processor
+
+    def download(target: Path, repo: str) -> None:
+        if repo.endswith("78B-hf"):  # 78B-like: 10 ViT heads and 301 vocabulary rows at tp 8, q/k norms
+            save_tiny_model(target, seed=1, vision_depth=3, text_layers=4, qk_norm=True, vocab_size=301,
+                            vision={"hidden_size": 40, "num_attention_heads": 10, "intermediate_size": 80},
+                            text={"num_attention_heads": 8, "num_key_value_heads": 8})
+            return
+        save_tiny_model(target, vision_depth=4, text_layers=4, vocab_size=VOCAB_SIZE)
+        cfg = json.loads((target / "config.json").read_text())
+        cfg["image_token_id"] = TOKEN_IDS["<IMG_CONTEXT>"]  # the offline tokenizer's id, as in the real model
+        (target / "config.json").write_text(json.dumps(cfg))
+        save_offline_processor(target, tile_size=56, image_seq_length=4)
+
+    outputs = _run_block(workspace, capsys, INTERNVL_HEADING, INTERNVL_PROGRAMS, download, INTERNVL_LAYOUTS,
+                         INTERNVL_FINETUNE_OVERRIDES)
+    assert "usable: 5" in outputs["mm-run data inspect"] and "bad records: none" in outputs["mm-run data inspect"]
+    assert (workspace / "ckpt/mm_path/InternVL3-8B/release/mp_rank_00_003").is_dir()
+    assert (workspace / "ckpt/mm_path/InternVL3-78B/release/mp_rank_07_001").is_dir()
+    assert (workspace / "save_dir/internvl3_8b_pp4/iter_0000002").is_dir()
+    assert any((workspace / "ckpt/hf_path/InternVL3-8B-finetuned").glob("*.safetensors"))
     assert outputs["mm-run infer"].strip(), "infer printed no answer"
