@@ -10,6 +10,10 @@ The tensors exchanged between stages have fixed shapes (hidden states of a micro
 ``seq_length``; visual rows padded to a bound, see ``EngineStage``), found once by a probe: the
 first micro-batch runs forward through the stages in order (real values, no grad), and the stages
 are then built with static shapes, so the schedule never runs a forward on placeholder values.
+
+Each stage gives every received input that requires grad a gradient, zeros where it has none
+(``pipeline_grads.grad_anchor``): the index and row count, a frozen stage, a text-only
+micro-batch. torch 2.11's schedule refuses to send a None gradient; later releases send zeros.
 """
 
 from __future__ import annotations
