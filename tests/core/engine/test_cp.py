@@ -3,7 +3,7 @@
 Micro-batches with images and a packed row (two samples with their own media, then padding),
 lengths that 2 x cp does not divide (the trainer pads). One in-process reference per family,
 then ONE launch of 4 processes (cp 2 x dp 2 and cp 2 x tp 2 with sequence parallel, both
-families) through ``_cp_worker.py``; cp 2 alone runs in each family's conformance suite, inside
+families; cp 2 x pp 2 for Qwen) through ``_cp_worker.py``; cp 2 alone runs in each family's conformance suite, inside
 its existing 2-process launch (``mm_core.testing.parallel_checks``). Losses, gradient norms and
 the saved weights after 2 steps must equal one process (rtol 1e-5). Qwen trains with
 ``per_token_loss``, InternVL with ``square_loss`` as InternVL users run it; every loss type's
@@ -116,6 +116,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     def cfg(family: str, run: str, loss: str | None = None, **parallel: Any) -> tuple[str, dict[str, Any]]:
         return family, finetune_config(configs[family], loss or LOSS[family], root / run / "ckpt", **parallel)
 
+    # pipeline: vision + one LLM layer on stage 0, the other LLM layer on stage 1 (hidden states
+    # travel between stages as each cp rank's chunks)
+    pp2 = cfg("qwen", "qwen_cp2_pp2", cp=2, pp=2)
+    pp2[1]["model"].update(vit_pp_layers=[2, 0], llm_pp_layers=[1, 1])
+
     one = {f"{f}_one": cfg(f, f"{f}_one") for f in CASES}
     one["internvl_one_per_token"] = cfg("internvl", "internvl_one_per_token", "per_token_loss")
     cp_worker.run_job(_job(root, "reference", one))
@@ -123,6 +128,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for f in CASES:
         four[f"{f}_cp2_dp2"] = cfg(f, f"{f}_cp2_dp2", "per_token_loss", cp=2)
         four[f"{f}_cp2_tp2"] = cfg(f, f"{f}_cp2_tp2", cp=2, tp=2, sequence_parallel=True)
+    four["qwen_cp2_pp2"] = pp2
     _launch(_job(root, "four", four), 4)
     return root
 
@@ -142,11 +148,11 @@ def _matches_one_process(root: Path, one: str, name: str) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("family", sorted(CASES))
-@pytest.mark.parametrize("layout", ["cp2_dp2", "cp2_tp2"])
-def test_context_parallel_equals_one_process(runs: Path, family: str, layout: str) -> None:
-    one = "internvl_one_per_token" if (family, layout) == ("internvl", "cp2_dp2") else f"{family}_one"
-    _matches_one_process(runs, one, f"{family}_{layout}")
+@pytest.mark.parametrize("run", ["qwen_cp2_dp2", "qwen_cp2_tp2", "qwen_cp2_pp2", "internvl_cp2_dp2",
+                                 "internvl_cp2_tp2"])
+def test_context_parallel_equals_one_process(runs: Path, run: str) -> None:
+    one = "internvl_one_per_token" if run == "internvl_cp2_dp2" else f"{run.split('_')[0]}_one"
+    _matches_one_process(runs, one, run)
 
 
 # -- without processes ----------------------------------------------------------------------------
@@ -224,7 +230,6 @@ def test_every_loss_type_adds_up_over_cp_ranks(loss_type: str) -> None:
     ({"cp": 2}, {"seq_length": 30}, r"training.seq_length: 30 is not a multiple of 2 x cp = 4"),
     ({"cp": 2, "tp": 2, "sequence_parallel": True}, {"seq_length": 36},
      r"training.seq_length: 36 is not a multiple of 2 x cp x tp \(sequence parallel\) = 8"),
-    ({"cp": 2, "pp": 2}, {}, r"parallel.cp: context parallel \(2\) with pipeline parallel"),
     ({"cp": 2}, {"compile": True}, r"training.compile: compiled layers with context parallel"),
     ({"cp": 0}, {}, r"parallel.cp: must be >= 1"),
 ])

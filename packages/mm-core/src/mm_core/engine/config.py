@@ -233,9 +233,6 @@ def _check_context_parallel(cfg: FinetuneConfig) -> None:
         what = "2 x cp x tp (sequence parallel)" if p.sequence_parallel else "2 x cp"
         raise ConfigError(f"training.seq_length: {t.seq_length} is not a multiple of {what} = {multiple}; each cp "
                           f"rank holds two equal chunks of the sequence (parallel.cp = {p.cp})")
-    if p.pp > 1:
-        raise ConfigError(f"parallel.cp: context parallel ({p.cp}) with pipeline parallel (parallel.pp = {p.pp}) "
-                          "is not supported yet; use parallel.pp 1 or parallel.cp 1")
     if t.compile:
         raise ConfigError("training.compile: compiled layers with context parallel (its K/V all-gather inside "
                           "attention) are not supported yet; set training.compile false or parallel.cp 1")
