@@ -89,6 +89,8 @@ def _same(root: Path, name: str, ref: str) -> None:
     got = json.loads((root / name / "records.json").read_text())
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
     assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], rel=1e-5)
+    # tokens per expert: pp stages log their layers, dp ranks their tokens; padding is not counted
+    assert [r["tokens_per_expert"] for r in got] == [r["tokens_per_expert"] for r in want]
     a = read_dcp_model(root / ref / "ckpt" / "iter_0000001")
     b = read_dcp_model(root / name / "ckpt" / "iter_0000001")
     for k, v in a.items():
@@ -106,8 +108,11 @@ def test_one_process_final_loss_is_transformers_loss_with_router_aux(runs: dict[
             losses.append(float(out.loss))
             auxes.append(float(out.aux_loss))
     assert min(auxes) > 0 and COEF * min(auxes) > 1e-3  # the aux term is large enough to show
-    got = json.loads((runs["root"] / "one_default" / "records.json").read_text())[0]["loss"]
-    assert got == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    record = json.loads((runs["root"] / "one_default" / "records.json").read_text())[0]
+    assert record["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    tokens = sum(int(s["attention_mask"].sum()) for s in runs["samples"])
+    assert sorted(record["tokens_per_expert"]) == ["1", "2"]  # layer 0 is dense
+    assert all(sum(c) == 2 * tokens for c in record["tokens_per_expert"].values())  # top-2
 
 
 @pytest.mark.parametrize("loss", LOSSES)

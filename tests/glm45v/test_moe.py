@@ -130,11 +130,14 @@ def test_counts_and_balance_loss_match_transformers(tiny: Path) -> None:
     hf = transformers.Glm4vMoeForConditionalGeneration.from_pretrained(tiny, dtype=torch.float32).eval()
     with torch.no_grad():
         want = hf(**{k: v for k, v in batch.items() if k != "labels"}, output_router_logits=True)
-        got = ours(**{k: v for k, v in batch.items() if k not in ("labels", "mm_token_type_ids")})
+        ours(**{k: v for k, v in batch.items() if k not in ("labels", "mm_token_type_ids")})
+    assert ours.take_expert_counts() == {} and total_aux_loss(ours) is None  # a no-grad forward: not training
+    got = ours(**{k: v for k, v in batch.items() if k not in ("labels", "mm_token_type_ids")}).detach()
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], want.logits[mask], atol=1e-4, rtol=0)
     torch.testing.assert_close(total_aux_loss(ours), want.aux_loss, atol=1e-6, rtol=1e-5)
     counts = ours.take_expert_counts()
-    rows = batch["input_ids"].numel()  # padding rows are routed too (transformers routes them as well)
+    rows = int(batch["attention_mask"].sum())  # padding is routed (as in transformers) but not counted
+    assert rows < batch["input_ids"].numel()
     assert sorted(counts) == [1, 2] and all(int(c.sum()) == 2 * rows for c in counts.values())
     assert ours.take_expert_counts() == {}  # taken: reset until the next forward

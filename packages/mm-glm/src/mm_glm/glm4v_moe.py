@@ -56,9 +56,10 @@ class Glm4vMoeModel(Glm4vModel):
     def forward(self, *stage_input: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """The stage forward; a pipeline stage between LLM stages also passes the router balance
         statistics on, as one extra position of the hidden states (``mm_glm.moe_aux``)."""
+        self._valid_rows = _valid_rows(kwargs.get("attention_mask"), kwargs.get("segment_ids"))
         for _, mlp in self.moe_layers():
             mlp.router_stats.clear()  # the balance loss is of this forward only
-        self._valid_rows = _valid_rows(kwargs.get("attention_mask"), kwargs.get("segment_ids"))
+            mlp.valid_rows = self._valid_rows
         ids = kwargs.get("input_ids")
         self._tokens = float(ids.numel()) if ids is not None else 0.0  # rows when nothing marks padding
         self._incoming: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -92,6 +93,12 @@ class Glm4vMoeModel(Glm4vModel):
         valid = self._valid_rows
         tokens = valid.float().sum() if valid is not None else self._tokens
         return [balance_loss(probs, counts, max(text.num_layers - text.first_k_dense_replace, 0) * tokens)]
+
+    @property
+    def expert_counts_shape(self) -> tuple[int, int]:
+        """(LLM layers of the whole model, experts per layer): the table the engine logs per step."""
+        text = self.config.text
+        return text.num_layers, text.moe.num_experts
 
     def take_expert_counts(self) -> dict[int, torch.Tensor]:
         """``{global layer: tokens routed to each expert}`` since the last call (the engine logs them per step)."""

@@ -14,8 +14,9 @@ Routing (transformers' ``Glm4vMoeTextTopkRouter``, one group): fp32 logits, sigm
 top-k experts are chosen on score + bias; their weights are the unbiased scores, divided by their
 sum when ``norm_topk_prob`` and times ``routed_scaling_factor``.
 
-Each forward keeps, detached, the tokens routed to each expert (``tokens_per_expert``, summed
-until ``take_expert_counts`` reads them: the engine logs them per step) and, while training, the
+Each forward keeps, detached, the real (non-padding) tokens routed to each expert
+(``tokens_per_expert``, summed until ``take_expert_counts`` reads them: the engine logs them per
+step) and, while training, the
 statistics the router balance loss needs (``mm_glm.moe_aux``).
 """
 
@@ -104,16 +105,22 @@ class MoeMLP(nn.Module):
         self.shared_experts = SwiGLUMLP(hidden, cfg.shared_intermediate_size, bias=False, device=device, dtype=dtype)
         self.num_experts, self.top_k = cfg.num_experts, cfg.top_k
         self.tokens_per_expert: torch.Tensor | None = None  # summed over forwards until taken
+        self.valid_rows: torch.Tensor | None = None  # [N] 1 = real token (set by the model before a forward)
         self.router_stats: list[torch.Tensor] = []  # fp32 router logits [N, E] of training forwards
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         logits, weights, chosen = self.router(flat)
         routed, counts = self.experts(flat, chosen, weights)
-        counts = counts.detach()
-        self.tokens_per_expert = counts if self.tokens_per_expert is None else self.tokens_per_expert + counts
-        if self.training:
-            self.router_stats.append(logits)
+        # training forwards only: not a no-grad probe (pipeline shapes), nor recomputation inside backward
+        if torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1:
+            counts = counts.detach()
+            if self.valid_rows is not None and self.valid_rows.numel() == flat.shape[0]:  # padding: routed, not counted
+                w = self.valid_rows.to(counts.device, torch.float32).repeat_interleave(self.top_k)
+                counts = torch.bincount(chosen.reshape(-1), weights=w, minlength=self.num_experts).long()
+            self.tokens_per_expert = counts if self.tokens_per_expert is None else self.tokens_per_expert + counts
+            if self.training:
+                self.router_stats.append(logits)
         return routed.view_as(x) + self.shared_experts(x)
 
     def take_expert_counts(self) -> torch.Tensor | None:

@@ -14,6 +14,7 @@ from mm_core.engine.checkpoint import iter_dir, latest_iteration, load_checkpoin
 from mm_core.engine.config import FinetuneConfig, load_hf_config, validate
 from mm_core.engine.context_parallel import ContextParallel, cp_multiple
 from mm_core.engine.data import build_data, pad_batch, padded_length
+from mm_core.engine.expert_load import step_expert_load
 from mm_core.engine.loss import LossComputer, prepare_window
 from mm_core.engine.mesh import build_mesh, init_distributed
 from mm_core.engine.metrics import MetricsLogger, peak_flops, peak_memory_gb
@@ -205,6 +206,7 @@ class Trainer:
                "samples_per_s": samples / dt, "samples_per_s_per_device": samples / dt / world,
                "real_tokens": int(real_tokens), "loss_tokens": int(loss_tokens), "samples": int(samples),
                "peak_memory_gb": peak_memory_gb(self.par.device)}
+        rec.update(step_expert_load(self.stages.modules, world, self.par.tp, self.par.device))  # MoE only
         peak = peak_flops(self.par.device)
         if peak:  # every position costs compute, not only those with a loss
             rec["mfu"] = 6.0 * self.n_params * real_tokens / dt / (peak * world)

@@ -59,8 +59,8 @@ def run_one(config_file: str, samples: list[dict[str, torch.Tensor]], out: Path)
     records = trainer.train()
     if trainer.par.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "records.json").write_text(json.dumps([{"loss": r["loss"], "grad_norm": r["grad_norm"]}
-                                                      for r in records]))
+        keep = ("loss", "grad_norm", "tokens_per_expert")  # the last: MoE models only
+        (out / "records.json").write_text(json.dumps([{k: r[k] for k in keep if k in r} for r in records]))
     return records
 
 
