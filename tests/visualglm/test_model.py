@@ -229,9 +229,19 @@ def test_padding_and_packing_do_not_change_a_sample(setup) -> None:
         torch.testing.assert_close(packed[: a["input_ids"].shape[1]], model(**a)[0], atol=ATOL, rtol=1e-5)
         torch.testing.assert_close(packed[a["input_ids"].shape[1]:], model(**b)[0], atol=ATOL, rtol=1e-5)
         both = make_inputs(config, [(0, 5, 4), (0, 3, 2)], seed=6)
-        alone = make_inputs(config, [(0, 3, 2)], seed=6)
-        _ = alone
         out = model(**both)
         n = int(both["attention_mask"][1].sum())
         row = {k: v[1:2, :n] for k, v in both.items() if k != "labels"}
         torch.testing.assert_close(out[1, :n], model(**row)[0], atol=ATOL, rtol=1e-5)
+
+
+def test_padding_with_the_placeholder_id_is_not_an_image(setup) -> None:
+    """The engine's synthetic source pads with id 0, VisualGLM's placeholder (<unk>): only real tokens count."""
+    config, cfg, _, model = setup
+    batch = make_inputs(config, [(1, 4, 3), (1, 2, 1)], seed=7)
+    batch["input_ids"][batch["attention_mask"] == 0] = cfg.image_token_id
+    with torch.no_grad():
+        out = model(**batch)
+        n = int(batch["attention_mask"][1].sum())
+        alone = model(input_ids=batch["input_ids"][1:, :n], pixel_values=batch["pixel_values"][1:])
+    torch.testing.assert_close(out[1, :n], alone[0], atol=ATOL, rtol=1e-5)

@@ -38,6 +38,7 @@ class VisualGLMModel(StageModel):
         if plan.has_text:
             self.text_decoder = ChatGLMDecoder(cfg.text, plan.llm_count, with_embedding=plan.embedding,
                                                with_head=plan.head, device=device, dtype=dtype)
+        self._real: torch.Tensor | None = None
 
     def init_parameter(self, name: str, p: torch.Tensor, std: float) -> None:
         """LayerNorms (``*layernorm*``, ``ln_vision``) start at weight 1 like the base's norms."""
@@ -47,9 +48,13 @@ class VisualGLMModel(StageModel):
             super().init_parameter(name, p, std)
 
     def forward(self, *stage_input: torch.Tensor, **batch: Any) -> torch.Tensor:
+        seg, mask = batch.get("segment_ids"), batch.get("attention_mask")
+        # placeholders are <unk> ids: a batch padded with id 0 (the synthetic source) must not count its padding
+        self._real = (seg >= 0) if seg is not None else mask.bool() if mask is not None else None
         try:
             out = super().forward(*stage_input, **batch)
         finally:
+            self._real = None
             if hasattr(self, "text_decoder"):
                 self.text_decoder._context = None
         return out
@@ -65,7 +70,10 @@ class VisualGLMModel(StageModel):
         return self.image_encoder(pixels if prev is None else prev)
 
     def placeholders(self, features: torch.Tensor, batch: dict[str, Any]) -> list[tuple[str, Any, torch.Tensor]]:
-        return [("image", self.config.image_token_id, features)]
+        token, real = self.config.image_token_id, self._real
+        if real is None:
+            return [("image", token, features)]
+        return [("image", lambda ids: (ids == token) & real[:, -ids.shape[1]:], features)]
 
     def _rotary(self, input_ids: torch.Tensor, seg: torch.Tensor | None, cache: KVCache | None,
                 batch: dict[str, Any], dummy: bool) -> tuple[torch.Tensor, torch.Tensor]:

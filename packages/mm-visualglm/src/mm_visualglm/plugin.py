@@ -14,6 +14,8 @@ from mm_core.specs import ConverterSpec, FormatterSpec, ModelSpec
 def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
     register(vision_language_spec("visualglm", "mm_visualglm", converter="VisualGLMConverter", formatter="visualglm",
                                   hf_architectures=("ChatGLMForConditionalGenerationWithImage",),
+                                  processor=_lazy("mm_visualglm.processor", "VisualGLMProcessor"),
+                                  synthetic_image=_lazy("mm_visualglm.tiny", "synthetic_image"),
                                   description="VisualGLM-6B (EVA ViT + BLIP-2 Q-Former + ChatGLM-6B)"))
 
 

@@ -113,3 +113,16 @@ def make_inputs(config: dict[str, Any], rows: list[tuple[int, int, int]], *, see
         size = int(config["eva_config"]["image_size"][0])
         batch["pixel_values"] = torch.randn(n_images, 3, size, size, generator=gen)
     return batch
+
+
+def synthetic_image(config: dict[str, Any], side: int, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One random image for the engine's synthetic data (``ModelSpec.synthetic_image``): its
+    ``image_length`` placeholder ids and ``pixel_values`` ``[1, 3, S, S]`` at the ViT's own size
+    (the position table is fixed, so ``side`` is not used)."""
+    from mm_visualglm.config import parse_config
+
+    cfg = parse_config(config)
+    size = cfg.vision.image_size
+    ids = torch.full((cfg.image_length,), cfg.image_token_id, dtype=torch.long)
+    return ids, {"pixel_values": torch.randn(1, 3, size, size, generator=generator)}
