@@ -1,8 +1,8 @@
 """`mm-run infer` at tensor parallel 2 answers like one process, token for token (greedy, KV cache).
 
-Tiny GLM-4.1V (HF dir, streamed through GlmConverter per rank, and an mm dir split at tp 2, read rank
-file by rank file) and tiny Qwen2.5-VL (HF dir), each with an image, a video and a text row in one
-left-padded batch. The one-process answers come from this process; the tp runs share ONE launch of
+Tiny GLM-4.1V (tied head; HF dir, streamed through GlmConverter per rank, and an mm dir split at
+tp 2, read rank file by rank file) and tiny Qwen2.5-VL (its own output layer; HF dir), each with an
+image, a video and a text row in one left-padded batch. The one-process answers come from this process; the tp runs share ONE launch of
 2 processes (``infer_tp_worker.py``). A tp size the model's heads do not allow is refused before
 anything is launched or loaded.
 """
@@ -42,7 +42,7 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("infer_tp")
     glm = save_glm(root / "glm_hf", with_processor=True, hidden=64, tied=True, seed=3, std=0.2)
-    qwen = save_qwen(root / "qwen_hf", tied=True, with_processor=True, seed=3, std=0.2)
+    qwen = save_qwen(root / "qwen_hf", tied=False, with_processor=True, seed=3, std=0.2)
     glm_mm = root / "glm_mm_tp2"
     assert convert(["GlmConverter", "hf_to_mm", "--cfg.hf_config.hf_dir", str(glm), "--cfg.mm_dir", str(glm_mm),
                     "--cfg.parallel_config.tp_size", str(TP)]) in (0, None)
