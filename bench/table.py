@@ -144,6 +144,23 @@ def _gpu_train_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _lora_rows(r: dict[str, Any]) -> list[Row]:
+    full, lora = _get(r, "full", {}), _get(r, "lora_run", {})
+    mem = "peak_device_gb" if _get(r, "device") == "cuda" else "peak_rss_gb"
+    shape = (f"hidden {_get(r, 'model.hidden_size')}, {_get(r, 'model.num_hidden_layers')} LLM layers, "
+             f"seq {_get(r, 'work.seq')}, {_get(r, 'device')}, {_get(r, 'threads')} threads")
+    return [
+        (f"LoRA rank {_get(r, 'lora.rank')} step time (median; {shape})", _f(_get(lora, "step_s_median"), ".3f", " s"),
+         f"full fine-tuning {_f(_get(full, 'step_s_median'), '.3f', ' s')}", _ratio(_get(r, "step_time_ratio"))),
+        ("LoRA peak memory", _f(_get(lora, mem), ".2f", " GB"), f"full {_f(_get(full, mem), '.2f', ' GB')}",
+         _ratio(_get(r, "peak_memory_ratio"))),
+        ("LoRA optimizer state", _f(_get(lora, "optimizer_state_mb"), ".1f", " MB"),
+         f"full {_f(_get(full, 'optimizer_state_mb'), '.1f', ' MB')}",
+         _ratio(_get(lora, "optimizer_state_mb") / _get(full, "optimizer_state_mb")
+                if _get(full, "optimizer_state_mb") else None)),
+    ]
+
+
 def _packed_attention_rows(r: dict[str, Any]) -> list[Row]:
     return [(f"packed attention fwd+bwd ({_get(r, 'device')}, {_get(r, 'rows')}x{_get(r, 'seq')} tokens, "
              f"{_get(r, 'samples_per_row')} samples/row)", _f(_get(r, "flash_varlen_ms"), ".2f", " ms"),
@@ -158,6 +175,7 @@ READERS: dict[str, tuple[str, Any]] = {
     "qwen_step": ("Model step (mm Qwen2.5-VL vs transformers)", _qwen_step_rows),
     "data": ("Data pipeline", _data_rows),
     "train_step": ("Training step and loss memory", _train_step_rows),
+    "lora": ("LoRA vs full fine-tuning (small Qwen2.5-VL)", _lora_rows),
     "demo": ("`mm-run demo` (tiny Qwen2.5-VL from random init, CPU)", _demo_rows),
     "gpu_train": ("One-GPU training step (needs CUDA)", _gpu_train_rows),
     "packed_attention": ("Packed-row attention (needs CUDA)", _packed_attention_rows),
