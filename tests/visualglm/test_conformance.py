@@ -19,11 +19,10 @@ ROWS = {  # (images, question tokens, answer tokens) per row
 class TestVisualGLM(FamilyConformance):
     family = "visualglm"
     transformers_class = None
-    capabilities = {"image", "pp"}
+    capabilities = {"image", "pp", "tp"}
     capability_notes = {
         "video": "VisualGLM-6B reads single images",
-        "tp": "no tensor-parallel plan for the ChatGLM/Q-Former blocks yet (the converter splits for tp)",
-        "sequence_parallel": "no tensor-parallel plan yet",
+        "sequence_parallel": "the ChatGLM decoder has no sequence-parallel regions yet",
         "generation": "transformers has no VisualGLM class to compare generate() with; tests/visualglm test the cache",
         "formatter": "there is no HF processor to compare with; tests/visualglm test the formatter's layout",
     }
