@@ -44,16 +44,18 @@ def tiny_config_dict(*, vision_depth: int = 2, text_layers: int = 2, hidden: int
             "vision_config": vision, "tie_word_embeddings": tied, **vocab}
 
 
-def build_hf_model(config: dict[str, Any], *, seed: int = 0, std: float = 0.05):
-    """transformers' model with seeded random weights; norms, biases and the position table are
-    perturbed so that a swapped or missing one shows in the parity checks."""
-    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+def build_hf_model(config: dict[str, Any], *, seed: int = 0, std: float = 0.05,
+                   classes: tuple[str, str] = ("Glm4vConfig", "Glm4vForConditionalGeneration")):
+    """transformers' model (``classes``: config and model class names) with seeded random weights;
+    norms, biases and the position table are perturbed so that a swapped or missing one shows in
+    the parity checks."""
+    import transformers
 
-    cfg = Glm4vConfig.from_dict(config)
+    cfg = getattr(transformers, classes[0]).from_dict(config)
     for sub in (cfg, cfg.text_config, cfg.vision_config):
         sub.initializer_range = std
     torch.manual_seed(seed)
-    model = Glm4vForConditionalGeneration(cfg).eval()
+    model = getattr(transformers, classes[1])(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith(".bias"):

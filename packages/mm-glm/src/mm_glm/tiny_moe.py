@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mm_glm.tiny import build_hf_model as glm4v_build_hf_model
 from mm_glm.tiny import tiny_config_dict
 
 
@@ -31,23 +32,14 @@ def tiny_moe_config_dict(*, experts: int = 4, top_k: int = 2, moe_intermediate: 
 
 
 def build_hf_model(config: dict[str, Any], *, seed: int = 0, std: float = 0.05):
-    """transformers' model with seeded random weights; norms, biases, the position table, the
-    router and its correction bias perturbed so that a swapped or missing one shows."""
-    from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
-
-    cfg = Glm4vMoeConfig.from_dict(config)
-    for sub in (cfg, cfg.text_config, cfg.vision_config):
-        sub.initializer_range = std
-    torch.manual_seed(seed)
-    model = Glm4vMoeForConditionalGeneration(cfg).eval()
+    """GLM-4.1V's tiny recipe (``mm_glm.tiny``) on transformers' GLM-4.5V, plus routers and score-correction
+    biases drawn large enough that experts are clearly preferred (no near-ties) and the bias matters."""
+    model = glm4v_build_hf_model(config, seed=seed, std=std,
+                                 classes=("Glm4vMoeConfig", "Glm4vMoeForConditionalGeneration"))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name or name.endswith(".bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-            elif "position_embedding" in name:
+            if name.endswith("mlp.gate.weight"):
                 p.normal_(0.0, 0.5)
-            elif name.endswith("mlp.gate.weight"):
-                p.normal_(0.0, 0.5)  # routers that prefer some experts clearly (no near-ties)
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.copy_(torch.randn_like(b) * 0.3)
