@@ -23,6 +23,7 @@ class TestVisualGLM(FamilyConformance):
     capability_notes = {
         "video": "VisualGLM-6B reads single images",
         "sequence_parallel": "the ChatGLM decoder has no sequence-parallel regions yet",
+        "cp": "context parallel would have to split ChatGLM's prefix-LM mask and 2-D positions; not done",
         "generation": "transformers has no VisualGLM class to compare generate() with; tests/visualglm test the cache",
         "formatter": "there is no HF processor to compare with; tests/visualglm test the formatter's layout",
     }

@@ -16,19 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from mm_core.errors import ConfigError
+from mm_core.family.vision_config import VisionTowerConfig
 
 ARCHITECTURE = "ChatGLMForConditionalGenerationWithImage"
 SAT_MODEL_CLASS = "VisualGLMModel"
 
 
 @dataclass(frozen=True)
-class EvaConfig:
+class EvaConfig(VisionTowerConfig):
     """EVA-CLIP ViT (SAT ``ViTModel``): CLS + learned positions, pre-LN, no final norm, then ``ln_vision``."""
 
-    depth: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
     image_size: int
     patch_size: int
     in_channels: int
@@ -36,30 +33,18 @@ class EvaConfig:
     ln_vision_eps: float  # ``ln_vision`` (nn.LayerNorm default, 1e-5)
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
     def num_positions(self) -> int:
         return (self.image_size // self.patch_size) ** 2 + 1
 
 
 @dataclass(frozen=True)
-class QFormerConfig:
+class QFormerConfig(VisionTowerConfig):
     """BLIP-2 Q-Former as SAT runs it: learned queries only, post-norm, cross-attention on ``cross_layers``."""
 
-    depth: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
     num_queries: int
     encoder_width: int
     cross_layers: tuple[int, ...]
     eps: float
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
 
 
 @dataclass(frozen=True)
