@@ -62,7 +62,7 @@ def gather_sequence(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     return ordered.permute(1, 2, 0, 3, 4).reshape(b, h, cp * two_c, d)
 
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
@@ -76,7 +76,7 @@ class _PrefixCausalFlash(torch.autograd.Function):
         blocks = [(0, start, False), (start, k.shape[2], True)] if start else [(0, k.shape[2], True)]
         out = lse = None
         for lo, hi, causal in blocks:
-            o, s = _flash(q, k[:, :, lo:hi], v[:, :, lo:hi], 0.0, causal, scale=scale)
+            o, s = _flash_op(q, k[:, :, lo:hi], v[:, :, lo:hi], 0.0, causal, scale=scale)
             if out is None:
                 out, lse = o.float(), s
                 continue
@@ -102,15 +102,26 @@ class _PrefixCausalFlash(torch.autograd.Function):
         return dq.to(q.dtype), dk, dv, None
 
 
+def _use_flash(q: torch.Tensor, segment_ids: torch.Tensor | None) -> bool:
+    return segment_ids is None and q.device.type == "cpu" and q.dtype in FLASH_DTYPES
+
+
+def _flash_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k/v repeated to the query heads unless this torch's CPU flash kernel takes GQA natively."""
+    from mm_core.kernels.cpu import native_gqa
+
+    if k.shape[1] == q.shape[1] or native_gqa():
+        return k, v
+    rep = q.shape[1] // k.shape[1]
+    return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+
+
 def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor | None,
                     scale: float) -> torch.Tensor:
     """Queries ``[B, H, c, D]`` that are the last ``c`` positions of keys ``[B, Hkv, L, D]``; causal,
     within segments (``segment_ids`` ``[B, L]``, -1 = padding) when given."""
-    if k.shape[1] != q.shape[1]:
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    if segment_ids is None and q.device.type == "cpu" and q.dtype in FLASH_DTYPES:
-        return _PrefixCausalFlash.apply(q, k, v, scale)
+    if _use_flash(q, segment_ids):
+        return _PrefixCausalFlash.apply(q, *_flash_heads(q, k, v), scale)
     if segment_ids is None:  # one sample per row: every key of the range is its own
         segment_ids = torch.zeros(k.shape[0], k.shape[2], dtype=torch.long, device=k.device)
     return reference.attention(q, k, v, causal=True, segment_ids=segment_ids, scale=scale)
@@ -131,6 +142,8 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     k_all, v_all = gather_sequence(k, group), gather_sequence(v, group)
     if segment_ids is not None and one_sample_per_row(segment_ids):
         segment_ids = None
+    if _use_flash(q, segment_ids):  # once for both chunks (their key ranges are views of one tensor)
+        k_all, v_all = _flash_heads(q, k_all, v_all)
     c = q.shape[2] // 2
     cp = k_all.shape[2] // (2 * c)
     outs = []
