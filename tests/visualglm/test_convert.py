@@ -111,7 +111,9 @@ def test_parts_load_alone(tiny, tmp_path: Path) -> None:
     from mm_visualglm.vision import EvaViT, Projector
 
     mm = to_mm(tiny["root"] / "hf", tmp_path / "mm", tp=2)
-    VisualGLMConverter().export_parts(str(mm), str(tmp_path / "parts"))
+    from mm_convert.cli import main as convert
+
+    assert convert(["VisualGLMConverter", "export_parts", "--mm_dir", str(mm), "--save_dir", str(tmp_path / "parts")]) == 0
     cfg = parse_config(tmp_path / "parts" / "config.json")
     modules = {"vit": EvaViT(cfg.vision, cfg.vision.depth, with_stem=True, with_tail=True),
                "qformer": Projector(cfg),

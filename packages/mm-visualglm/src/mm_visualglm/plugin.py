@@ -22,6 +22,7 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
 @hookimpl
 def mm_register_converters(register: Callable[[ConverterSpec], None]) -> None:
     register(ConverterSpec("VisualGLMConverter", _lazy("mm_visualglm.convert", "VisualGLMConverter"),
+                           verbs=("hf_to_mm", "mm_to_hf", "resplit", "hf_to_dcp", "dcp_to_hf", "export_parts"),
                            description="VisualGLM-6B: SAT (.pt) or HF remote-code (.bin) <-> mm (tp/pp) <-> DCP"))
 
 
