@@ -53,6 +53,12 @@ class DataConfig:
     synthetic_image_size: int | None = None  # square images of this many pixels instead (e.g. 448)
     synthetic_images: int = 1  # images per sample with synthetic_image_size
     synthetic_text_only_every: int = 2  # every k-th sample has no image (0 = none)
+    # text lengths between min and max: "uniform", or "lognormal" (median at their geometric mean, most
+    # samples short and a long tail, like real SFT data; clipped to the range)
+    synthetic_lengths: Literal["uniform", "lognormal"] = "uniform"
+    # pack each micro-batch's micro_batch_size samples into as few rows of training.seq_length as they
+    # fit (segment_ids per sample): the same samples per step as without packing, minus the padding
+    synthetic_packing: bool = False
     shuffle: bool = True  # synthetic data: a new order every epoch
 
 

@@ -7,11 +7,13 @@ the same place. ``synthetic`` generates deterministic samples (by index) for tes
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from mm_core.batch import IGNORE_INDEX, Batch
+from mm_core.data.packing import pack_rows
 from mm_core.engine.config import FinetuneConfig, Layout
 from mm_core.errors import ConfigError
 from mm_core.family.hf_config import text_config, vision_config
@@ -50,7 +52,7 @@ class SyntheticData:
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)) \
             if d.shuffle else torch.arange(self.n)
         g = torch.Generator().manual_seed(self.seed * 100003 + int(perm[i]))
-        length = int(torch.randint(d.synthetic_min_len, d.synthetic_max_len + 1, (1,), generator=g))
+        length = _text_length(d.synthetic_min_len, d.synthetic_max_len, d.synthetic_lengths, g)
         ids = torch.randint(4, self.high, (length,), generator=g)
         labels = ids.clone()
         prompt = int(torch.randint(1, max(2, length // 2), (1,), generator=g))
@@ -84,18 +86,37 @@ class SyntheticData:
         out["input_ids"], out["labels"] = ids, labels
         return out
 
+    def _rows(self, samples: list[dict[str, torch.Tensor]]) -> list[list[int]]:
+        """One row per sample, or (``synthetic_packing``) the samples packed into rows of ``seq_length``."""
+        if not self.cfg.data.synthetic_packing:
+            return [[i] for i in range(len(samples))]
+        lengths = [s["input_ids"].numel() for s in samples]
+        cap = self.cfg.training.seq_length
+        if max(lengths) > cap:
+            raise ConfigError(f"data.synthetic_packing: a sample of {max(lengths)} tokens (text up to "
+                              f"data.synthetic_max_len plus its images) does not fit a row of training.seq_length "
+                              f"{cap}; raise training.seq_length or lower data.synthetic_max_len")
+        return pack_rows(lengths, cap)
+
     def _collate(self, samples: list[dict[str, torch.Tensor]]) -> Batch:
-        width = max(s["input_ids"].numel() for s in samples)
-        b = len(samples)
+        rows = self._rows(samples)
+        width = max(sum(samples[i]["input_ids"].numel() for i in row) for row in rows)
+        samples = [samples[i] for row in rows for i in row]  # media follow the tokens' order
+        lengths = [s["input_ids"].numel() for s in samples]
+        b = len(rows)
         ids = torch.zeros(b, width, dtype=torch.long)
         labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
         seg = torch.full((b, width), -1, dtype=torch.long)
-        for r, s in enumerate(samples):
-            n = min(width, s["input_ids"].numel())
-            ids[r, :n], labels[r, :n], seg[r, :n] = s["input_ids"][:n], s["labels"][:n], 0
+        at = 0  # the next sample, in row order
+        for r, row in enumerate(rows):
+            col = 0
+            for number in range(len(row)):  # positions restart and attention stays within each sample
+                s, n = samples[at], lengths[at]
+                ids[r, col:col + n], labels[r, col:col + n], seg[r, col:col + n] = s["input_ids"], s["labels"], number
+                col, at = col + n, at + 1
         pix = [s["pixel_values"] for s in samples if "pixel_values" in s]
         batch: Batch = {"input_ids": ids, "labels": labels, "attention_mask": (seg >= 0).long(),
-                        "segment_ids": seg, "num_samples": torch.tensor(b)}
+                        "segment_ids": seg, "num_samples": torch.tensor(len(samples))}
         if pix:
             media_keys = {k for s in samples for k in s if k not in ("input_ids", "labels")}
             for key in sorted(media_keys):
@@ -128,6 +149,18 @@ class SyntheticData:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.consumed = int(state["consumed_samples"])
+
+
+def _text_length(low: int, high: int, mix: str, g: torch.Generator) -> int:
+    """A sample's text length in ``[low, high]``: uniform, or log-normal around the geometric mean
+    (sigma a quarter of the range's log width, so about 95% fall inside before clipping)."""
+    if mix == "uniform" or low >= high:
+        return int(torch.randint(low, high + 1, (1,), generator=g))
+    if mix != "lognormal":
+        raise ConfigError(f"data.synthetic_lengths: unknown value '{mix}'; valid: uniform, lognormal")
+    mu, sigma = math.log(math.sqrt(low * high)), math.log(high / low) / 4
+    drawn = float(torch.empty(1).log_normal_(mu, sigma, generator=g))
+    return min(high, max(low, round(drawn)))
 
 
 def _family_image(cfg: FinetuneConfig, hf_config: dict[str, Any]) -> Any:
