@@ -21,7 +21,10 @@ ranks. The loss targets and token weights (computed with every loss type's globa
 full sequence, see ``loss.prepare_window``) are split the same way; a rank's loss is its share of
 the micro-batch loss, and the shares add up. Gradients of parameters replicated over cp are
 summed by FSDP2 over the flattened ``dp x cp`` mesh; it averages over ``dp x cp`` ranks, so each
-cp rank's loss is scaled by ``cp`` for backward (``MicroBatch.cp_scale``).
+cp rank's loss is scaled by ``cp`` for backward (``MicroBatch.cp_scale``). An MoE router's
+auxiliary loss is not scaled: each cp rank's is computed on its own tokens, and FSDP2 averages
+them. Not split: the vision towers and the embedding output (every cp rank computes them whole,
+then keeps its chunks); pipeline stages pass each rank's chunks on.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mm_core.engine.context_parallel_attention import context_parallel_attention
+from mm_core.engine.context_parallel_attention import context_parallel_attention, one_sample_per_row
 from mm_core.errors import ConfigError
 
 
@@ -65,10 +68,12 @@ class ContextParallel:
     def _split_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """``text_decoder(hidden, cos, sin, segment_ids, cache)``: keep this rank's chunks of the
         hidden states (whole on the stage with the embedding) and of the rotary tables."""
-        hidden, cos, sin, *rest = args
+        hidden, cos, sin, segment_ids, *rest = args
         if hasattr(module, "embedding"):
             hidden = self.split(hidden, 1)
-        return (hidden, self.split(cos, -2), self.split(sin, -2), *rest), kwargs
+        if segment_ids is not None and one_sample_per_row(segment_ids):
+            segment_ids = None  # decided once per forward, not in every layer
+        return (hidden, self.split(cos, -2), self.split(sin, -2), segment_ids, *rest), kwargs
 
     def install(self, model: nn.Module, what: str) -> int:
         """Route ``model``'s text decoder through cp; returns how many attention layers it covers.

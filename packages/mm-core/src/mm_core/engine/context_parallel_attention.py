@@ -138,10 +138,9 @@ def one_sample_per_row(segment_ids: torch.Tensor) -> bool:
 def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor | None,
                                scale: float, group: dist.ProcessGroup, rank: int) -> torch.Tensor:
     """This rank's queries ``[B, H, 2c, D]`` (chunks ``rank`` and ``2cp-1-rank``) against every rank's
-    keys; ``segment_ids`` ``[B, 2c * cp]`` are the whole sequence's. Returns ``[B, H, 2c, D]``."""
+    keys; ``segment_ids`` ``[B, 2c * cp]`` are the whole sequence's (None where ``one_sample_per_row``,
+    which the caller decides once per forward). Returns ``[B, H, 2c, D]``."""
     k_all, v_all = gather_sequence(k, group), gather_sequence(v, group)
-    if segment_ids is not None and one_sample_per_row(segment_ids):
-        segment_ids = None
     if _use_flash(q, segment_ids):  # once for both chunks (their key ranges are views of one tensor)
         k_all, v_all = _flash_heads(q, k_all, v_all)
     c = q.shape[2] // 2
