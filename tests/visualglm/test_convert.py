@@ -156,6 +156,22 @@ def test_probe_tells_the_qkv_order_of_a_sat_copy(order: str, tmp_path: Path, cap
     assert_same(formats.read_sat(back)[0], sat)
 
 
+def test_default_probe_reads_the_directory_tokenizer(tmp_path: Path, capsys) -> None:
+    """Without --cfg.probe_ids the probe is a fixed sentence through the SAT directory's ice_text.model."""
+    from mm_visualglm.qkv_probe import PROBE_TEXT
+    from mm_visualglm.testing_tokenizer import save_tiny_tokenizer, tokenizer_ids
+    from mm_visualglm.tokenizer import ChatGLMTokenizer
+
+    file = save_tiny_tokenizer(tmp_path / "sat")
+    config = tiny_config_dict(qformer_layers=2, ids=tokenizer_ids(file))
+    state = trained_state(config, ChatGLMTokenizer(file).encode(PROBE_TEXT))
+    sat = {**mm_to_source(state, config, "sat", qkv_order="interleaved"), **formats.make_unused(config, "sat", torch.float32)}
+    formats.write_sat(tmp_path / "sat", sat, formats.sat_config_of_hf(config))
+    mm = to_mm(tmp_path / "sat", tmp_path / "mm")
+    assert "q/k/v rows are interleaved" in capsys.readouterr().out
+    assert (mm / "ice_text.model").is_file()  # the tokenizer travels with the weights
+
+
 def test_probe_refuses_a_checkpoint_it_cannot_tell(tiny, tmp_path: Path) -> None:
     from mm_core.errors import ConfigError
 
