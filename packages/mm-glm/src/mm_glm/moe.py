@@ -77,22 +77,32 @@ class GroupedExperts(nn.Module):
     def __init__(self, hidden: int, cfg: MoeConfig, *, device=None, dtype=None):
         super().__init__()
         e, i = cfg.num_experts, cfg.moe_intermediate_size
+        self.num_experts = e  # all of the layer's experts (this rank holds E / ep of them under expert parallel)
+        self.ep_group = None  # set by mm_glm.moe_ep.shard_experts
         self.weight1 = nn.Parameter(torch.empty(e, hidden, 2 * i, device=device, dtype=dtype))
         self.weight2 = nn.Parameter(torch.empty(e, i, hidden, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``[N, H]``, ``chosen``/``weights`` ``[N, k]`` -> (output ``[N, H]``, rows per expert ``[E]``)."""
+        if self.ep_group is not None:  # this rank holds some of the experts: all-to-all dispatch and combine
+            from mm_core.engine.expert_parallel import experts_forward_ep
+
+            return experts_forward_ep(x, chosen, weights, self.run, self.num_experts, self.ep_group)
         k = chosen.shape[1]
         flat = chosen.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.weight1.shape[0])
+        counts = torch.bincount(flat, minlength=self.num_experts)
         token = order // k
-        grouped = get_kernel("grouped_mm", x.device.type)
-        h = grouped(x[token], self.weight1, counts)
-        h = grouped(get_kernel("swiglu", x.device.type)(h), self.weight2, counts)
+        h = self.run(x[token], counts)
         h = h * weights.reshape(-1)[order].unsqueeze(-1)  # fp32 weights, as transformers multiplies them
         out = torch.zeros_like(x).index_add_(0, token, h.to(x.dtype))
         return out, counts
+
+    def run(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The experts held here on ``rows`` sorted by (local) expert, ``counts[e]`` rows each."""
+        grouped = get_kernel("grouped_mm", rows.device.type)
+        h = grouped(rows, self.weight1, counts)
+        return grouped(get_kernel("swiglu", rows.device.type)(h), self.weight2, counts)
 
 
 class MoeMLP(nn.Module):
