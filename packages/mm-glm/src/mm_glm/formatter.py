@@ -20,19 +20,17 @@ Thinking replies (``<think>...</think><answer>...</answer>``) train on the whole
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from mm_core.data.bad_records import BadRecord
-from mm_core.data.config import DataConfig
-from mm_core.data.hf_processor import load_processor, processor_fingerprint
+from mm_core.data.hf_processor import processor_fingerprint
 from mm_core.data.label_spans import tokenize_with_labels
 from mm_core.data.media import image_size, load_image, load_video
+from mm_core.data.processor_formatter import ProcessorFormatter
 from mm_core.data.records import Sample
 from mm_core.data.video_times import probe_video, video_seconds
-from mm_core.errors import ConfigError
 from mm_glm.template import END_OF_TEXT, IMAGE_TOKEN, VIDEO_TOKEN, image_text, render, video_text
 
 FORMATTER_VERSION = "glm4v-1"
@@ -43,43 +41,11 @@ def pixel_size(min_pixels: int, max_pixels: int, frames: int) -> dict[str, int]:
     return {"shortest_edge": min_pixels * frames, "longest_edge": max_pixels * frames}
 
 
-class Glm4vFormatter:
-    """Turns a :class:`~mm_core.data.records.Sample` into GLM-4.1V model inputs.
-
-    The processor is loaded lazily and dropped when pickled, so DataLoader workers each load their
-    own copy instead of receiving a large pickled tokenizer.
-    """
+class Glm4vFormatter(ProcessorFormatter):
+    """Turns a :class:`~mm_core.data.records.Sample` into GLM-4.1V model inputs."""
 
     template = "glm4v"
-
-    def __init__(self, data_config: DataConfig):
-        self.config = data_config
-        pre = data_config.preprocess_parameters
-        if not pre.model_name_or_path:
-            raise ConfigError("preprocess_parameters.model_name_or_path is empty: give the GLM-4.1V HF model "
-                              "directory that holds tokenizer.json and the processor files")
-        if not Path(pre.model_name_or_path).is_dir():
-            raise ConfigError(f"preprocess_parameters.model_name_or_path: '{pre.model_name_or_path}' is not a directory")
-        self._processor: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "_processor": None}
-
-    # -- processor ---------------------------------------------------------------------------
-
-    @property
-    def processor(self) -> Any:
-        if self._processor is None:
-            self._processor = load_processor(self.config.preprocess_parameters.model_name_or_path)
-        return self._processor
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.processor.tokenizer
-
-    @property
-    def pad_token_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
+    model_dir_holds = "tokenizer.json and the processor files (the GLM-4.1V HF model directory)"
 
     @property
     def image_token_id(self) -> int:

@@ -23,6 +23,7 @@ from mm_core.data.config import DataConfig
 from mm_core.data.hf_processor import processor_fingerprint
 from mm_core.data.label_spans import tokenize_with_labels
 from mm_core.data.media import image_size, load_image
+from mm_core.data.processor_formatter import require_model_dir
 from mm_core.data.records import Sample
 from mm_core.errors import ConfigError
 from mm_internvl.template import IMAGE_CONTEXT, render
@@ -93,11 +94,7 @@ class InternVLFormatter:
     def __init__(self, data_config: DataConfig):
         self.config = data_config
         pre = data_config.preprocess_parameters
-        if not pre.model_name_or_path:
-            raise ConfigError("preprocess_parameters.model_name_or_path is empty: give the HF model directory "
-                              "that holds config.json and the tokenizer files")
-        if not Path(pre.model_name_or_path).is_dir():
-            raise ConfigError(f"preprocess_parameters.model_name_or_path: '{pre.model_name_or_path}' is not a directory")
+        require_model_dir(data_config, "config.json and the tokenizer files")
         if not 1 <= pre.min_dynamic_patch <= pre.max_dynamic_patch:
             raise ConfigError(f"preprocess_parameters: min_dynamic_patch {pre.min_dynamic_patch} and max_dynamic_patch "
                               f"{pre.max_dynamic_patch} need 1 <= min <= max")

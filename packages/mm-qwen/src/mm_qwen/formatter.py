@@ -12,61 +12,26 @@ the processor does) and a token is a label when it starts inside an assistant re
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from mm_core.data.config import DataConfig
-from mm_core.data.hf_processor import load_processor, processor_fingerprint
+from mm_core.data.hf_processor import processor_fingerprint
 from mm_core.data.label_spans import tokenize_with_labels
 from mm_core.data.media import image_size, load_image, load_video, video_shape
 from mm_core.data.placeholders import expand_placeholders
+from mm_core.data.processor_formatter import ProcessorFormatter
 from mm_core.data.records import Sample
-from mm_core.errors import ConfigError
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 FORMATTER_VERSION = "qwen2vl-1"
 
 
-class Qwen2VLFormatter:
-    """Turns a :class:`~mm_core.data.records.Sample` into Qwen2.5-VL model inputs.
-
-    The processor is loaded lazily and dropped when pickled, so DataLoader workers each load
-    their own copy instead of receiving a large pickled tokenizer.
-    """
+class Qwen2VLFormatter(ProcessorFormatter):
+    """Turns a :class:`~mm_core.data.records.Sample` into Qwen2.5-VL model inputs."""
 
     template = "qwen2vl"
-
-    def __init__(self, data_config: DataConfig):
-        self.config = data_config
-        pre = data_config.preprocess_parameters
-        if not pre.model_name_or_path:
-            raise ConfigError("preprocess_parameters.model_name_or_path is empty: give the HF model directory "
-                              "that holds the tokenizer and processor files")
-        if not Path(pre.model_name_or_path).is_dir():
-            raise ConfigError(f"preprocess_parameters.model_name_or_path: '{pre.model_name_or_path}' is not a directory")
-        self._processor: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "_processor": None}
-
-    # -- processor ---------------------------------------------------------------------------
-
-    @property
-    def processor(self) -> Any:
-        if self._processor is None:
-            self._processor = load_processor(self.config.preprocess_parameters.model_name_or_path)
-        return self._processor
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.processor.tokenizer
-
-    @property
-    def pad_token_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
 
     @property
     def image_token_id(self) -> int:
