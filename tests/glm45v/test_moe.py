@@ -141,3 +141,19 @@ def test_counts_and_balance_loss_match_transformers(tiny: Path) -> None:
     assert rows < batch["input_ids"].numel()
     assert sorted(counts) == [1, 2] and all(int(c.sum()) == 2 * rows for c in counts.values())
     assert ours.take_expert_counts() == {}  # taken: reset until the next forward
+
+
+def test_stats_cross_a_bf16_stage_boundary_to_24_bits() -> None:
+    """Pipeline stages pass the balance-loss sums as one extra bf16 position, three parts per value."""
+    from mm_glm.moe_aux import pack_stats, unpack_stats
+
+    probs = torch.tensor([1234.5678, 0.00123, 98765.4, 3.0], requires_grad=True)
+    counts = torch.tensor([1_000_003.0, 0.0, 77.0, 16_777_215.0])  # integers up to 2**24 - 1 stay exact
+    hidden = torch.randn(2, 5, 16, dtype=torch.bfloat16)
+    sent = pack_stats(hidden, probs, counts)
+    assert sent.shape == (2, 6, 16) and sent.dtype == torch.bfloat16
+    got_hidden, got_probs, got_counts = unpack_stats(sent, 4)
+    assert torch.equal(got_hidden, hidden) and torch.equal(got_counts, counts)
+    torch.testing.assert_close(got_probs, probs.detach(), rtol=2**-22, atol=0)
+    got_probs.sum().backward()  # the gradient reaches the sending stage's sums unchanged
+    assert torch.equal(probs.grad, torch.ones(4))

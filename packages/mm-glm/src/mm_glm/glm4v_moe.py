@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mm_core.errors import ConfigError
 from mm_core.kernels.reference import mrope_cos_sin
 from mm_core.layout import StagePlan
 from mm_glm.config import GlmConfig
@@ -76,6 +77,11 @@ class Glm4vMoeModel(Glm4vModel):
         """``(S, C)`` of this stage's MoE layers plus what earlier stages sent."""
         moe = self.config.text.moe
         logits = [s for _, mlp in self.moe_layers() for s in mlp.router_stats]
+        valid = self._valid_rows
+        if logits and valid is not None and valid.numel() != logits[0].shape[0]:
+            raise ConfigError(f"the router balance loss sees {logits[0].shape[0]} of the batch's {valid.numel()} tokens "
+                              "(context parallel splits the sequence); it needs them all: set parallel.cp 1 or "
+                              "training.router_aux_loss_coef 0")
         device = next(self.parameters()).device
         probs, counts = (router_sums(logits, moe.num_experts, moe.top_k, self._valid_rows) if logits else
                          (torch.zeros(moe.num_experts, device=device), torch.zeros(moe.num_experts, device=device)))
