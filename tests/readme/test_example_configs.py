@@ -15,6 +15,8 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,8 @@ CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "examples").rgl
 # family and (vision blocks, LLM layers) of the published checkpoints the configs name
 REAL_MODELS = {"Qwen2.5-VL-3B-Instruct": ("qwen", (32, 36)), "Qwen2.5-VL-7B-Instruct": ("qwen", (32, 28)),
                "Qwen2.5-VL-72B-Instruct": ("qwen", (32, 80)), "GLM-4.1V-9B-Thinking": ("glm", (24, 40)),
-               "InternVL3-8B": ("internvl", (24, 28)), "InternVL3-78B": ("internvl", (45, 80))}
+               "InternVL3-8B": ("internvl", (24, 28)), "InternVL3-78B": ("internvl", (45, 80)),
+               "visualglm-6b-mm": ("visualglm", (39, 28))}
 
 
 def documented_launches(path: Path) -> list[tuple[int, list[str]]]:
@@ -50,26 +53,38 @@ def documented_launches(path: Path) -> list[tuple[int, list[str]]]:
     return out
 
 
+def documented_steps(path: Path) -> list[list[str]]:
+    """The ``python -m ...`` commands a config's comments say to run before it (data, a tiny model)."""
+    comments = [line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    return [shlex.split(c, comments=True) for c in comments if c.startswith("python -m ")]
+
+
 def _model_dir(target: Path, processor_files: Path, layers: tuple[int, int]) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for f in processor_files.iterdir():
         if f.suffix != ".safetensors":
             shutil.copy(f, target / f.name)
     cfg = json.loads((target / "config.json").read_text())
-    vision = cfg["vision_config"]
-    vision["depth" if "depth" in vision else "num_hidden_layers"], cfg["text_config"]["num_hidden_layers"] = layers
-    cfg["text_config"].pop("layer_types", None)  # per-layer list of the tiny model: rebuilt from the count
+    if "eva_config" in cfg:  # VisualGLM: ChatGLM's and the EVA ViT's own keys
+        cfg["eva_config"]["num_layers"], cfg["num_layers"] = layers
+    else:
+        vision = cfg["vision_config"]
+        vision["depth" if "depth" in vision else "num_hidden_layers"], cfg["text_config"]["num_hidden_layers"] = layers
+        cfg["text_config"].pop("layer_types", None)  # per-layer list of the tiny model: rebuilt from the count
     (target / "config.json").write_text(json.dumps(cfg))
 
 
-def _dataset(dataset_dir: Path, records_file: Path, internvl: bool = False) -> None:
-    """Three image records under ``dataset_dir``: mllm JSON, or InternVL's own (JSON or jsonl)."""
+def _dataset(dataset_dir: Path, records_file: Path, internvl: bool = False, fewshot: bool = False) -> None:
+    """Three image records under ``dataset_dir``: mllm JSON, InternVL's own (JSON or jsonl), or
+    VisualGLM's few-shot list."""
     rng = np.random.default_rng(0)
     (dataset_dir / "pics").mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (56, 84, 3), dtype=np.uint8)).save(dataset_dir / "pics" / f"{i}.jpg")
-        if internvl:
+        if fewshot:
+            records.append({"img": f"pics/{i}.jpg", "prompt": "What is it?", "label": f"Thing {i}."})
+        elif internvl:
             records.append({"image": f"pics/{i}.jpg", "conversations": [
                 {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": f"Thing {i}."}]})
         else:
@@ -84,6 +99,10 @@ def _dataset(dataset_dir: Path, records_file: Path, internvl: bool = False) -> N
 
 def _tiny_family_dir(family: str, path: Path) -> Path:
     """A tiny random model of the family with its processor files (config.json gives the structure)."""
+    if family == "visualglm":
+        from mm_visualglm.tiny_example import write_example
+
+        return write_example(path) / "model"
     if family == "internvl":
         from mm_internvl.tiny import save_tiny_model as save_internvl
         from mm_internvl.tokenizer import TOKEN_IDS, VOCAB_SIZE, save_offline_processor
@@ -124,15 +143,18 @@ def workdir(tmp_path, monkeypatch, processor_files):
 
     def prepare(config: str) -> dict:
         raw = yaml.safe_load((ROOT / config).read_text())
-        hf_dir = raw["model"].get("hf_dir")
-        if hf_dir:
+        for step in documented_steps(ROOT / config):
+            subprocess.run([sys.executable, *step[1:]], check=True, cwd=tmp_path, capture_output=True)
+        hf_dir = raw["model"].get("hf_dir") or raw["model"].get("mm_dir")
+        if hf_dir and not (tmp_path / hf_dir).exists():
             family, layers = REAL_MODELS.get(Path(hf_dir).name, ("qwen", (4, 4)))
             _model_dir(tmp_path / hf_dir, processor_files(family), layers)
         basic = (raw["data"].get("config") or {}).get("basic_parameters")
         if basic and "data_path" in basic:  # InternVL's names: records relative to the working dir
             _dataset(tmp_path / basic["data_folder"], tmp_path / basic["data_path"], internvl=True)
-        elif basic:
-            _dataset(tmp_path / basic["dataset_dir"], tmp_path / basic["dataset_dir"] / basic["dataset"])
+        elif basic and not (tmp_path / basic["dataset_dir"] / basic["dataset"]).exists():
+            _dataset(tmp_path / basic["dataset_dir"], tmp_path / basic["dataset_dir"] / basic["dataset"],
+                     fewshot=basic.get("template") == "visualglm")
         return raw
 
     return prepare
@@ -155,4 +177,8 @@ def test_example_config_validates_and_inspects(config, workdir, capsys):
     if raw["data"].get("source") == "synthetic":
         assert "synthetic" in out and "no records to inspect" in out
     else:
-        assert "usable: 3" in out and "bad records: none" in out, out
+        basic = raw["data"]["config"]["basic_parameters"]
+        file = Path(basic["data_path"]) if "data_path" in basic else Path(basic["dataset_dir"]) / basic["dataset"]
+        text = file.read_text()
+        n = len(text.splitlines()) if file.suffix == ".jsonl" else len(json.loads(text))
+        assert f"usable: {n}" in out and "bad records: none" in out, out

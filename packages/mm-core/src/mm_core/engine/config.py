@@ -189,9 +189,13 @@ def parse_finetune_config(argv: Sequence[str], prog: str = "mm-run finetune") ->
 
 
 def load_hf_config(cfg: FinetuneConfig) -> dict[str, Any]:
-    """The model's HF-style config dict: inline, or the HF directory's config.json."""
+    """The model's HF-style config dict: inline, the HF directory's config.json, or else the mm
+    directory's (mm-convert copies config.json there, so an mm dir stands on its own)."""
     if cfg.model.hf_config is not None:
         return dict(cfg.model.hf_config)
+    if cfg.model.hf_dir is None and cfg.model.mm_dir is not None:
+        return load_hf_config_file(cfg.model.mm_dir, hint="model.mm_dir has no config.json (not written by "
+                                   "mm-convert?): also give model.hf_dir, the original HF directory")
     if cfg.model.hf_dir is None:
         raise ConfigError("model.hf_dir: required (the HF directory to take the model config from), "
                           "or give model.hf_config inline")
