@@ -170,7 +170,7 @@ def test_example_config_validates_and_inspects(config, workdir, capsys):
     for world, overrides in launches:
         cfg = parse_finetune_config(["--config", config, *overrides])
         layout = validate(cfg, world)
-        assert layout.tp * layout.pp * layout.dp == world
+        assert layout.tp * layout.pp * layout.dp * layout.cp == world
     capsys.readouterr()
     assert mm_run(["data", "inspect", config]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
