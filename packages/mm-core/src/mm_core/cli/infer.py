@@ -68,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, npu")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--iteration", help="mm dir: which iteration to load (default: latest)")
+    p.add_argument("--lora", help="LoRA adapters directory (<save>/iter_N/lora) to apply on top of --model")
+    p.add_argument("--no-check-base", action="store_true",
+                   help="--lora: skip the check that --model is the base the adapters were trained on")
     p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: the number of processes; "
                                                         "alone, it starts that many)")
     add_launcher_arguments(p.add_argument_group("launcher (torchrun)"))
@@ -128,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, DTYPES[args.dtype])
     loaded = load_model(args)
     model, device, main_rank = loaded.model, loaded.device, loaded.is_main
+    if args.lora:
+        from mm_core.cli.infer_lora import attach_adapters
+
+        attach_adapters(model, args.lora, src.model_dir, mm=src.mm, check_base=not args.no_check_base)
     gen_dir = src.gen_dir
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

@@ -98,6 +98,9 @@ def check_model(args: argparse.Namespace, world: int) -> None:
     from mm_core.inference.tensor_parallel import check_tp
 
     tp = args.tp or world
+    if getattr(args, "lora", None) and tp > 1:
+        raise ConfigError("--lora: adapters are applied in one process; for tensor-parallel inference merge them "
+                          "first (mm-run lora merge --base ... --adapters ... --out ...) and pass the merged --model")
     if tp != world:
         raise ConfigError(f"--tp {tp}: must equal the number of processes ({world}): each process holds one "
                           "tensor-parallel shard of the model; set --nproc-per-node to the tp size")
