@@ -55,7 +55,7 @@ def test_hf_to_dcp_then_dcp_to_hf_is_bit_exact(hf: Path, tmp_path: Path) -> None
 
     out = tmp_path / "hf_out"
     assert main(["ExpertMergeDcpConverter", "dcp_to_hf", "--hf_dir", str(hf), "--dcp_dir", str(save / "release"),
-                 "--save_dir", str(out), "--max_shard_size_gb", "0.0001"]) == 0
+                 "--save_dir", str(out), "--max_shard_size_gb", "0.0001", "--block_mb", "0.05"]) == 0  # 1 expert a read
     back = _tensors(out)
     assert sorted(back) == sorted(src)
     for k, t in src.items():
@@ -80,3 +80,66 @@ def test_missing_expert_and_foreign_checkpoint_are_named(hf: Path, tmp_path: Pat
                  str(tmp_path / "x")]) == 1
     assert "layer 2 lacks 1 expert tensor(s)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+MEMORY_SCRIPT = """
+import sys
+from mm_convert.cli import main
+
+def status(field):  # kB figures of /proc/self/status (Linux)
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
+
+warm, verb, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+# the same conversion of a small model first: imports and parsers are in memory before the baseline
+assert main(["ExpertMergeDcpConverter", verb, *[a.replace("/big/", "/small/") for a in args]]) == 0
+open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) from the resident size now
+base = status("VmRSS:")
+assert main(["ExpertMergeDcpConverter", verb, *args]) == 0
+print(status("VmHWM:") - base)
+"""
+
+
+def _expert_dir(path: Path, e: int, h: int, i: int) -> dict[str, torch.Tensor]:
+    """config.json and one MoE layer's per-expert tensors (what the converter moves)."""
+    from safetensors.torch import save_file
+
+    from mm_glm.tiny_moe import tiny_moe_config_dict
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(tiny_moe_config_dict(experts=e, moe_intermediate=i, hidden=h,
+                                                                      text_layers=2)))
+    g = torch.Generator().manual_seed(0)
+    prefix = "model.language_model.layers.1.mlp.experts."
+    tensors = {}
+    for x in range(e):
+        tensors[f"{prefix}{x}.gate_proj.weight"] = torch.randn(i, h, generator=g)
+        tensors[f"{prefix}{x}.up_proj.weight"] = torch.randn(i, h, generator=g)
+        tensors[f"{prefix}{x}.down_proj.weight"] = torch.randn(h, i, generator=g)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return tensors
+
+
+def test_merged_experts_never_exist_whole_in_memory(tmp_path: Path) -> None:
+    """One MoE layer of 64 experts (merged gate/up: 128 MiB): both directions grow the peak RSS by
+    far less than one merged tensor (they move one expert, 2 MiB, or one read block at a time)."""
+    import subprocess
+    import sys
+
+    e, h, i = 64, 1024, 256
+    tensors = _expert_dir(tmp_path / "big" / "hf", e, h, i)
+    _expert_dir(tmp_path / "small" / "hf", 2, 64, 16)
+    merged = e * h * 2 * i * 4
+
+    def peak_growth(verb: str, *args: str) -> int:
+        proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, "warm", verb, *args], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return int(proc.stdout.strip().splitlines()[-1])
+
+    big = tmp_path / "big"
+    grow_in = peak_growth("hf_to_dcp", "--hf_dir", str(big / "hf"), "--save_dir", str(big / "dcp"))
+    grow_out = peak_growth("dcp_to_hf", "--hf_dir", str(big / "hf"), "--dcp_dir", str(big / "dcp"), "--save_dir",
+                           str(big / "out"), "--block_mb", "2")
+    assert grow_in < merged / 4 and grow_out < merged / 4, (grow_in, grow_out, merged)
+    back = _tensors(big / "out")
+    assert all(torch.equal(back[k], t) for k, t in tensors.items()) and len(back) == len(tensors)

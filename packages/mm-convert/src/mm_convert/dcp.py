@@ -59,16 +59,25 @@ def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True) -
     save_lazily(metas, make, out, progress=progress)
 
 
-def save_lazily(state: dict[str, Any], make: dict[str, Any], out: Path, *, progress: bool = True) -> None:
+def save_lazily(state: dict[str, Any], make: dict[str, Any], out: Path, *, progress: bool = True,
+                chunk_rows: dict[str, int] | None = None) -> None:
     """``dcp.save`` of ``state`` (meta tensors, nested dicts and plain values allowed) into the new
-    directory ``out``, each tensor made by ``make[flattened name]()`` only when the writer asks for it."""
+    directory ``out``, each tensor made by ``make[flattened name]()`` only when the writer asks for it;
+    a tensor named in ``chunk_rows`` is written as blocks of that many rows, ``make[name](block)``
+    (``mm_convert.dcp_chunks``)."""
     total = sum(int(m.numel() * m.element_size()) for m in _tensors(state))
     bar = Progress(total, "write dcp", progress)
     out.mkdir(parents=True)
+    if chunk_rows:
+        from mm_convert.dcp_chunks import ChunkedLazyPlanner
+
+        planner: DefaultSavePlanner = ChunkedLazyPlanner(make, bar, chunk_rows)
+    else:
+        planner = _LazyPlanner(make, bar)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no process group: running as a single process"
         dcp.save(state, storage_writer=dcp.FileSystemWriter(str(out), thread_count=1, single_file_per_rank=False),
-                 planner=_LazyPlanner(make, bar), no_dist=True)
+                 planner=planner, no_dist=True)
     bar.close()
 
 

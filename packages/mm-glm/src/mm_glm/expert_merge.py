@@ -12,8 +12,9 @@ experts merged; this converter writes and reads exactly that checkpoint:
 
 ``dcp_to_hf`` reads such a directory (or the save dir), splits the experts back into the Hub's
 per-expert tensors (bit-exact), writes safetensors shards of at most 4 GB with a fresh index, and
-copies config, tokenizer and processor files from ``--hf_dir``. Both directions stream: one merged
-tensor is built (or read) at a time.
+copies config, tokenizer and processor files from ``--hf_dir``. Both directions stream: a merged
+tensor is written one expert block at a time (DCP row chunks, ``mm_convert.dcp_chunks``) and read a
+few experts at a time, so it never exists whole in memory (GLM-4.5V: 2.95 GB a layer in bf16).
 """
 
 from __future__ import annotations
@@ -71,24 +72,30 @@ class ExpertMergeDcpConverter:
         reader = HFReader(hf_dir)
         merged = _merge_plan(reader.order, experts, layers, hf_dir)
         metas: dict[str, torch.Tensor] = {}
-        make: dict[str, Callable[[], torch.Tensor]] = {}
+        make: dict[str, Callable[..., torch.Tensor]] = {}
+        chunk_rows: dict[str, int] = {}
         for key, (op, parts) in merged.items():
             shapes = [tuple(reader.infos[p].meta().shape) for p in parts]
             e, rows, cols = op.forward_shape(shapes)
             metas[DCP_PREFIX + key] = torch.empty(e * rows, cols, dtype=reader.infos[parts[0]].meta().dtype,
                                                   device="meta")
-            make[f"{STATE_KEY}.{DCP_PREFIX}{key}"] = (
-                lambda op=op, parts=parts: op.forward([reader.read(p) for p in parts]).flatten(0, 1))
+            fqn = f"{STATE_KEY}.{DCP_PREFIX}{key}"
+            chunk_rows[fqn] = rows  # written one expert at a time: the merged tensor never exists whole
+            per = op.arity // e
+            one = type(op)(1)  # the same transform for a single expert
+            make[fqn] = lambda block, parts=parts, per=per, one=one: one.forward(
+                [reader.read(p) for p in parts[block * per:(block + 1) * per]])[0].contiguous()
         for key in reader.order:
             if not EXPERT.match(key):
                 metas[DCP_PREFIX + key] = reader.infos[key].meta()
                 make[f"{STATE_KEY}.{DCP_PREFIX}{key}"] = lambda key=key: reader.read(key)
         with atomic_dir(save_dir, overwrite, "--overwrite") as tmp:
-            save_lazily({STATE_KEY: metas, "checkpoint_version": CHECKPOINT_VERSION}, make, tmp / "release")
+            save_lazily({STATE_KEY: metas, "checkpoint_version": CHECKPOINT_VERSION}, make, tmp / "release",
+                        chunk_rows=chunk_rows)
             write_latest(tmp, "release")
 
     def dcp_to_hf(self, hf_dir: str, dcp_dir: str, save_dir: str, overwrite: bool = False,
-                  trust_remote_code: bool = False, max_shard_size_gb: float = 4.0) -> None:
+                  trust_remote_code: bool = False, max_shard_size_gb: float = 4.0, block_mb: float = 256.0) -> None:
         """Write a merged-expert DCP checkpoint (e.g. ``save_dir/release``) back as an HF directory.
 
         Args:
@@ -98,7 +105,9 @@ class ExpertMergeDcpConverter:
             overwrite: replace a non-empty save_dir
             trust_remote_code: accepted for the reference's command line; nothing runs model code
             max_shard_size_gb: largest safetensors shard (a tensor is never cut)
+            block_mb: how much of a merged expert tensor is read at a time
         """
+        block_bytes = int(block_mb * 1024**2)
         from mm_convert.output import atomic_dir, check_target
         from mm_core.checkpoint.hf import HFWriter, copy_aux_files
 
@@ -132,10 +141,19 @@ class ExpertMergeDcpConverter:
             writer = HFWriter(tmp, specs, max_shard_bytes=int(max_shard_size_gb * 1024**3))
             try:
                 for key, op, names in plan:
-                    t = source.load(key)
-                    pieces = [t] if op is None else op.inverse(t.view(experts, t.shape[0] // experts, t.shape[1]))
-                    for name, piece in zip(names, pieces):
-                        writer.write(name, piece)
+                    if op is None:
+                        writer.write(names[0], source.load(key))
+                        continue
+                    meta = source.meta(key)
+                    rows = meta.shape[0] // experts
+                    group = max(1, min(experts, block_bytes // max(1, rows * meta.shape[1] * meta.element_size())))
+                    per = len(names) // experts
+                    for first in range(0, experts, group):  # a few experts at a time, never the merged tensor
+                        n = min(group, experts - first)
+                        block = source.load_rows(key, first * rows, (first + n) * rows)
+                        pieces = type(op)(n).inverse(block.view(n, rows, meta.shape[1]))
+                        for name, piece in zip(names[first * per:(first + n) * per], pieces):
+                            writer.write(name, piece)
                 writer.close()
             except BaseException:
                 writer.abort()
@@ -200,3 +218,8 @@ class _DcpTensors:
             warnings.simplefilter("ignore")  # "no process group: running as a single process"
             dcp.load(buf, storage_reader=dcp.FileSystemReader(str(self.dir)), no_dist=True)
         return buf[self.stored[key]]
+
+    def load_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        from mm_convert.dcp_chunks import load_rows
+
+        return load_rows(self.dir, self.stored[key], start, stop, self.meta(key))
