@@ -101,8 +101,14 @@ class GroupedExperts(nn.Module):
     def run(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """The experts held here on ``rows`` sorted by (local) expert, ``counts[e]`` rows each."""
         grouped = get_kernel("grouped_mm", rows.device.type)
-        h = grouped(rows, self.weight1, counts)
-        return grouped(get_kernel("swiglu", rows.device.type)(h), self.weight2, counts)
+        w1, w2 = (_local(w).to(rows.dtype) for w in (self.weight1, self.weight2))  # ep: this rank's experts
+        h = grouped(rows, w1, counts)
+        return grouped(get_kernel("swiglu", rows.device.type)(h), w2, counts)
+
+
+def _local(w: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (expert parallel in the engine), else the tensor."""
+    return w.to_local() if hasattr(w, "to_local") else w
 
 
 class MoeMLP(nn.Module):

@@ -14,9 +14,12 @@ from torch import nn
 from mm_glm.moe import GroupedExperts
 
 
-def shard_experts(model: nn.Module, group: dist.ProcessGroup) -> int:
+def shard_experts(model: nn.Module, group: dist.ProcessGroup, mesh=None) -> int:  # noqa: ANN001
     """Keep this rank's experts of every MoE layer in ``model`` and route over ``group``; returns the
-    layers sharded. Experts must be divisible by the group size."""
+    layers sharded. Experts must be divisible by the group size. With ``mesh`` (1-D, over the same
+    ranks: the engine's), the kept experts are DTensors ``Shard(0)`` of the whole, tagged for the engine."""
+    from mm_core.engine.expert_parallel import EP_TAG
+
     ep, rank = dist.get_world_size(group), dist.get_rank(group)
     done = 0
     for name, m in model.named_modules():
@@ -28,8 +31,18 @@ def shard_experts(model: nn.Module, group: dist.ProcessGroup) -> int:
         local = m.num_experts // ep
         part = slice(rank * local, (rank + 1) * local)
         with torch.no_grad():
-            m.weight1 = nn.Parameter(m.weight1[part].clone(), requires_grad=m.weight1.requires_grad)
-            m.weight2 = nn.Parameter(m.weight2[part].clone(), requires_grad=m.weight2.requires_grad)
+            for attr in ("weight1", "weight2"):
+                old = getattr(m, attr)
+                kept = old[part].clone()
+                if mesh is not None:
+                    from torch.distributed.tensor import DTensor, Shard
+
+                    kept = DTensor.from_local(kept, mesh, [Shard(0)], run_check=False, shape=old.shape,
+                                              stride=old.stride())
+                new = nn.Parameter(kept, requires_grad=old.requires_grad)
+                if mesh is not None:
+                    setattr(new, EP_TAG, True)
+                setattr(m, attr, new)
         m.ep_group = group
         done += 1
     return done

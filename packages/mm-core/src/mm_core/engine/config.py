@@ -71,6 +71,9 @@ class ParallelConfig:
     # context parallel: the text decoder's sequence split over cp ranks (mm_core.engine.context_parallel);
     # sequences are padded to a multiple of 2 x cp (x tp with sequence parallel)
     cp: int = 1
+    # expert parallel: MoE experts sharded over the data-parallel ranks (ep = dp), tokens sent to their
+    # expert's rank by all-to-all (mm_core.engine.expert_parallel)
+    ep: int = 1
     pp_schedule: Literal["1F1B", "Interleaved1F1B", "GPipe"] = "1F1B"
     pp_pad_multiple: int = 256  # pp: a step's micro-batches are padded to a multiple of this (one schedule per length)
     device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
@@ -284,6 +287,9 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
                           "set it false or raise parallel.tp")
     _check_context_parallel(cfg)
     dp = world_size // (p.tp * p.pp * p.cp)
+    from mm_core.engine.expert_parallel import check_expert_parallel
+
+    check_expert_parallel(p.ep, dp, p.tp, p.cp)
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(f"training.global_batch_size: {t.global_batch_size} is not a multiple of "
                           f"micro_batch_size x data parallel = {t.micro_batch_size} x {dp}")

@@ -60,3 +60,62 @@ def experts_forward_ep(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Ten
     back = back * weights.reshape(-1)[order].unsqueeze(-1)
     result = torch.zeros_like(x).index_add_(0, token, back.to(x.dtype))
     return result, counts
+
+
+# -- engine wiring: ``parallel.ep`` ------------------------------------------------------------------
+# ep shards the experts over the data-parallel ranks (ep = dp; cp 1): the data mesh is the ep mesh.
+# A family's stage model offers ``shard_experts(mesh)``: it keeps its share of each MoE layer as
+# DTensors ``Shard(0)`` on that mesh (full tensors in DCP checkpoints, norms over all experts) and
+# tags them ``mm_expert_parallel``; FSDP2 leaves them alone, and their gradient, which sums every
+# rank's tokens (all-to-all backward), is divided by ep to match FSDP's mean over ranks.
+
+EP_TAG = "mm_expert_parallel"
+
+
+def check_expert_parallel(ep: int, dp: int, tp: int, cp: int) -> None:
+    """``parallel.ep``: 1, or every data-parallel rank (tp and cp 1)."""
+    from mm_core.errors import ConfigError
+
+    if ep < 1:
+        raise ConfigError(f"parallel.ep: must be >= 1, got {ep}")
+    if ep > 1 and (ep != dp or tp != 1 or cp != 1):
+        raise ConfigError(f"parallel.ep: {ep} must equal the data-parallel size ({dp}) with parallel.tp 1 and "
+                          f"parallel.cp 1 (got tp {tp}, cp {cp}); experts are sharded over the data-parallel ranks")
+
+
+def ep_group(par) -> dist.ProcessGroup:  # noqa: ANN001 - mm_core.engine.mesh.Parallel
+    """A process group of this rank's data-parallel ranks for the token all-to-alls only: FSDP2's
+    collectives run on the dp group in an order that the two ranks' autograd graphs may not share
+    (an image on one, the dummy image on the other), so the exchanges get their own channel."""
+    grid = par.mesh.mesh  # ranks [pp, dp, cp, tp]
+    mine = None
+    for p in range(grid.shape[0]):  # every rank creates every group, in the same order
+        for c in range(grid.shape[2]):
+            for t in range(grid.shape[3]):
+                ranks = grid[p, :, c, t].tolist()
+                group = dist.new_group(ranks=ranks)
+                if par.rank in ranks:
+                    mine = group
+    assert mine is not None
+    return mine
+
+
+def shard_stage_experts(model: torch.nn.Module, mesh, group: dist.ProcessGroup, what: str) -> int:
+    """Shard ``model``'s experts over ``mesh`` (the data mesh), exchanging tokens over ``group``
+    (:func:`ep_group`); returns the MoE layers sharded."""
+    from mm_core.errors import ConfigError
+
+    shard = getattr(model, "shard_experts", None)
+    if shard is None:
+        raise ConfigError(f"parallel.ep: {what} has no experts to shard (no shard_experts); set parallel.ep 1")
+    n = shard(mesh, group)
+    ep = mesh.size()
+    for p in model.parameters():
+        if getattr(p, EP_TAG, False) and p.requires_grad:
+            p.register_hook(lambda g, ep=ep: g / ep)
+    return n
+
+
+def expert_params(module: torch.nn.Module) -> set[torch.nn.Parameter]:
+    """The parameters sharded by expert parallel (FSDP2 must ignore them)."""
+    return {p for p in module.parameters() if getattr(p, EP_TAG, False)}

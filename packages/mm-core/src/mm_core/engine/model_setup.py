@@ -15,6 +15,7 @@ from torch.distributed.tensor import DTensor
 
 from mm_core.contracts import StageModel, require
 from mm_core.engine.config import FinetuneConfig, Layout
+from mm_core.engine.expert_parallel import ep_group, expert_params, shard_stage_experts
 from mm_core.engine.mesh import Parallel
 from mm_core.engine.names import StageNames
 from mm_core.engine.pipeline_grads import grad_anchor
@@ -240,11 +241,14 @@ def _apply_fsdp(stage: EngineStage, cfg: FinetuneConfig, par: Parallel) -> None:
         return
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     mesh = par.data_mesh if par.data_mesh is not None else par.mesh["dp"]  # dp x cp under context parallel
+    ignored = expert_params(stage) or None  # sharded by expert parallel instead
     for layers in _layer_lists(stage.model):
         for layer in layers:
             if any(True for _ in layer.parameters()):
-                fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.parallel.reshard_after_forward)
-    fully_shard(stage, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.parallel.reshard_after_forward)
+                fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.parallel.reshard_after_forward,
+                            ignored_params=ignored)
+    fully_shard(stage, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.parallel.reshard_after_forward,
+                ignored_params=ignored)
 
 
 def random_full_state(spec: ModelSpec, hf_config: dict[str, Any], vit_total: int, llm_total: int,
@@ -312,6 +316,7 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
     if cfg.model.random_init:
         full = random_full_state(spec, hf_config, *model_layer_counts(hf_config), cfg.training.seed)
     modules = []
+    tokens = ep_group(par) if cfg.parallel.ep > 1 else None  # expert parallel's all-to-all group
     for stage in indices:
         names = StageNames(spec.pipeline_modules, layout.placement, stage)
         if full is not None:
@@ -324,6 +329,9 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
                               rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
         else:
             model, gated = load_stage_model(cfg, spec, hf_config, layout, stage, par)
+        if cfg.parallel.ep > 1:  # experts sharded over the data mesh, before FSDP2 (engine/expert_parallel.py)
+            shard_stage_experts(model, par.data_mesh if par.data_mesh is not None else par.mesh["dp"], tokens,
+                                f"model '{spec.name}'")
         if cfg.lora is not None:  # adapters: after the tp plan, before FSDP2 (mm_core.lora)
             from mm_core.lora.engine import attach_to_stage
 
