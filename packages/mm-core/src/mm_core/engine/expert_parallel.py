@@ -84,9 +84,9 @@ def check_expert_parallel(ep: int, dp: int, tp: int, cp: int) -> None:
 
 
 def ep_group(par) -> dist.ProcessGroup:  # noqa: ANN001 - mm_core.engine.mesh.Parallel
-    """A process group of this rank's data-parallel ranks for the token all-to-alls only: FSDP2's
-    collectives run on the dp group in an order that the two ranks' autograd graphs may not share
-    (an image on one, the dummy image on the other), so the exchanges get their own channel."""
+    """A process group of this rank's data-parallel ranks for the token all-to-alls only, so that
+    they never share one channel (and its order) with FSDP2's asynchronous all-gathers and
+    reduce-scatters on the dp group."""
     grid = par.mesh.mesh  # ranks [pp, dp, cp, tp]
     mine = None
     for p in range(grid.shape[0]):  # every rank creates every group, in the same order
