@@ -108,6 +108,42 @@ def _train_step_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _goal_ratio(s: dict[str, Any]) -> str:
+    """A setting's ratio, its spread over rounds and its goal, e.g. ``1.02x ± 0.03; goal >= 1.05x: missed``."""
+    ratio, goal = _get(s, "ratio"), _get(s, "goal")
+    if ratio is None:
+        return "n/a"
+    met = "met" if ratio >= goal else "**missed**"
+    return f"{ratio:.2f}x ± {_get(s, 'ratio_std', 0):.2f}; goal >= {goal:.2f}x: {met}"
+
+
+def _peer_step_rows(r: dict[str, Any]) -> list[Row]:
+    c, s = _get(r, "config", {}), _get(r, "settings", {})
+    text = _get(c, "text", [0, 0])
+    per_sample = (text[0] + text[1]) // 2 + _get(c, "image_tokens", 0) + 2
+    work = (f"{_f(_get(c, 'params', 0) / 1e6, '.1f')}M params, {_get(c, 'image_px')} px images, "
+            f"~{per_sample} real tokens a sample, batch 2, fp32, {_get(c, 'threads_per_side')} threads on each side, "
+            f"wall clock, {_get(c, 'rounds')} interleaved round(s)")
+    tf = "transformers loop (fused AdamW)"
+    mix = _get(c, "mix_text", [0, 0])
+    mix_work = (f"{mix[0]}-{mix[1] + _get(c, 'image_tokens', 0) + 2} tokens a sample, log-normal, half with an image; "
+                f"{_get(c, 'mix_batch')} a step")
+    spec = [
+        ("full", f"(a) everything trainable: engine real tokens/s ({work})", tf),
+        ("lf_defaults", "(b) LLaMA-Factory's defaults: ViT and merger frozen, activation recompute on both sides", tf),
+        ("packing", f"(c) packed, 2 samples per {_get(c, 'row')}-token row (same samples per step)", "engine padded"),
+        ("length_mix", f"(d) length mix ({mix_work}): packed into {_get(c, 'mix_row')}-token rows; this model's "
+                       "step is mostly the LM head on loss tokens, which padding never reaches", "engine padded"),
+        ("length_mix_wide", f"(e) same mix on a model whose LLM layers dominate ("
+                            f"{_f(_get(c, 'wide_params', 0) / 1e6, '.1f')}M params: hidden "
+                            f"{_get(c, 'wide.hidden')}, {_get(c, 'wide.layers')} layers, vocab {_get(c, 'wide.vocab')})",
+         "engine padded"),
+    ]
+    return [(fig, _f(_get(s, f"{name}.ours_real_tokens_per_s"), ".0f"),
+             f"{base} {_f(_get(s, f'{name}.baseline_real_tokens_per_s'), '.0f')}", _goal_ratio(_get(s, name, {})))
+            for name, fig, base in spec]
+
+
 def _demo_rows(r: dict[str, Any]) -> list[Row]:
     acc, chance = _get(r, "accuracy_after.accuracy"), _get(r, "chance")
     total = _get(r, "total_seconds")
@@ -175,6 +211,8 @@ READERS: dict[str, tuple[str, Any]] = {
     "qwen_step": ("Model step (mm Qwen2.5-VL vs transformers)", _qwen_step_rows),
     "data": ("Data pipeline", _data_rows),
     "train_step": ("Training step and loss memory", _train_step_rows),
+    "peer_step": ("Peer workload (issue 18): small Qwen2.5-VL, engine vs a transformers loop standing in for "
+                  "LLaMA-Factory, CPU", _peer_step_rows),
     "lora": ("LoRA vs full fine-tuning (small Qwen2.5-VL)", _lora_rows),
     "demo": ("`mm-run demo` (tiny Qwen2.5-VL from random init, CPU)", _demo_rows),
     "gpu_train": ("One-GPU training step (needs CUDA)", _gpu_train_rows),
