@@ -1,6 +1,6 @@
 """The peer workload of issue 18: the mm engine vs a plain transformers loop standing in for LLaMA-Factory.
 
-    .venv/bin/python bench/peer_step.py            # 17.3M-param Qwen2.5-VL, 448 px, 5 rounds (~12 min quiet)
+    .venv/bin/python bench/peer_step.py            # 17.3M-param Qwen2.5-VL, 448 px, 5 rounds (~15 min on a quiet 2-core machine)
     .venv/bin/python bench/peer_step.py --quick    # smaller images and vocabulary, 1 round (about a minute)
 
 The model is a small Qwen2.5-VL of ~17.2M parameters (the count is printed; tied embeddings at Qwen's
@@ -22,7 +22,7 @@ covers the whole step on both sides (the data, forward, backward and optimizer).
     step is ~95% LM head on the loss tokens, which the engine never runs on padding (FlopCounterMode:
     2.5% fewer FLOPs packed), so packing has little to win on it; hence
 (e) ``length_mix_wide``: (d) on a model whose LLM layers dominate (hidden 512, 8 layers, vocab 32,768,
-    the same ViT); goal >= 1.3x.
+    the same ViT; packed, its 4 timed steps take 1.39x fewer matmul FLOPs than padded); goal >= 1.3x.
 
 Runs are interleaved: each round runs every arm once, in alternating order (ABBA), each in its own
 process. A run's figure is its real (non-padding) input tokens over the wall clock of its timed
