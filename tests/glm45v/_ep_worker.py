@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from mm_core.engine.mesh import shutdown
 from mm_glm.moe import MoeConfig, MoeMLP
 from mm_glm.moe_ep import shard_experts
 
@@ -63,7 +64,7 @@ def main(out_dir: str) -> None:
         if counts is None or int(counts.sum()) != 2 * tokens:
             bad.append(f"{case}: tokens_per_expert {counts} should count this rank's {tokens} tokens x top-2")
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(bad))
-    dist.destroy_process_group()
+    shutdown(finished=True)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,15 @@ def main(job_file: str) -> None:
     torch.set_num_threads(1)
     job = json.loads(Path(job_file).read_text())
     out = Path(job["out"])
+    finished = False
     try:
         for name, config_file in job["runs"].items():
             run_one(config_file, torch.load(job["batches"][name], weights_only=True), out / name)
         for name, hf_dir in job.get("tp_shards", {}).items():
             compare_tp_shards(hf_dir, out / "tp_shards" / name)
+        finished = True
     finally:
-        shutdown()
+        shutdown(finished)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ def run_job(job_file: str | Path) -> None:
 
     torch.set_num_threads(1)
     job = json.loads(Path(job_file).read_text())
+    finished = False
     try:
         for name, run in job["runs"].items():
             samples = torch.load(run["batches"], weights_only=True)
             run_one(run["config"], samples, Path(job["out"]) / name)
+        finished = True
     finally:
-        shutdown()
+        shutdown(finished)
 
 
 if __name__ == "__main__":

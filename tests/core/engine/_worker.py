@@ -33,6 +33,7 @@ def run(argv: list[str], out: str | Path, kill_after: int | None = None, keep_gr
         if kill_after is not None and step == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    finished = False
     try:
         records = trainer.train(on_step=on_step)
         weights = {}
@@ -49,9 +50,10 @@ def run(argv: list[str], out: str | Path, kill_after: int | None = None, keep_gr
         if rank == 0:
             (out / "records.json").write_text(json.dumps(records))
         (out / f"optim_rank{rank}.json").write_text(json.dumps({"params_with_state": opt_state}))
+        finished = True
     finally:
         if not keep_group:
-            shutdown()
+            shutdown(finished)
     return records
 
 

@@ -32,14 +32,16 @@ def run_job(job_file: str) -> None:
     job = json.loads(Path(job_file).read_text())
     out = Path(job["out"])
     engine = _engine_worker()
+    finished = False
     try:
         for name, run in job["runs"].items():
             if run.get("batches"):
                 run_one(run["config"], torch.load(run["batches"], weights_only=True), out / name)
             else:
                 engine.run(["--config", run["config"]], out / name, keep_group=True)
+        finished = True
     finally:
-        shutdown()
+        shutdown(finished)
 
 
 if __name__ == "__main__":

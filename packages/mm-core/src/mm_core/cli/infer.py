@@ -189,10 +189,13 @@ def run(args: argparse.Namespace) -> int:
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """What each launched process runs: errors are printed once (by rank 0), without a traceback."""
-    import torch.distributed as dist
+    from mm_core.engine.mesh import shutdown
 
+    finished = False
     try:
-        return run(_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
+        rc = run(_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
+        finished = True
+        return rc
     except MMError as e:
         if os.environ.get("MM_TRACEBACK"):
             raise
@@ -200,8 +203,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown(finished)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mm_core.engine.trainer import Trainer, shutdown
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    finished = False
     try:
         Trainer(cfg, yaml.safe_dump(config_to_dict(cfg), sort_keys=False)).train()
+        finished = True
     except MMError as e:  # a user error (config, layout, checkpoint): its message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        shutdown()
+        shutdown(finished)
     return 0
 
 

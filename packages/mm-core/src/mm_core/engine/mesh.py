@@ -92,3 +92,14 @@ def build_mesh(device_type: str, pp: int, tp: int, cp: int = 1) -> Parallel:
     data_mesh = mesh["dp"] if cp == 1 else mesh["dp", "cp"]._flatten("dp_cp")
     return Parallel(mesh, device, dist.get_rank(), world, pp, dp, tp, coords[0], coords[1], coords[3],
                     cp=cp, cp_rank=coords[2], data_mesh=data_mesh)
+
+
+def shutdown(finished: bool = False) -> None:
+    """Close the process groups. ``finished`` (every rank got through its work): a barrier first,
+    so no rank closes its connections while a peer still reads the last collective's data (gloo
+    then aborts the peer: 'terminate called without an active exception'). After an error there
+    is no barrier: the other ranks may never reach it, and the launcher stops them anyway."""
+    if dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()

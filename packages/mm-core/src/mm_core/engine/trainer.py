@@ -16,7 +16,7 @@ from mm_core.engine.context_parallel import ContextParallel, cp_multiple
 from mm_core.engine.data import build_data, pad_batch, padded_length
 from mm_core.engine.expert_load import step_expert_load
 from mm_core.engine.loss import LossComputer, prepare_window
-from mm_core.engine.mesh import build_mesh, init_distributed
+from mm_core.engine.mesh import build_mesh, init_distributed, shutdown  # noqa: F401  (shutdown: re-exported)
 from mm_core.engine.metrics import MetricsLogger, peak_flops, peak_memory_gb
 from mm_core.engine.model_setup import EMBEDDING, OUTPUT_LAYER, build_stages, resolve_spec
 from mm_core.engine.optim import LRSchedule, build_optimizer, clip_grad_norm
@@ -248,7 +248,3 @@ class Trainer:
             logger.close()
         return records
 
-
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

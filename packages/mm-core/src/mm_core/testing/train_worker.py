@@ -82,13 +82,15 @@ def run_all(job_file: str | Path) -> None:
     torch.set_num_threads(1)
     job = json.loads(Path(job_file).read_text())
     samples = torch.load(job["batches"], weights_only=True)
+    finished = False
     try:
         for name, config_file in job["runs"].items():
             run_one(config_file, samples, Path(job["out"]) / name)
         if job.get("tp_shards"):
             compare_tp_shards(job["tp_shards"], Path(job["out"]) / "tp_shards")
+        finished = True
     finally:
-        shutdown()
+        shutdown(finished)
 
 
 if __name__ == "__main__":
