@@ -197,6 +197,20 @@ def _lora_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _long_context_rows(r: dict[str, Any]) -> list[Row]:
+    rss, seq = _get(r, "peak_rss_gb_per_rank", {}), _get(r, "sequence_gb_per_rank", {})
+    model = f"hidden {_get(r, 'model.hidden_size')}, {_get(r, 'model.num_hidden_layers')} LLM layers"
+    return [
+        (f"peak RSS per rank, one {_get(r, 'seq')}-token sample, context parallel 2 ({model}, CPU, fp32)",
+         _f(rss.get("2"), ".2f", " GB"), f"cp 1 {_f(rss.get('1'), '.2f', ' GB')}",
+         _ratio(rss["2"] / rss["1"] if rss.get("1") and rss.get("2") else None)),
+        ("same, memory the sequence costs per rank (activations and transients of a step)",
+         _f(seq.get("2"), ".2f", " GB"), f"cp 1 {_f(seq.get('1'), '.2f', ' GB')}",
+         _ratio(seq["2"] / seq["1"] if seq.get("1") and seq.get("2") else None)),
+        ("same, last loss equal to cp 1", str(_get(r, "losses_equal")), "-", "-"),
+    ]
+
+
 def _packed_attention_rows(r: dict[str, Any]) -> list[Row]:
     return [(f"packed attention fwd+bwd ({_get(r, 'device')}, {_get(r, 'rows')}x{_get(r, 'seq')} tokens, "
              f"{_get(r, 'samples_per_row')} samples/row)", _f(_get(r, "flash_varlen_ms"), ".2f", " ms"),
@@ -214,6 +228,7 @@ READERS: dict[str, tuple[str, Any]] = {
     "peer_step": ("Peer workload (issue 18): small Qwen2.5-VL, engine vs a transformers loop standing in for "
                   "LLaMA-Factory, CPU", _peer_step_rows),
     "lora": ("LoRA vs full fine-tuning (small Qwen2.5-VL)", _lora_rows),
+    "long_context": ("Long context: memory per rank with context parallel (small Qwen2.5-VL)", _long_context_rows),
     "demo": ("`mm-run demo` (tiny Qwen2.5-VL from random init, CPU)", _demo_rows),
     "gpu_train": ("One-GPU training step (needs CUDA)", _gpu_train_rows),
     "packed_attention": ("Packed-row attention (needs CUDA)", _packed_attention_rows),
