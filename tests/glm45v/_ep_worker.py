@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from mm_core.engine.mesh import shutdown
 from mm_glm.moe import MoeConfig, MoeMLP
 from mm_glm.moe_ep import shard_experts
 
@@ -64,7 +64,12 @@ def main(out_dir: str) -> None:
         if counts is None or int(counts.sum()) != 2 * tokens:
             bad.append(f"{case}: tokens_per_expert {counts} should count this rank's {tokens} tokens x top-2")
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(bad))
-    shutdown(finished=True)
+    dist.barrier()
+    # Leave without tearing the process groups down: twice under load (CI, and the torch 2.11 run)
+    # a rank aborted at the end of this worker with "terminate called without an active exception"
+    # after the checks were written; the cause (functional all-to-all work left at teardown?) is
+    # open, and this test is about the numbers, which both ranks have written by now.
+    os._exit(0)
 
 
 if __name__ == "__main__":
