@@ -62,6 +62,7 @@ INTERNVL_PROGRAMS = ["make", "huggingface-cli", "huggingface-cli", "mm-run data 
 INTERNVL_LAYOUTS = {"[[6,8,8,6]]": "[[1,1,1,1]]", "[[24,0,0,0]]": "[[4,0,0,0]]", "[[40,40]]": "[[2,2]]",
                     "[[45,0]]": "[[3,0]]"}
 INTERNVL_FINETUNE_OVERRIDES = GLM_FINETUNE_OVERRIDES
+QWEN_LAYOUTS = {"[32,0,0,0]": "[4,0,0,0]", "[1,10,10,7]": "[1,1,1,1]"}
 GLM_LAYOUTS = {"[[40]]": "[[4]]", "[[24]]": "[[4]]", "[[5,12,12,11]]": "[[1,1,1,1]]", "[[24,0,0,0]]": "[[4,0,0,0]]"}
 
 
@@ -138,27 +139,10 @@ def _run(words: list[str], capsys) -> tuple[int, str, str]:
 def test_readme_quick_start_runs_as_written(workspace, capsys):
     from mm_qwen.tiny import save_tiny_model
 
-    commands = readme_commands()
-    assert [_program(w) for w in commands] == PROGRAMS, "the README's block changed: update this test with it"
-    outputs: dict[str, str] = {}
-    for words in commands:
-        name = _program(words)
-        if name == "make":
-            continue
-        if name == "huggingface-cli":
-            save_tiny_model(workspace / words[words.index("--local-dir") + 1], with_processor=True, seed=1, std=0.2)
-            continue
-        if name.endswith("hf_to_mm"):
-            words = _set(_set(words, "--cfg.parallel_config.vit_pp_layers", "[4,0,0,0]"),
-                         "--cfg.parallel_config.llm_pp_layers", "[1,1,1,1]")
-        elif name == "mm-run finetune":
-            words = [*_set(words, "--nproc-per-node", "2"), *FINETUNE_OVERRIDES]
-        elif name.endswith("dcp_to_hf"):
-            dcp = words[words.index("--dcp_dir") + 1]
-            words = _set(words, "--dcp_dir", re.sub(r"iter_\d{7}$", "iter_0000002", dcp))
-        elif name == "mm-run infer":
-            words = [*words, "--max-new-tokens", "4"]
-        outputs[name] = _run(words, capsys)[1]
+    def download(target: Path, repo: str) -> None:
+        save_tiny_model(target, with_processor=True, seed=1, std=0.2)
+
+    outputs = _run_block(workspace, capsys, HEADING, PROGRAMS, download, QWEN_LAYOUTS, FINETUNE_OVERRIDES)
 
     mllm = json.loads((workspace / "data" / "mllm_format_llava_instruct_data.json").read_text())
     assert len(mllm) == 5 and mllm[0]["images"] == ["COCO2017/train2017/000000000001.jpg"]
