@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -10,6 +9,8 @@ from PIL import Image
 from mm_core.batch import IGNORE_INDEX
 from mm_core.data.config import DataConfig
 from mm_core.data.records import Sample
+from mm_core.testing.hf_reference import hf_content
+from mm_core.testing.media import write_images, write_video
 
 EOT, USER, ASSISTANT, OBSERVATION, IMAGE = 151329, 151336, 151337, 151338, 151343
 BEGIN_VIDEO, END_VIDEO, BEGIN_IMAGE = 151341, 151342, 151339
@@ -33,20 +34,8 @@ def processor(proc_dir):
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    import av
-
-    d = tmp_path_factory.mktemp("media")
-    rng = np.random.default_rng(0)
-    for name, (h, w) in {"a.jpg": (120, 90), "b.png": (64, 200)}.items():
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / name)
-    with av.open(str(d / "v.mp4"), "w") as c:  # 21 frames at 4 fps: 5.25 s, so the seconds reach 4
-        s = c.add_stream("mpeg4", rate=4)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        for i in range(21):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 10, np.uint8), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    d = write_images(tmp_path_factory.mktemp("media"), {"a.jpg": (120, 90), "b.png": (64, 200)})
+    write_video(d / "v.mp4", frames=21, fps=4)  # 5.25 s, so the seconds reach 4
     return d
 
 
@@ -59,17 +48,6 @@ def config(proc_dir, **basic) -> DataConfig:
     for k, v in basic.items():
         setattr(cfg.basic_parameters, k, v)
     return cfg
-
-
-def hf_content(text: str) -> list[dict]:
-    """'<image>\\nWhat?' -> the processor's content list (media items and text items, in order)."""
-    items = []
-    for piece in text.replace("<video>", "\0video\0").replace("<image>", "\0image\0").split("\0"):
-        if piece in ("image", "video"):
-            items.append({"type": piece})
-        elif piece:
-            items.append({"type": "text", "text": piece})
-    return items
 
 
 def expected_labels(ids: list[int], *, last_only: bool = False) -> list[int]:

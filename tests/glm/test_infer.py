@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from mm_core.cli.main import main
-from mm_core.testing.media import write_video
+from mm_core.testing.hf_reference import greedy_replies
+from mm_core.testing.media import write_images, write_video
 
 MAX_FRAMES = 4  # a 10 s clip at 2 fps capped to 4 frames: spread over the clip, so the seconds are 0, 3, 6, 9.5
 
@@ -27,11 +27,7 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("media")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(d / "a.png")
+    d = write_images(tmp_path_factory.mktemp("media"), {"a.png": (60, 90)})
     write_video(d / "v.mp4", frames=20, fps=2)
     return d
 
@@ -54,12 +50,8 @@ def _transformers_generate(hf_dir, reference, record, max_new_tokens):
 
     processor, model = reference
     batch = prepare_batch(processor, [record], max_video_frames=MAX_FRAMES)
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    stops = set(stop_token_ids(hf_dir, processor.tokenizer))
-    tokens = out[0, batch["input_ids"].shape[1]:].tolist()
-    cut = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
-    return tokens[:cut], processor.tokenizer.decode(batch["input_ids"][0])
+    (reply,) = greedy_replies(model, batch, stop_token_ids(hf_dir, processor.tokenizer), max_new_tokens)
+    return reply, processor.tokenizer.decode(batch["input_ids"][0])
 
 
 def _infer(*argv):

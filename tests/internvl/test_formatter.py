@@ -13,7 +13,8 @@ import torch
 from mm_core.batch import IGNORE_INDEX
 from mm_core.data.config import DataConfig
 from mm_core.data.records import Sample
-from mm_core.testing.media import write_video
+from mm_core.testing.hf_reference import hf_content
+from mm_core.testing.media import write_images, write_video
 
 TILE, PER_TILE = 56, 4  # the tiny config: 56 px tiles of 14 px patches, pixel shuffle 0.5
 
@@ -37,12 +38,8 @@ def processor(proc_dir):
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("media")
-    rng = np.random.default_rng(0)
-    for name, (h, w) in {"wide": (42, 198), "square": (56, 56), "tall": (150, 40), "big": (300, 280)}.items():
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / f"{name}.png")
+    sizes = {"wide": (42, 198), "square": (56, 56), "tall": (150, 40), "big": (300, 280)}
+    d = write_images(tmp_path_factory.mktemp("media"), {f"{name}.png": hw for name, hw in sizes.items()})
     write_video(d / "clip.mp4", frames=15, fps=6)  # 2.5 s at 2 fps: 5 frames, an odd count
     return d
 
@@ -57,20 +54,10 @@ def _formatter(proc_dir, **pre):
     return InternVLFormatter(cfg)
 
 
-def _hf_content(text: str) -> list[dict]:
-    items = []
-    for piece in text.replace("<video>", "\0video\0").replace("<image>", "\0image\0").split("\0"):
-        if piece in ("image", "video"):
-            items.append({"type": piece})
-        elif piece:
-            items.append({"type": "text", "text": piece})
-    return items
-
-
 def _reference(processor, question, answer, images, videos, **image_kwargs):
     from PIL import Image
 
-    conv = [{"role": "user", "content": _hf_content(question)}, {"role": "assistant", "content": answer}]
+    conv = [{"role": "user", "content": hf_content(question)}, {"role": "assistant", "content": answer}]
     text = processor.apply_chat_template(conv, tokenize=False)
     kw = {}
     if images:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from mm_core.cli.main import main
-from mm_core.testing.media import write_video
+from mm_core.testing.hf_reference import greedy_replies
+from mm_core.testing.media import write_images, write_video
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,7 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("media")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (60, 130, 3), dtype=np.uint8)).save(d / "a.png")  # 2x1 tiles + thumbnail
+    d = write_images(tmp_path_factory.mktemp("media"), {"a.png": (60, 130)})  # 2x1 tiles + thumbnail
     write_video(d / "v.mp4", frames=16, fps=8)  # 2 s at 2 fps: 4 frames
     return d
 
@@ -56,14 +52,7 @@ def _transformers_generate(hf_dir, reference, records, max_new_tokens):
 
     processor, model = reference
     batch = prepare_batch(processor, records)
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    stops = set(stop_token_ids(hf_dir, processor.tokenizer))
-    rows = []
-    for tokens in out[:, batch["input_ids"].shape[1]:].tolist():
-        cut = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
-        rows.append(tokens[:cut])
-    return rows, batch
+    return greedy_replies(model, batch, stop_token_ids(hf_dir, processor.tokenizer), max_new_tokens), batch
 
 
 def _record(prompt, images=(), videos=()):

@@ -1,6 +1,5 @@
 """Qwen2VLFormatter: token ids equal processor.apply_chat_template + processor(...); labels exact."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -10,6 +9,8 @@ from mm_core.data import build_dataloader
 from mm_core.data.config import DataConfig
 from mm_core.data.media import load_video
 from mm_core.data.records import Sample
+from mm_core.testing.hf_reference import hf_content
+from mm_core.testing.media import write_images, write_video
 
 IM_START, IM_END, NL, ASSISTANT = 151644, 151645, 198, 77091
 
@@ -33,21 +34,8 @@ def processor(proc_dir):
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    d = tmp_path_factory.mktemp("media")
-    rng = np.random.default_rng(0)
-    for name, (h, w) in {"a.jpg": (120, 90), "b.png": (64, 200)}.items():
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / name)
-    import av
-
-    with av.open(str(d / "v.mp4"), "w") as c:
-        s = c.add_stream("mpeg4", rate=8)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        for i in range(21):
-            img = np.full((48, 64, 3), i * 10, np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    d = write_images(tmp_path_factory.mktemp("media"), {"a.jpg": (120, 90), "b.png": (64, 200)})
+    write_video(d / "v.mp4", frames=21, fps=8)
     return d
 
 
@@ -60,17 +48,6 @@ def _config(proc_dir, **basic):
     for k, v in basic.items():
         setattr(cfg.basic_parameters, k, v)
     return cfg
-
-
-def _hf_content(text):
-    """'<image>\\nWhat?' -> the processor's content list (image item, then text)."""
-    items = []
-    for piece in text.replace("<video>", "\0video\0").replace("<image>", "\0image\0").split("\0"):
-        if piece in ("image", "video"):
-            items.append({"type": piece})
-        elif piece:
-            items.append({"type": "text", "text": piece})
-    return items
 
 
 def _expected_labels(ids, *, last_only=False):
@@ -111,7 +88,7 @@ def test_ids_pixels_and_labels_match_hf_processor(case, proc_dir, processor, med
     sample = Sample(messages, [str(media / i) for i in images], [str(media / v) for v in videos])
     out = fmt.encode(sample)
 
-    conv = [{"role": m["role"], "content": _hf_content(m["content"]) if m["role"] == "user" else m["content"]}
+    conv = [{"role": m["role"], "content": hf_content(m["content"]) if m["role"] == "user" else m["content"]}
             for m in messages]
     text = processor.apply_chat_template(conv, tokenize=False)
     kw = {}

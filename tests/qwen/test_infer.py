@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from mm_core.cli.main import main
+from mm_core.testing.hf_reference import greedy_replies
+from mm_core.testing.media import write_images, write_video
 
 
 @pytest.fixture(scope="module")
@@ -21,22 +22,8 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    import av
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("media")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(d / "a.png")
-    Image.fromarray(rng.integers(0, 255, (100, 50, 3), dtype=np.uint8)).save(d / "b.png")
-    with av.open(str(d / "v.mp4"), "w") as c:
-        s = c.add_stream("mpeg4", rate=4)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        for _ in range(8):
-            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), format="rgb24")
-            for packet in s.encode(frame):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
+    d = write_images(tmp_path_factory.mktemp("media"), {"a.png": (60, 90), "b.png": (100, 50)})
+    write_video(d / "v.mp4", frames=8, fps=4)
     return d
 
 
@@ -47,14 +34,8 @@ def _transformers_generate(hf_dir, records, max_new_tokens):
 
     processor = AutoProcessor.from_pretrained(hf_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    batch = prepare_batch(processor, records)
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    stops = set(stop_token_ids(hf_dir, processor.tokenizer))
-    rows = []
-    for tokens in out[:, batch["input_ids"].shape[1]:].tolist():
-        cut = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
-        rows.append(tokens[:cut])
-    return rows
+    return greedy_replies(model, prepare_batch(processor, records), stop_token_ids(hf_dir, processor.tokenizer),
+                          max_new_tokens)
 
 
 def test_single_prompt_with_image_matches_transformers(hf_dir, media, tmp_path, capsys):

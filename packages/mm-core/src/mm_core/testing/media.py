@@ -28,3 +28,15 @@ def write_video(path: str | Path, frames: int, fps: int, width: int = 64, height
         for p in s.encode():
             c.mux(p)
     return path
+
+
+def write_images(folder: str | Path, sizes: dict[str, tuple[int, int]], seed: int = 0) -> Path:
+    """Random-noise images ``{file name: (height, width)}`` in ``folder`` (format from the suffix), so
+    resizing or patch order mistakes change the pixels a test compares."""
+    from PIL import Image
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    return folder
