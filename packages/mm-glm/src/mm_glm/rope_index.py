@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-TEXT, IMAGE, VIDEO = 0, 1, 2
+from mm_core.nn.mrope_index import grid_positions, mrope_index
+
+IMAGE, VIDEO = 1, 2
 
 
 def token_types(input_ids: torch.Tensor, *, image_token_id: int, video_start_token_id: int,
@@ -37,53 +39,25 @@ def mrope_position_ids(input_ids: torch.Tensor, types: torch.Tensor, *, spatial_
                        image_grid_thw: torch.Tensor | None = None, video_grid_thw: torch.Tensor | None = None,
                        segment_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions ``[3, B, T]`` and each row's next free position ``[B]`` (for generation)."""
-    bsz, seqlen = input_ids.shape
     m = spatial_merge_size
-    kinds = types.tolist()
-    segs = segment_ids.tolist() if segment_ids is not None else [[0] * seqlen for _ in range(bsz)]
     grids = {IMAGE: image_grid_thw.tolist() if image_grid_thw is not None else [], VIDEO: frame_grids(video_grid_thw)}
     used = {IMAGE: 0, VIDEO: 0}
-    out = torch.zeros(3, bsz, seqlen, dtype=torch.long)
-    next_pos = torch.zeros(bsz, dtype=torch.long)
-    for b in range(bsz):
-        row, seg = kinds[b], segs[b]
-        i = 0
-        while i < seqlen:
-            if seg[i] < 0:
-                i += 1
-                continue
-            end = i
-            while end < seqlen and seg[end] == seg[i]:
-                end += 1
-            pos, j = 0, i
-            while j < end:  # one run of equal token type at a time
-                k = j
-                while k < end and row[k] == row[j]:
-                    k += 1
-                kind = row[j]
-                if kind == TEXT:
-                    out[:, b, j:k] = torch.arange(pos, pos + k - j)
-                    pos += k - j
-                else:
-                    name = "image" if kind == IMAGE else "video frame"
-                    if used[kind] >= len(grids[kind]):
-                        raise ValueError(f"row {b} has more {name} placeholder runs than the batch's "
-                                         f"{'image_grid_thw' if kind == IMAGE else 'video_grid_thw'} provides "
-                                         f"({len(grids[kind])} {name}s)")
-                    t, h, w = grids[kind][used[kind]]
-                    used[kind] += 1
-                    h, w = h // m, w // m
-                    if k - j != t * h * w:
-                        raise ValueError(f"row {b}: the {name} placeholder run at token {j} has {k - j} tokens, its "
-                                         f"grid {[t, h * m, w * m]} needs {t * h * w}; check the processor's output")
-                    tt = torch.arange(t).view(t, 1, 1).expand(t, h, w)
-                    hh = torch.arange(h).view(1, h, 1).expand(t, h, w)
-                    ww = torch.arange(w).view(1, 1, w).expand(t, h, w)
-                    out[:, b, j:k] = torch.stack([tt, hh, ww]).reshape(3, -1) + pos
-                    pos += max(h, w)
-                j = k
-            next_pos[b] = int(out[:, b, i:end].max()) + 1
-            i = end
+
+    def place(b: int, j: int, kind: int, run: int) -> tuple[torch.Tensor, int]:
+        name = "image" if kind == IMAGE else "video frame"
+        if used[kind] >= len(grids[kind]):
+            raise ValueError(f"row {b} has more {name} placeholder runs than the batch's "
+                             f"{'image_grid_thw' if kind == IMAGE else 'video_grid_thw'} provides "
+                             f"({len(grids[kind])} {name}s)")
+        t, h, w = grids[kind][used[kind]]
+        used[kind] += 1
+        h, w = h // m, w // m
+        if run != t * h * w:  # a run is exactly one image or frame: no two are adjacent in GLM's layout
+            raise ValueError(f"row {b}: the {name} placeholder run at token {j} has {run} tokens, its "
+                             f"grid {[t, h * m, w * m]} needs {t * h * w}; check the processor's output")
+        return grid_positions(t, h, w), max(h, w)
+
+    out, next_pos = mrope_index(types, place, segment_ids)
     for kind, name in ((IMAGE, "image grids"), (VIDEO, "video frames")):
         if used[kind] != len(grids[kind]):
             raise ValueError(f"the batch has {len(grids[kind])} {name} but its tokens use {used[kind]}; every image "
