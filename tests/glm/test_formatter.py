@@ -159,6 +159,36 @@ def test_observation_turn_and_train_on_prompt(proc_dir):
     assert everything["labels"] == everything["input_ids"]
 
 
+def test_observation_records_are_read_for_glm_and_refused_by_name_elsewhere(proc_dir):
+    """A sharegpt-style record with a tool result parses for GLM's template into the sample the
+    formatter encodes with <|observation|> (151338); a template without that turn names the record,
+    the field and the valid roles."""
+    from mm_core.data.bad_records import BadRecord
+    from mm_core.data.records import RawRecord, parse_for
+    from mm_glm.formatter import Glm4vFormatter
+
+    turns = [{"from": "user", "value": "Weather?"}, {"from": "assistant", "value": "Calling the tool."},
+             {"from": "observation", "value": "sunny"}, {"from": "assistant", "value": "It is sunny."}]
+    cfg = config(proc_dir)
+    cfg.attr.messages, cfg.attr.role_tag, cfg.attr.content_tag = "conversations", "from", "value"
+    raw = RawRecord("d.jsonl:7", {"conversations": turns})
+    fmt = Glm4vFormatter(cfg)
+    sample = parse_for(raw, cfg, fmt)
+    assert [m["role"] for m in sample.messages] == ["user", "assistant", "observation", "assistant"]
+    ids = fmt.encode(sample)["input_ids"]
+    assert ids.count(OBSERVATION) == 1 and ids.index(OBSERVATION) > ids.index(ASSISTANT)
+    assert ids == fmt.encode(Sample([{"role": m["from"], "content": m["value"]} for m in turns]))["input_ids"]
+    cfg.basic_parameters.template = "qwen2vl"
+    with pytest.raises(BadRecord, match=r"d\.jsonl:7: bad_format: turn 2: 'from' is 'observation' \(a tool result\), "
+                                        r"which template 'qwen2vl' has no turn for; valid roles: assistant, "
+                                        r"system, user"):
+        parse_for(raw, cfg, object())  # a formatter without extra_roles
+    cfg.basic_parameters.template = "glm4v"
+    first = RawRecord("d.jsonl:8", {"conversations": [turns[2], *turns[1:]]})  # a tool result cannot open
+    with pytest.raises(BadRecord, match="turns must alternate user, assistant, user or observation, assistant"):
+        parse_for(first, cfg, fmt)
+
+
 def test_bad_role_and_unreadable_media_are_bad_records(proc_dir, tmp_path):
     from mm_core.data.bad_records import BadRecord
     from mm_glm.formatter import Glm4vFormatter

@@ -33,7 +33,7 @@ from mm_core.data.records import Sample
 from mm_core.data.video_times import probe_video, video_seconds
 from mm_glm.template import END_OF_TEXT, IMAGE_TOKEN, VIDEO_TOKEN, image_text, render, video_text
 
-FORMATTER_VERSION = "glm4v-1"
+FORMATTER_VERSION = "glm4v-2"  # 2: observation turns are read (cached indexes had them bad)
 
 
 def pixel_size(min_pixels: int, max_pixels: int, frames: int) -> dict[str, int]:
@@ -45,6 +45,7 @@ class Glm4vFormatter(ProcessorFormatter):
     """Turns a :class:`~mm_core.data.records.Sample` into GLM-4.1V model inputs."""
 
     template = "glm4v"
+    extra_roles = ("observation",)  # tool results: <|observation|>\n{result} (mm_core.data.records)
     model_dir_holds = "tokenizer.json and the processor files (the GLM-4.1V HF model directory)"
 
     @property

@@ -1,6 +1,7 @@
 """Readers for the mllm record format (JSON list or JSONL) with the ``attr`` column/role mapping.
 
-A record becomes a :class:`Sample`: normalised roles (``system``/``user``/``assistant``), string
+A record becomes a :class:`Sample`: normalised roles (``system``/``user``/``assistant``, and
+``observation`` where the formatter's template has that turn), string
 contents that keep their ``<image>``/``<video>`` placeholders (records in InternVL's / LLaVA's
 ``conversations`` layout are read too: :mod:`mm_core.data.llava_layout`), and media paths resolved by the
 one rule of :mod:`mm_core.data.paths` (relative to ``dataset_dir``, or absolute). Problems
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mm_core.data.bad_records import BadRecord, DataError
-from mm_core.data.config import AttrParameters, BasicParameters
+from mm_core.data.config import AttrParameters, BasicParameters, DataConfig
 from mm_core.data.fewshot_layout import from_fewshot_layout, is_fewshot_layout
 from mm_core.data.llava_layout import from_llava_layout, is_llava_layout
 from mm_core.data.paths import resolve_media
@@ -109,8 +110,26 @@ def _media_list(value: Any, key: str, where: str) -> list[str]:
     raise BadRecord("bad_format", where, f"'{key}' must be a path or a list of paths")
 
 
-def parse_record(raw: RawRecord, attr: AttrParameters, dataset_dir: str) -> Sample:
-    """Normalise one raw record (the ``attr`` mapping), or raise :class:`BadRecord`."""
+# Roles some templates have beyond user/assistant/system; a turn with one takes a user slot (the
+# turn after a reply), as in LLaMA-Factory's sharegpt files. Refused by name where the template lacks it.
+PROMPT_SIDE_ROLES = {"observation": "a tool result"}
+
+
+def template_roles(formatter: Any) -> tuple[str, ...]:
+    """The extra roles (:data:`PROMPT_SIDE_ROLES`) ``formatter``'s template writes (its ``extra_roles``)."""
+    return tuple(getattr(formatter, "extra_roles", ()))
+
+
+def parse_for(raw: RawRecord, config: DataConfig, formatter: Any) -> Sample:
+    """:func:`parse_record` with the data config's ``attr`` and ``dataset_dir`` and the formatter's roles."""
+    return parse_record(raw, config.attr, config.basic_parameters.dataset_dir, extra_roles=template_roles(formatter),
+                        template=config.basic_parameters.template)
+
+
+def parse_record(raw: RawRecord, attr: AttrParameters, dataset_dir: str, *, extra_roles: Sequence[str] = (),
+                 template: str | None = None) -> Sample:
+    """Normalise one raw record (the ``attr`` mapping), or raise :class:`BadRecord`; ``extra_roles``:
+    roles of :data:`PROMPT_SIDE_ROLES` the template (named ``template`` in errors) has."""
     where, value = raw.where, raw.value
     if isinstance(value, str):
         try:
@@ -127,16 +146,22 @@ def parse_record(raw: RawRecord, attr: AttrParameters, dataset_dir: str) -> Samp
     if not isinstance(turns, list) or not turns:
         raise BadRecord("bad_format", where, f"no '{attr.messages}' list")
     roles = {attr.user_tag: "user", attr.assistant_tag: "assistant", attr.system_tag: "system"}
+    roles |= {r: r for r in extra_roles}
     system = value.get(attr.system) if isinstance(value.get(attr.system), str) else None
     messages: list[dict[str, str]] = []
-    for turn in turns:
-        if not isinstance(turn, dict) or turn.get(attr.role_tag) not in roles:
+    for n, turn in enumerate(turns):
+        role = turn.get(attr.role_tag) if isinstance(turn, dict) else None
+        if role in PROMPT_SIDE_ROLES and role not in roles:
+            raise BadRecord("bad_format", where, f"turn {n}: '{attr.role_tag}' is '{role}' ({PROMPT_SIDE_ROLES[role]}), "
+                                                 f"which template '{template or '?'}' has no turn for; valid roles: "
+                                                 f"{', '.join(sorted(roles))}")
+        if role not in roles:
             raise BadRecord("bad_format", where, f"turn {turn!r:.80} has no role among {sorted(roles)} "
                                                  f"(attr.role_tag='{attr.role_tag}')")
         content = turn.get(attr.content_tag)
         if not isinstance(content, str):
             raise BadRecord("bad_format", where, f"turn content '{attr.content_tag}' is not a string")
-        role = roles[turn[attr.role_tag]]
+        role = roles[role]
         if role == "system":
             if messages:
                 raise BadRecord("bad_format", where, "a system turn must come first")
@@ -148,9 +173,10 @@ def parse_record(raw: RawRecord, attr: AttrParameters, dataset_dir: str) -> Samp
     if not any(m["role"] == "assistant" for m in messages):
         raise BadRecord("no_assistant", where, "no assistant turn")
     for i, m in enumerate(messages):
-        if m["role"] == ("user" if i % 2 == 0 else "assistant"):
+        if (m["role"] == "assistant") == (i % 2 == 1) and (i > 0 or m["role"] == "user"):
             continue
-        raise BadRecord("bad_format", where, "turns must alternate user, assistant, user, ...")
+        side = f"user or {', '.join(extra_roles)}" if extra_roles else "user"
+        raise BadRecord("bad_format", where, f"turns must alternate user, assistant, {side}, assistant, ...")
     images = _media_list(value.get(attr.images), attr.images, where)
     videos = _media_list(value.get(attr.videos), attr.videos, where)
     text = "".join(m["content"] for m in messages)
