@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from mm_core.errors import ConfigError
 from mm_core.kernels.reference import mrope_cos_sin
 from mm_core.layout import StagePlan
 from mm_glm.config import GlmConfig
@@ -63,12 +62,15 @@ class Glm4vMoeModel(Glm4vModel):
     def forward(self, *stage_input: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """The stage forward; a pipeline stage between LLM stages also passes the router balance
         statistics on, as one extra position of the hidden states (``mm_glm.moe_aux``)."""
-        self._valid_rows = _valid_rows(kwargs.get("attention_mask"), kwargs.get("segment_ids"))
+        valid = _valid_rows(kwargs.get("attention_mask"), kwargs.get("segment_ids"))
+        cp = getattr(self, "context_parallel", None)  # set by the engine: this rank holds chunks of each row
+        self._valid_rows = None if valid is None else (cp.split(valid, 1) if cp is not None else valid).reshape(-1)
         for _, mlp in self.moe_layers():
             mlp.router_stats.clear()  # the balance loss is of this forward only
             mlp.valid_rows = self._valid_rows
         ids = kwargs.get("input_ids")
-        self._tokens = float(ids.numel()) if ids is not None else 0.0  # rows when nothing marks padding
+        # the balance loss's token count is the whole batch's, also under cp (its sums are the cp group's)
+        self._tokens = valid.float().sum() if valid is not None else float(ids.numel()) if ids is not None else 0.0
         self._incoming: tuple[torch.Tensor, torch.Tensor] | None = None
         moe = self.config.text.moe
         if stage_input and self.plan.has_text and not self.plan.embedding:  # hidden states of an LLM stage
@@ -83,11 +85,6 @@ class Glm4vMoeModel(Glm4vModel):
         """``(S, C)`` of this stage's MoE layers plus what earlier stages sent."""
         moe = self.config.text.moe
         logits = [s for _, mlp in self.moe_layers() for s in mlp.router_stats]
-        valid = self._valid_rows
-        if logits and valid is not None and valid.numel() != logits[0].shape[0]:
-            raise ConfigError(f"the router balance loss sees {logits[0].shape[0]} of the batch's {valid.numel()} tokens "
-                              "(context parallel splits the sequence); it needs them all: set parallel.cp 1 or "
-                              "training.router_aux_loss_coef 0")
         device = next(self.parameters()).device
         probs, counts = (router_sums(logits, moe.num_experts, moe.top_k, self._valid_rows) if logits else
                          (torch.zeros(moe.num_experts, device=device), torch.zeros(moe.num_experts, device=device)))
@@ -102,9 +99,10 @@ class Glm4vMoeModel(Glm4vModel):
             return []
         text = self.config.text
         probs, counts = self._stage_sums()
-        valid = self._valid_rows
-        tokens = valid.float().sum() if valid is not None else self._tokens
-        return [balance_loss(probs, counts, max(text.num_layers - text.first_k_dense_replace, 0) * tokens)]
+        cp = getattr(self, "context_parallel", None)
+        if cp is not None:  # each cp rank summed its chunks: the loss is of the whole sequence's sums
+            probs, counts = cp.share_sum(probs), cp.share_sum(counts)
+        return [balance_loss(probs, counts, max(text.num_layers - text.first_k_dense_replace, 0) * self._tokens)]
 
     @property
     def expert_counts_shape(self) -> tuple[int, int]:
@@ -123,11 +121,11 @@ class Glm4vMoeModel(Glm4vModel):
 
 
 def _valid_rows(attention_mask: torch.Tensor | None, segment_ids: torch.Tensor | None) -> torch.Tensor | None:
-    """``[B*T]`` 1 for real tokens, 0 for padding (what transformers masks in the balance loss)."""
+    """``[B, T]`` 1 for real tokens, 0 for padding (what transformers masks in the balance loss)."""
     if attention_mask is not None:
-        return attention_mask.reshape(-1)
+        return attention_mask
     if segment_ids is not None:
-        return (segment_ids >= 0).reshape(-1)
+        return segment_ids >= 0
     return None
 
 

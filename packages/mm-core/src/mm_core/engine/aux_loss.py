@@ -8,6 +8,12 @@ Both are then scaled by ``1 / grad_accum`` and data parallel averages the gradie
 optimises the mean over micro-batches and ranks of ``main + coef * aux``: what one process
 computes over the same micro-batches. The logged loss is this final loss; the aux term alone is
 kept in ``stats["router_aux_loss"]``.
+
+Under context parallel each cp rank holds a share of the cross-entropy but the *whole* aux loss
+(the model sums its router statistics over the cp group: ``ContextParallel.share_sum``, gradient
+to the rank's own share). Like the cross-entropy share, the term is scaled by cp for backward
+(FSDP2 averages over the dp x cp ranks); the trainer sums the cp ranks' logged losses, so each
+logs ``1 / cp`` of the term.
 """
 
 from __future__ import annotations
@@ -31,6 +37,6 @@ def with_aux_loss(loss: torch.Tensor, model: StageModel, coef: float, mb: MicroB
         return loss
     term = coef * aux.to(loss.dtype)
     mb.stats["router_aux_loss"] = aux.detach()
-    if "loss" in mb.stats:  # the logged loss is the final one
-        mb.stats["loss"] = mb.stats["loss"] + term.detach() * mb.scale
-    return loss + term
+    if "loss" in mb.stats:  # the logged loss is the final one (its cp shares are summed)
+        mb.stats["loss"] = mb.stats["loss"] + term.detach() * (mb.scale / mb.cp_scale)
+    return loss + term * mb.cp_scale

@@ -22,8 +22,11 @@ full sequence, see ``loss.prepare_window``) are split the same way; a rank's los
 the micro-batch loss, and the shares add up. Gradients of parameters replicated over cp are
 summed by FSDP2 over the flattened ``dp x cp`` mesh; it averages over ``dp x cp`` ranks, so each
 cp rank's loss is scaled by ``cp`` for backward (``MicroBatch.cp_scale``). An MoE router's
-auxiliary loss is not scaled: each cp rank's is computed on its own tokens, and FSDP2 averages
-them. Not split: the vision towers and the embedding output (every cp rank computes them whole,
+auxiliary loss is of the whole sequence, like transformers' over the whole batch: the stage model
+(which ``install`` gives a ``context_parallel`` attribute) sums its per-expert statistics over the
+cp group with :meth:`ContextParallel.share_sum` (the total forward, the gradient to this rank's
+own share), so every cp rank holds the same loss, scaled by cp for backward like the
+cross-entropy share (``mm_core.engine.aux_loss``). Not split: the vision towers and the embedding output (every cp rank computes them whole,
 then keeps its chunks); pipeline stages pass each rank's chunks on.
 """
 
@@ -49,6 +52,20 @@ def chunk_positions(length: int, cp: int, rank: int, device: torch.device | None
     return torch.cat([first, first + (2 * cp - 1 - 2 * rank) * c])
 
 
+class _ShareSum(torch.autograd.Function):
+    """Forward: the sum over the group; backward: the gradient to this rank's own share unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:  # noqa: ANN001 - autograd ctx
+        total = x.detach().clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001 - autograd ctx
+        return grad, None
+
+
 class ContextParallel:
     """This rank's place in the cp group and what the model and the loss need from it."""
 
@@ -59,6 +76,12 @@ class ContextParallel:
         """This rank's two chunks of ``x`` along ``dim`` (the sequence)."""
         dim = dim % x.dim()
         return x.index_select(dim, chunk_positions(x.shape[dim], self.size, self.rank, x.device))
+
+    def share_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of ``x`` over the cp ranks, differentiable in this rank's own ``x`` only: a loss of
+        the whole sequence's statistics, scaled by cp on every rank, then gets from FSDP2's mean over
+        the cp ranks each rank's share of the gradient once (the sum's backward would count it cp times)."""
+        return _ShareSum.apply(x, self.group)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor | None,
                   scale: float) -> torch.Tensor:
@@ -97,6 +120,7 @@ class ContextParallel:
                               "context parallel; set parallel.cp 1")
         for attn in layers:
             attn.context_parallel = self
+        model.context_parallel = self  # a model's loss over the whole sequence (MoE router balance) reads it
         text.register_forward_pre_hook(self._split_inputs, with_kwargs=True, prepend=True)
         return len(layers)
 
