@@ -25,6 +25,13 @@ class ModelSpec:
     ``processor(model_dir) -> processor``: for a family without an HF processor class (VisualGLM), an
     object with the HF processor members inference uses (``apply_chat_template``, ``__call__``,
     ``tokenizer``); ``mm_core.data.hf_processor.load_processor`` returns it instead of ``AutoProcessor``.
+    ``default_freeze``: the module groups frozen when the config does not say (``model.freeze``
+    overrides it, ``[]`` trains everything): what the reference recipe freezes (GLM-4.5V's vision
+    encoder and projector).
+    ``checkpoint_sources(model, stored) -> {mm name: mm_core.engine.foreign_checkpoint.StoredSource} | None``:
+    where each whole-model weight lies in a DCP checkpoint written under another system's names
+    (``stored``: its tensor names -> sizes), so ``output.load`` reads it into any layout; None when
+    ``stored`` is not a layout the family knows. Import it lazily.
     """
 
     name: str
@@ -40,6 +47,8 @@ class ModelSpec:
     tiny_checkpoint: Callable[..., Path] | None = None
     synthetic_image: Callable[..., Any] | None = None
     processor: Callable[..., Any] | None = None
+    default_freeze: Sequence[str] = ()
+    checkpoint_sources: Callable[..., Any] | None = None
 
     @property
     def key(self) -> str:

@@ -12,7 +12,10 @@ experts merged; this converter writes and reads exactly that checkpoint:
 
 ``dcp_to_hf`` reads such a directory (or the save dir), splits the experts back into the Hub's
 per-expert tensors (bit-exact), writes safetensors shards of at most 4 GB with a fresh index, and
-copies config, tokenizer and processor files from ``--hf_dir``. Both directions stream: a merged
+copies config, tokenizer and processor files from ``--hf_dir``. Given a checkpoint of mm's trainer
+instead (``save_dir/iter_0000100``: mm names, maybe with optimizer state, which is not read), it
+converts that with ``GlmConverter``'s rules, so the seed's convert -> finetune -> convert back
+commands work as written (``mm_glm.reference_layout`` lets the trainer load this layout). Both directions stream: a merged
 tensor is written one expert block at a time (DCP row chunks, ``mm_convert.dcp_chunks``) and read a
 few experts at a time, so it never exists whole in memory (GLM-4.5V: 2.95 GB a layer in bf16).
 """
@@ -96,7 +99,8 @@ class ExpertMergeDcpConverter:
 
     def dcp_to_hf(self, hf_dir: str, dcp_dir: str, save_dir: str, overwrite: bool = False,
                   trust_remote_code: bool = False, max_shard_size_gb: float = 4.0, block_mb: float = 256.0) -> None:
-        """Write a merged-expert DCP checkpoint (e.g. ``save_dir/release``) back as an HF directory.
+        """Write a merged-expert DCP checkpoint (e.g. ``save_dir/release``), or one saved by ``mm-run
+        finetune`` (``save_dir/iter_0000100``), back as an HF directory.
 
         Args:
             hf_dir: the original HF directory (config.json, tokenizer and processor files are copied)
@@ -111,6 +115,9 @@ class ExpertMergeDcpConverter:
         from mm_convert.output import atomic_dir, check_target
         from mm_core.checkpoint.hf import HFWriter, copy_aux_files
 
+        if _trained_by_mm(dcp_dir):
+            _engine_dcp_to_hf(hf_dir, dcp_dir, save_dir, overwrite, max_shard_size_gb)
+            return
         experts, layers = _moe_layout(hf_dir)
         source = _DcpTensors(dcp_dir)
         specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
@@ -160,6 +167,27 @@ class ExpertMergeDcpConverter:
                 raise
 
 
+def _trained_by_mm(dcp_dir: str | Path) -> bool:
+    """Whether the checkpoint holds mm names (mm's trainer) rather than this layout's ``model.model.*``."""
+    import torch.distributed.checkpoint as dcp
+
+    from mm_core.checkpoint.mm_dir import resolve_dcp_dir
+
+    names = dcp.FileSystemReader(str(resolve_dcp_dir(dcp_dir))).read_metadata().state_dict_metadata
+    head = f"{STATE_KEY}.{DCP_PREFIX}"
+    return not any(k.startswith(head) for k in names) and any(k.startswith(f"{STATE_KEY}.") for k in names)
+
+
+def _engine_dcp_to_hf(hf_dir: str, dcp_dir: str, save_dir: str, overwrite: bool, max_shard_size_gb: float) -> None:
+    """A trainer checkpoint through GlmConverter's rules (the model's weights only; optimizer state is skipped)."""
+    from mm_convert import engine
+    from mm_convert.config import DcpToHfConfig
+    from mm_glm.convert import GlmConverter
+
+    engine.dcp_to_hf(GlmConverter(), DcpToHfConfig(hf_dir=hf_dir, dcp_dir=dcp_dir, save_dir=save_dir,
+                                                   overwrite=overwrite, max_shard_size_gb=max_shard_size_gb))
+
+
 def _merge_plan(order: list[str], experts: int, layers: range, hf_dir: str | Path
                 ) -> dict[str, tuple[Any, list[str]]]:
     """``{merged key: (transform, per-expert HF keys in its order)}``; missing experts named."""
@@ -197,8 +225,8 @@ class _DcpTensors:
                        if isinstance(v, TensorStorageMetadata) and k.startswith(head)}
         self.metas = {k: md.state_dict_metadata[v] for k, v in self.stored.items()}
         if not self.stored:
-            raise ConversionError(f"{self.dir}: no tensors named '{head}...' (ExpertMergeDcpConverter's layout); a "
-                                  "checkpoint saved by mm's trainer converts with GlmConverter dcp_to_hf")
+            raise ConversionError(f"{self.dir}: no tensors named '{head}...' (ExpertMergeDcpConverter's layout) "
+                                  "nor mm names (a checkpoint of mm's trainer); it is not a GLM checkpoint")
 
     def keys(self) -> list[str]:
         return list(self.stored)

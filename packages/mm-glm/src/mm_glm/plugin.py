@@ -20,6 +20,8 @@ def mm_register_models(register: Callable[[ModelSpec], None]) -> None:
                                   hf_model_types=("glm4v_moe",), hf_architectures=("Glm4vMoeForConditionalGeneration",),
                                   builder=_lazy("mm_glm.glm4v_moe", "build_model"),
                                   tiny_checkpoint=_lazy("mm_glm.tiny_moe", "save_tiny_model"),
+                                  default_freeze=("vision_encoder", "vision_projector"),  # as the seed recipe
+                                  checkpoint_sources=_lazy("mm_glm.reference_layout", "checkpoint_sources"),
                                   description="GLM-4.5V (106B-A12B MoE)"))
 
 

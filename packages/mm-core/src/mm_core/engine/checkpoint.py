@@ -165,10 +165,21 @@ def _alias_tied(state: dict[str, Any], meta_keys: set[str]) -> dict[tuple[str, s
     return aliased
 
 
+def _foreign_sources(path: str | Path, model: torch.nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """(model name, where each weight lies) when a family knows the checkpoint's names (``ModelSpec.checkpoint_sources``)."""
+    from mm_core.engine.foreign_checkpoint import find_sources, stored_tensors
+
+    return find_sources(model, {k: v.size for k, v in stored_tensors(path).items()})
+
+
 def latest_iteration(load: str | Path) -> int | str | None:
     """The tracker's iteration, ``"release"`` (weights written by ``mm-convert ... hf_to_dcp``) or None."""
     tracker = Path(load) / TRACKER
     if not tracker.is_file():
+        if (Path(load) / ".metadata").is_file():
+            raise FileNotFoundError(f"output.load: '{load}' is a checkpoint itself; give the directory above it "
+                                    f"('{Path(load).parent}', which holds {TRACKER}), or that directory with "
+                                    f"output.load_iteration")
         return None
     text = tracker.read_text().strip()
     return "release" if text == "release" else int(text)
@@ -189,9 +200,15 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
     state = _full_state(stages, optimizers, weights_only=not (load_optim and has_optim))
     aliased = _alias_tied(state, meta_keys)
     missing = [k for k in state["model"] if f"model.{k}" not in meta_keys]
-    if missing:
+    foreign = _foreign_sources(path, stages[0].model) if missing and len(missing) == len(state["model"]) else None
+    if missing and foreign is None:
         raise FileNotFoundError(f"checkpoint {path} lacks weights {missing[:5]} (of {len(missing)}); "
                                 "it was saved from another model")
+    if foreign is not None:  # another system's names (e.g. hf_to_dcp's): translated, read shard by shard
+        from mm_core.engine.foreign_checkpoint import load_foreign
+
+        load_foreign(path, state["model"], foreign[1], f"the layout model '{foreign[0]}' reads")
+    model_state = state.pop("model") if foreign is not None else None
     if "train.step" in meta_keys:
         state["train"] = {k.split(".", 1)[1]: 0 for k in meta_keys if k.startswith("train.")}
     data_key = f"dp{dp_rank}" if f"data.dp{dp_rank}" in meta_keys else "dp0"
@@ -202,7 +219,10 @@ def load_checkpoint(path: str | Path, stages: list[EngineStage], optimizers: lis
     rng_key = f"rank{dist.get_rank()}"
     if f"rng.{rng_key}" in meta_keys:
         state["rng"] = {rng_key: b""}
-    dcp.load(state, checkpoint_id=str(path))
+    if any(state.values()):
+        dcp.load(state, checkpoint_id=str(path))
+    if model_state is not None:
+        state["model"] = model_state
     for (section, key, alias), value in aliased.items():
         src = state[section][alias]
         if isinstance(value, torch.Tensor) and value is not src:
