@@ -66,9 +66,14 @@ def test_merge_into_an_mm_directory_at_tp2_keeps_its_layout(setup):
     assert convert([CONV, "hf_to_mm", "--cfg.mm_dir", str(mm), "--cfg.hf_config.hf_dir", str(hf_dir),
                     "--cfg.parallel_config.tp_size", "2", "--cfg.trust_remote_code", "False"]) == 0
     out = tmp / "merged_mm"
-    # the adapters were trained from the HF directory: the mm copy has another fingerprint (other names)
-    assert main(["lora", "merge", "--base", str(mm), "--adapters", str(tmp / "adapters"), "--out", str(out),
-                 "--no-check-base"]) == 0
+    # the adapters were saved from the HF directory: its mm copy (tp 2) is the same base, checked
+    pp2 = tmp / "mm_pp2"
+    assert convert([CONV, "hf_to_mm", "--cfg.mm_dir", str(pp2), "--cfg.hf_config.hf_dir", str(hf_dir),
+                    "--cfg.parallel_config.vit_pp_layers", "[2,0]", "--cfg.parallel_config.llm_pp_layers", "[1,1]",
+                    "--cfg.trust_remote_code", "False"]) == 0
+    assert weights_fingerprint(mm, mm=True) == weights_fingerprint(pp2, mm=True) == weights_fingerprint(hf_dir)
+    assert main(["lora", "merge", "--base", str(mm), "--adapters", str(tmp / "adapters"), "--out", str(out)]) == 0
+    assert weights_fingerprint(out, mm=True) != weights_fingerprint(hf_dir)  # the merge changed its values
     merged_hf = tmp / "merged_hf_for_mm"
     assert main(["lora", "merge", "--base", str(hf_dir), "--adapters", str(tmp / "adapters"),
                  "--out", str(merged_hf)]) == 0
