@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from mm_core.hookspecs import hookimpl
@@ -18,10 +19,19 @@ def mm_register_kernels(register: Callable[[KernelSpec], None]) -> None:
     from mm_core.kernels.grouped import grouped_mm
 
     register(KernelSpec("grouped_mm", "any", "reference", grouped_mm, priority=0))
+    from mm_core.kernels import grouped
+
+    for device, fn in (("cuda", grouped.cuda_grouped_mm), ("cpu", grouped.cpu_grouped_mm)):
+        register(KernelSpec("grouped_mm", device, "torch_grouped_mm", fn, priority=10,
+                            is_available=functools.partial(grouped.native_available, device)))
     from mm_core.kernels import cuda
 
     register(KernelSpec("attention", "cuda", "flash_varlen", cuda.attention, priority=10,
                         is_available=cuda.varlen_available))
+    from mm_core.kernels import cuda_liger  # liger_kernel is imported by the availability check only
+
+    for op, fn in cuda_liger.LIGER_KERNELS.items():
+        register(KernelSpec(op, "cuda", "liger", fn, priority=10, is_available=cuda_liger.availability(op)))
     from mm_core.kernels import cpu
 
     register(KernelSpec("attention", "cpu", "segment_flash", cpu.attention, priority=10))
