@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mm_core.cli.main import main
-from mm_core.testing.hf_reference import greedy_replies
+from mm_core.testing.hf_reference import greedy_replies, infer_video_matches_hf
 from mm_core.testing.media import write_images, write_video
 
 MAX_FRAMES = 4  # a 10 s clip at 2 fps capped to 4 frames: spread over the clip, so the seconds are 0, 3, 6, 9.5
@@ -98,6 +98,14 @@ def test_video_prompt_has_the_frame_seconds_and_matches_transformers(hf_dir, ref
     assert stamps == [0, 6]  # not the 0, 5 of evenly spaced frames: the capped sampling spreads them
     assert "".join(f"<|end_of_image|>{s}" for s in stamps) in prompt.replace("<|begin_of_image|>", "").replace(
         "<|image|>", "")
+
+
+def test_odd_frame_count_video_is_what_the_glm_processor_makes_of_it(reference, tmp_path):
+    """infer hands the processor the 5 sampled frames and their seconds; Glm4vProcessor pads them to
+    its temporal patch (2) and writes one second per frame group (0, 1, 2)."""
+    write_video(tmp_path / "odd.mp4", frames=10, fps=4)  # 2.5 s at 2 fps: 5 frames, indices linspace(0, 9, 5)
+    ours = infer_video_matches_hf(reference[0], tmp_path / "odd.mp4", [0, 2, 4, 6, 9])
+    assert ours["video_grid_thw"][0, 0] == 3
 
 
 def test_batch_file_matches_transformers_row_by_row(hf_dir, reference, media, capsys):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mm_core.cli.main import main
-from mm_core.testing.hf_reference import greedy_replies
+from mm_core.testing.hf_reference import greedy_replies, infer_video_matches_hf
 from mm_core.testing.media import write_images, write_video
 
 
@@ -79,6 +79,13 @@ def test_video_prompt_matches_transformers(hf_dir, reference, media, tmp_path):
     ref, batch = _transformers_generate(hf_dir, reference, [_record("What happens?", videos=[str(media / "v.mp4")])], 8)
     assert batch["pixel_values"].shape[0] == 4  # one tile per sampled frame
     assert [r["token_ids"] for r in ours] == ref and len(ref[0]) > 1
+
+
+def test_odd_frame_count_video_is_what_the_internvl_processor_makes_of_it(reference, tmp_path):
+    """InternVL3 has no temporal patch: 5 sampled frames are 5 tiles (no frame repeated to an even count)."""
+    write_video(tmp_path / "odd.mp4", frames=10, fps=4)  # 2.5 s at 2 fps: 5 frames, indices linspace(0, 9, 5)
+    ours = infer_video_matches_hf(reference[0], tmp_path / "odd.mp4", [0, 2, 4, 6, 9])
+    assert ours["pixel_values"].shape[0] == 5
 
 
 def test_batch_of_image_video_and_text_rows_matches_transformers(hf_dir, reference, media, capsys):

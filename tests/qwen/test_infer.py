@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mm_core.cli.main import main
-from mm_core.testing.hf_reference import greedy_replies
+from mm_core.testing.hf_reference import greedy_replies, infer_video_matches_hf
 from mm_core.testing.media import write_images, write_video
 
 
@@ -63,6 +63,15 @@ def test_batch_file_with_two_images_and_a_video_matches_transformers(hf_dir, med
     ref = _transformers_generate(hf_dir, full, 8)
     assert [r["token_ids"] for r in ours] == ref
     assert len({tuple(r) for r in ref}) > 1  # the rows really differ: the check can fail
+
+
+def test_odd_frame_count_video_is_what_the_qwen_processor_makes_of_it(hf_dir, tmp_path):
+    """infer hands the processor the 5 sampled frames; Qwen2.5-VL's pads them to its temporal patch (2)."""
+    from transformers import AutoProcessor
+
+    write_video(tmp_path / "odd.mp4", frames=10, fps=4)  # 2.5 s at 2 fps: 5 frames, indices linspace(0, 9, 5)
+    ours = infer_video_matches_hf(AutoProcessor.from_pretrained(hf_dir), tmp_path / "odd.mp4", [0, 2, 4, 6, 9])
+    assert ours["video_grid_thw"][0, 0] == 3
 
 
 def test_missing_media_and_mm_dir_without_processor_are_clear_errors(hf_dir, tmp_path, capsys):
