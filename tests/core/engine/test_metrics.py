@@ -54,3 +54,26 @@ def test_progress_bar_shows_real_tokens_per_second(tmp_path, capsys):
     log.close()
     err = capsys.readouterr().err
     assert "real_tok/s=1280" in err and "187" not in err
+
+
+def test_console_line_sums_up_the_expert_table_and_the_file_keeps_it(tmp_path, capsys):
+    """A 128-expert model's table stays out of the console line (its least and most used expert and
+    the load ratio instead); the JSONL record has every count; the bar shows the load ratio."""
+    table = {str(layer): [layer * 1000 + e for e in range(128)] for layer in range(1, 4)}
+    step = {**STEP, "tokens_per_expert": table, "expert_load_max": 1.87}
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLogger(enabled=True, total_steps=1, start_step=0, log_interval=1, jsonl=str(path),
+                        tensorboard_dir=None, progress_bar=False, world_size=1)
+    log.log(1, dict(step))
+    log.close()
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line and "tokens_per_expert=" not in line and "[" not in line
+    assert "tokens_per_expert_min=1000" in line and "tokens_per_expert_max=3127" in line
+    assert "expert_load_max=1.87" in line and "loss=1.5" in line
+    assert json.loads(path.read_text())["tokens_per_expert"] == table
+    bar = MetricsLogger(enabled=True, total_steps=1, start_step=0, log_interval=1, jsonl=None,
+                        tensorboard_dir=None, progress_bar=True, world_size=1)
+    bar.log(1, dict(step))
+    bar.close()
+    err = capsys.readouterr().err
+    assert "expert_load_max=1.87" in err and "3127" not in err

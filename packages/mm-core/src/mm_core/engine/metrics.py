@@ -9,6 +9,12 @@ Throughput fields, so that no one compares the wrong ones with another tool's fi
 - ``samples_per_s`` (``samples``: the step's count, which packing changes); each also ``*_per_device`` (over the world size). ``real_tokens`` and
   ``loss_tokens`` are the step's counts.
 
+MoE models add ``tokens_per_expert`` (``{layer: [count per expert]}``, layers x experts numbers:
+1,000+ for a large model) and ``expert_load_max`` (the busiest expert over its layer's mean). The
+table goes to the JSONL file only; the console line and the progress bar show
+``expert_load_max`` and ``tokens_per_expert_min``/``_max`` (the least and most used expert
+over all layers) instead, so a step stays one readable line.
+
 MFU is estimated as 6 x trainable-and-frozen parameters x real tokens (forward + backward of a
 dense model; frozen parts cost 2/3 of that, ignored here) over the device's peak FLOP/s, when known.
 """
@@ -51,6 +57,17 @@ def peak_memory_gb(device: torch.device) -> float:
         return 0.0
 
 
+def console_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` for one console line: the tokens-per-expert table summed up as its least and most
+    used expert, other tables (dicts, lists) left to the JSONL file."""
+    out = {k: v for k, v in record.items() if not isinstance(v, (dict, list, tuple))}
+    table = record.get("tokens_per_expert")
+    counts = [c for row in table.values() for c in row] if isinstance(table, dict) else []
+    if counts:
+        out["tokens_per_expert_min"], out["tokens_per_expert_max"] = min(counts), max(counts)
+    return out
+
+
 class MetricsLogger:
     """Writes a record every ``log_interval`` steps; only rank 0 writes anything."""
 
@@ -90,8 +107,9 @@ class MetricsLogger:
             return
         if self.bar is not None:
             self.bar.update(1)
+            moe = {"expert_load_max": f"{record['expert_load_max']:.2f}"} if "expert_load_max" in record else {}
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                 **{"real_tok/s": f"{record['real_tokens_per_s']:.0f}"})
+                                 **{"real_tok/s": f"{record['real_tokens_per_s']:.0f}"}, **moe)
         if step % self.log_interval and step != 1:
             return
         record = {"step": step, **record}
@@ -103,8 +121,8 @@ class MetricsLogger:
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"train/{k}", v, step)
         if self.bar is None:
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-                  flush=True)
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in console_record(record).items()), flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
