@@ -359,7 +359,8 @@ def run_transformers(hf: dict, work: dict, tmp: Path, opts: argparse.Namespace, 
 
     dev = opts.device
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(hf)).to(dev).train()
+    with torch.device(dev):  # initialised where it trains (a 3B model's random init on the host takes long)
+        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(hf)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     cfg = parse_finetune_config(["--config", str(tmp / "engine_auto.yaml")])
     data = SyntheticData(cfg, validate(cfg, 1, hf), 0, hf)  # one process: all micro-batches of a step
@@ -495,6 +496,21 @@ def main(argv: list[str] | None = None) -> int:
         skipped["liger"] = "needs CUDA" if opts.device != "cuda" else liger_importable()
         opts.sides = [s for s in opts.sides if s != "liger"]
     runs: dict[str, list[dict]] = {s: [] for s in opts.sides}
+    device_name = torch.cuda.get_device_name() if opts.device == "cuda" else "cpu"
+    shape = f"{opts.shape}{' full depth' if opts.full_depth else ''}{' quick' if opts.quick else ''}"
+
+    def write() -> dict[str, dict]:  # after every run: a part stopped at its time limit keeps what it has
+        best = {s: max(v, key=lambda r: r.get("tokens_per_s", 0)) for s, v in runs.items() if v}
+        summary = {"device": device_name, "shape": shape, "dtype": opts.dtype, "model": hf, "workload": work,
+                   "freeze": opts.freeze, "recompute": opts.recompute, "compile": opts.compile,
+                   "attention_flops_per_sample": attention_flops(hf, work), "skipped": skipped,
+                   "all_runs_tokens_per_s": {k: [r.get("tokens_per_s") for r in v] for k, v in runs.items()},
+                   **{JSON_KEYS[k]: v for k, v in best.items()}, **ratios(best)}
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.out).write_text(json.dumps(summary, indent=1))
+        return best
+
+    best: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:  # the transformers loops read their batches from the engine's config
         Path(tmp, "engine_auto.yaml").write_text(json.dumps(engine_config(hf, work, Path(tmp), "auto", opts)))
         for i in range(opts.repeats):  # interleaved: a slow spell of the host hits every side
@@ -503,16 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[side].append(res)
                 print(f"  {side} run {i + 1}: {res.get('tokens_per_s', 0):.0f} tok/s"
                       f"{' ' + res['error'] if 'error' in res else ''}", flush=True)
-    best = {s: max(v, key=lambda r: r.get("tokens_per_s", 0)) for s, v in runs.items()}
-    device_name = torch.cuda.get_device_name() if opts.device == "cuda" else "cpu"
-    shape = f"{opts.shape}{' full depth' if opts.full_depth else ''}{' quick' if opts.quick else ''}"
-    summary = {"device": device_name, "shape": shape, "dtype": opts.dtype, "model": hf, "workload": work,
-               "freeze": opts.freeze, "recompute": opts.recompute, "compile": opts.compile,
-               "attention_flops_per_sample": attention_flops(hf, work), "skipped": skipped,
-               "all_runs_tokens_per_s": {k: [r.get("tokens_per_s") for r in v] for k, v in runs.items()},
-               **{JSON_KEYS[k]: v for k, v in best.items()}, **ratios(best)}
-    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.out).write_text(json.dumps(summary, indent=1))
+                best = write()
     eng = best.get("engine", {})
 
     def pct(x: float | None) -> str:
