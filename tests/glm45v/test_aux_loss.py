@@ -35,8 +35,9 @@ ROWS = ([("text", 4), ("image", (4, 4)), ("text", 5)], [("text", 15)], [("text",
 
 def _config(spec: Any, hf: Path, save: Path, loss: str, compute: str = "default", **parallel: Any) -> dict:
     cfg = finetune_config(spec, hf, save, **parallel)
-    cfg["training"].update(global_batch_size=4, train_iters=1, loss_type=loss, compute_mode=compute, chunk_size=5,
-                           router_aux_loss_coef=COEF)
+    cfg["training"].update(global_batch_size=4, train_iters=1, loss_type=loss, compute_mode=compute, chunk_size=5)
+    if loss != "default":  # the default loss's run leaves the coefficient unset: the model config's COEF
+        cfg["training"]["router_aux_loss_coef"] = COEF
     return cfg
 
 
@@ -113,6 +114,25 @@ def test_one_process_final_loss_is_transformers_loss_with_router_aux(runs: dict[
     tokens = sum(int(s["attention_mask"].sum()) for s in runs["samples"])
     assert sorted(record["tokens_per_expert"]) == ["1", "2"]  # layer 0 is dense
     assert all(sum(c) == 2 * tokens for c in record["tokens_per_expert"].values())  # top-2
+
+
+def test_the_coefficient_defaults_to_the_model_configs() -> None:
+    """Unset: the model's own value (the one-process ``default`` run above trains with it and matches
+    transformers); a number overrides it; 0 turns it off; dense models (no field) get 0."""
+    from mm_core.engine.aux_loss import resolve_aux_loss_coef
+    from mm_core.errors import ConfigError
+    from mm_glm.tiny_moe import tiny_moe_config_dict
+
+    moe = tiny_moe_config_dict(aux_coef=1e-4)
+    assert moe["text_config"]["router_aux_loss_coef"] == 1e-4 and "router_aux_loss_coef" not in moe
+    coef, note = resolve_aux_loss_coef(None, moe)
+    assert coef == 1e-4 and "model config" in note
+    assert resolve_aux_loss_coef(0.05, moe)[0] == 0.05
+    assert resolve_aux_loss_coef(0, moe)[0] == 0.0
+    assert resolve_aux_loss_coef(None, {"router_aux_loss_coef": 0.02, "text_config": {}})[0] == 0.02  # top level
+    assert resolve_aux_loss_coef(None, {"text_config": {"hidden_size": 8}}) == (0.0, None)  # dense: unaffected
+    with pytest.raises(ConfigError, match="training.router_aux_loss_coef"):
+        resolve_aux_loss_coef(-1.0, moe)
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -70,6 +70,8 @@ def registry_notes(model: Any | None = None) -> dict[str, str]:
                       "default: the one accepting the HF config",
         "model.freeze": _freeze_groups(pm, model),
         "training.loss_type": f"registered loss types: {_names(pm.losses.keys())}",
+        "training.router_aux_loss_coef": "MoE router balance loss weight; default: the model config's "
+                                         "router_aux_loss_coef (0 without one), 0 turns it off",
         "data.config": f"the data pipeline's fields; basic_parameters.template: {templates}",
         "data.data_json": f"a data.json file instead of data.config; its template: {templates}",
         "parallel.device": _kernels(pm),

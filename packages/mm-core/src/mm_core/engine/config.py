@@ -114,7 +114,10 @@ class TrainingConfig:
     loss_type: str = "default"
     compute_mode: Literal["default", "chunk", "dynamic_chunk"] = "default"
     chunk_size: int = 1024
-    router_aux_loss_coef: float = 0.0
+    # MoE router balance loss weight (added to every loss type's loss): unset = the model config's
+    # own router_aux_loss_coef (GLM-4.5V: 1e-4; 0 for models without one), a number overrides it,
+    # 0 turns the loss off; the value used is printed at start (mm_core.engine.aux_loss)
+    router_aux_loss_coef: float | None = None
     # activation recomputation (MindSpeed's recompute_granularity full): a layer keeps only its
     # input for backward and runs its forward again there; ~1/3 more compute for far less memory.
     # recompute_num_layers: the first N layers of each layer list of a stage (None: all of them)
@@ -322,6 +325,10 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
     if cfg.data.source == "mllm" and cfg.data.config is None and not cfg.data.data_json:
         raise ConfigError("data: give data.config (the data pipeline's fields) or data.data_json")
     hf_config = hf_config if hf_config is not None else load_hf_config(cfg)
+    from mm_core.engine.aux_loss import announce, resolve_aux_loss_coef
+
+    t.router_aux_loss_coef, note = resolve_aux_loss_coef(t.router_aux_loss_coef, hf_config)
+    announce(note)
     if cfg.data.source == "mllm":
         _check_template(cfg, hf_config)
         _check_packing(cfg, p.pp)
