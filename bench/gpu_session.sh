@@ -101,7 +101,7 @@ part slice 150 "$PY" bench/gpu_train.py --profile --profile-steps 2 --steps 8 --
     --out "$OUT/gpu_train_slice.json"
 part full_depth 100 "$PY" bench/gpu_train.py --full-depth --steps 4 --repeats 1 --sides engine,transformers,liger \
     --out "$OUT/gpu_train_full_depth.json"
-part 7b 80 "$PY" bench/gpu_train.py --shape qwen2_5_vl_7b --steps 4 --repeats 1 --out "$OUT/gpu_train_7b.json"
+part 7b 80 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$PY" bench/gpu_train.py --shape qwen2_5_vl_7b --steps 4 --repeats 1 --out "$OUT/gpu_train_7b.json"
 part cuda_tests 60 "$PY" -m pytest tests/cuda/test_cuda.py -q -p no:xdist
 
 # -- summary ---------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def model_config(shape: str, quick: bool, full_depth: bool, device: str) -> tupl
     elif shape == "qwen2_5_vl_7b":  # Qwen2.5-VL-7B-Instruct's config
         m = dict(hidden=3584, heads=28, kv_heads=4, vit_hidden=1280, vit_heads=16, vision_depth=32, text_layers=28,
                  fullatt_block_indexes=(7, 15, 23, 31), window_size=112, intermediate_size=18944)
-        work, vocab = dict(image_px=448, images=2, seq=4096, steps=8), 152064
+        work, vocab = dict(image_px=448, images=2, seq=4096, steps=8, chunk=1024), 152064  # ~125 GB of state
     else:  # Qwen2.5-VL-3B's widths; 8+8 layers unless full depth (32 + 36, tied head)
         deep = full_depth
         m = dict(hidden=2048, heads=16, kv_heads=2, vit_hidden=1280, vit_heads=16, vision_depth=32 if deep else 8,
@@ -77,8 +77,9 @@ def model_config(shape: str, quick: bool, full_depth: bool, device: str) -> tupl
     ids = {"vocab_size": vocab, "image_token_id": vocab - 8, "video_token_id": vocab - 7,
            "vision_start_token_id": vocab - 6, "vision_end_token_id": vocab - 5}
     cfg = tiny_config_dict(vocab=ids, **m)
-    if not quick:
+    if not quick:  # the real models' ViT MLP width and multimodal rotary split
         cfg["vision_config"]["intermediate_size"] = 3420
+        cfg["text_config"]["rope_parameters"]["mrope_section"] = [16, 24, 24]
     return cfg, work
 
 
@@ -144,7 +145,8 @@ def engine_config(hf: dict, work: dict, out: Path, fsdp: str, opts: argparse.Nam
         "training": {"micro_batch_size": 1, "global_batch_size": 2, "seq_length": work["seq"],
                      "train_iters": work["steps"] + opts.warmup + opts.profile_steps, "lr": 1e-4,
                      "dtype": opts.dtype, "loss_type": "per_token_loss", "compute_mode": "chunk",
-                     "chunk_size": 4096, "compile": opts.compile, "recompute": "full" if opts.recompute else "none"},
+                     "chunk_size": work.get("chunk", 4096), "compile": opts.compile,
+                     "recompute": "full" if opts.recompute else "none"},
         "output": {"progress_bar": False, "log_interval": 1000, "metrics_file": str(out / f"metrics_{fsdp}.jsonl")},
     }
 

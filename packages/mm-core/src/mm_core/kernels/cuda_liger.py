@@ -100,11 +100,12 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def _heads_first(x: torch.Tensor, cos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
-    """(x as ``[B, H, T, D]``, cos as ``[B|1, T, d]``, whether x was a vision ``[N, H, D]``), or None."""
-    if x.dim() == 4 and cos.dim() in (3, 4):
-        table = cos.squeeze(1) if cos.dim() == 4 and cos.shape[1] == 1 else cos
-        if table.dim() == 3 and table.shape[-2] == x.shape[2] and table.shape[0] in (1, x.shape[0]):
-            return x, table, False
+    """(x as ``[B, H, T, D]``, cos as ``[B|1, T, d]``, whether x was a vision ``[N, H, D]``), or None
+    where ``cos`` does not broadcast over the heads the way Liger reads it."""
+    if x.dim() == 4 and cos.dim() <= 4:
+        table = cos.reshape((1,) * (4 - cos.dim()) + tuple(cos.shape))  # as the reference broadcasts it
+        if table.shape[1] == 1 and table.shape[2] == x.shape[2] and table.shape[0] in (1, x.shape[0]):
+            return x, table[:, 0], False
     if x.dim() == 3 and cos.dim() == 3 and cos.shape[1] == 1 and cos.shape[0] == x.shape[0]:
         return x.transpose(0, 1).unsqueeze(0), cos.squeeze(1).unsqueeze(0), True
     return None
