@@ -13,6 +13,11 @@ appended to the hidden states it sends (:func:`pack_stats`), holding ``S`` (diff
 ``C``, each split into three parts of the activations' dtype so that bf16 activations still carry
 them to about 24 bits. The last stage adds its own layers and computes the exact loss; backward
 carries the gradient of ``S`` back through the pipeline like any activation's.
+
+Under context parallel each rank routes two chunks of every row, so its sums are its chunks'
+share: the last stage adds the cp group's (``ContextParallel.share_sum``: the totals, with the
+gradient of ``S`` to the rank's own share) and divides by the whole batch's ``R``, so every cp
+rank holds the loss of the whole sequence (``Glm4vMoeModel.aux_losses``).
 """
 
 from __future__ import annotations
