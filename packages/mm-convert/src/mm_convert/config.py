@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mm_convert.stacks import BLOCK_MB
+
 # a layer list: one count per stage, or nested per virtual pipeline chunk
 LayerList = list[int] | list[list[int]] | None
 
@@ -48,6 +50,7 @@ class HfToMmConfig:
         parallel_config: the tp/pp layout to write
         overwrite: replace a non-empty mm_dir
         trust_remote_code: accepted for compatibility; conversion never runs model code
+        block_mb: MiB of a stacked expert tensor moved at a time (GLM-4.5V; at least one expert)
     """
 
     mm_dir: str
@@ -55,6 +58,7 @@ class HfToMmConfig:
     parallel_config: ParallelSection = field(default_factory=ParallelSection)
     overwrite: bool = False
     trust_remote_code: bool = False
+    block_mb: float = BLOCK_MB
 
 
 @dataclass
@@ -69,6 +73,7 @@ class MmToHfConfig:
         overwrite: replace a non-empty save_hf_dir
         max_shard_size_gb: largest safetensors shard to write
         trust_remote_code: accepted for compatibility; conversion never runs model code
+        block_mb: MiB of a stacked expert tensor moved at a time (GLM-4.5V; at least one expert)
     """
 
     mm_dir: str
@@ -78,6 +83,7 @@ class MmToHfConfig:
     overwrite: bool = False
     max_shard_size_gb: float = 5.0
     trust_remote_code: bool = False
+    block_mb: float = BLOCK_MB
 
 
 @dataclass
@@ -92,6 +98,7 @@ class ResplitConfig:
         iteration: which saved iteration to read; default: the latest
         overwrite: replace a non-empty save_dir
         trust_remote_code: accepted for compatibility; conversion never runs model code
+        block_mb: MiB of a stacked expert tensor moved at a time (GLM-4.5V; at least one expert)
     """
 
     mm_dir: str
@@ -101,6 +108,7 @@ class ResplitConfig:
     iteration: str | None = None
     overwrite: bool = False
     trust_remote_code: bool = False
+    block_mb: float = BLOCK_MB
 
 
 @dataclass
@@ -108,6 +116,7 @@ class HfToDcpConfig:
     hf_dir: str
     save_dir: str
     overwrite: bool = False
+    block_mb: float = BLOCK_MB
 
 
 @dataclass
@@ -117,3 +126,4 @@ class DcpToHfConfig:
     save_dir: str
     overwrite: bool = False
     max_shard_size_gb: float = 5.0
+    block_mb: float = BLOCK_MB

@@ -8,6 +8,7 @@ command whose methods are subcommands.
 from __future__ import annotations
 
 from mm_convert.config import DcpToHfConfig, HfToDcpConfig, HfToMmConfig, MmToHfConfig, ResplitConfig
+from mm_convert.stacks import BLOCK_MB
 from mm_core.checkpoint.table import RuleTable
 
 
@@ -34,7 +35,8 @@ class Converter(RuleTable):
 
         engine.resplit(self, cfg)
 
-    def hf_to_dcp(self, hf_dir: str, save_dir: str, overwrite: bool = False, trust_remote_code: bool = False) -> None:
+    def hf_to_dcp(self, hf_dir: str, save_dir: str, overwrite: bool = False, trust_remote_code: bool = False,
+                  block_mb: float = BLOCK_MB) -> None:
         """Write an HF checkpoint as a DCP checkpoint (``save_dir/release``) that training can load.
 
         Args:
@@ -42,13 +44,14 @@ class Converter(RuleTable):
             save_dir: output directory (gets latest_checkpointed_iteration.txt and release/)
             overwrite: replace a non-empty save_dir
             trust_remote_code: accepted for compatibility; conversion never runs model code
+            block_mb: MiB of a stacked expert tensor made at a time (at least one expert)
         """
         from mm_convert import engine
 
-        engine.hf_to_dcp(self, HfToDcpConfig(hf_dir=hf_dir, save_dir=save_dir, overwrite=overwrite))
+        engine.hf_to_dcp(self, HfToDcpConfig(hf_dir=hf_dir, save_dir=save_dir, overwrite=overwrite, block_mb=block_mb))
 
     def dcp_to_hf(self, hf_dir: str, dcp_dir: str, save_dir: str, overwrite: bool = False,
-                  trust_remote_code: bool = False) -> None:
+                  trust_remote_code: bool = False, block_mb: float = BLOCK_MB) -> None:
         """Write a DCP checkpoint (e.g. ``save/iter_0000100``) as an HF directory.
 
         Args:
@@ -57,7 +60,9 @@ class Converter(RuleTable):
             save_dir: output HF directory
             overwrite: replace a non-empty save_dir
             trust_remote_code: accepted for compatibility; conversion never runs model code
+            block_mb: MiB of a stacked expert tensor read at a time (at least one expert)
         """
         from mm_convert import engine
 
-        engine.dcp_to_hf(self, DcpToHfConfig(hf_dir=hf_dir, dcp_dir=dcp_dir, save_dir=save_dir, overwrite=overwrite))
+        engine.dcp_to_hf(self, DcpToHfConfig(hf_dir=hf_dir, dcp_dir=dcp_dir, save_dir=save_dir, overwrite=overwrite,
+                                             block_mb=block_mb))

@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from mm_convert.output import Progress
+from mm_convert.stacks import BLOCK_MB, block_bytes, stack_rows
 from mm_core.checkpoint.mm_dir import resolve_dcp_dir
 from mm_core.checkpoint.rules import Plan
 from mm_core.checkpoint.sources import Source, StateSource
@@ -52,11 +53,23 @@ class _LazyPlanner(DefaultSavePlanner):
         return super().resolve_data(write_item)
 
 
-def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True) -> None:
-    items = [it for it in plan.items if not it.tied_copy]
-    metas = {MODEL_PREFIX + it.mm_key: source.meta(it) for it in items}
-    make = {MODEL_PREFIX + it.mm_key: (lambda it=it: source.full(it)) for it in items}
-    save_lazily(metas, make, out, progress=progress)
+def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True, block_mb: float = BLOCK_MB) -> None:
+    """The model state of ``plan`` as DCP; a stacked tensor (experts) is written as row chunks of at
+    most ``block_mb`` MiB, each made only when the writer asks for it."""
+    budget = block_bytes(block_mb)
+    metas: dict[str, torch.Tensor] = {}
+    make: dict[str, Any] = {}
+    chunk_rows: dict[str, int] = {}
+    for it in (it for it in plan.items if not it.tied_copy):
+        key = MODEL_PREFIX + it.mm_key
+        metas[key] = m = source.meta(it)
+        rows = stack_rows(m, it.rule.op, budget)
+        if rows is None:
+            make[key] = lambda it=it: source.full(it)
+            continue
+        chunk_rows[key] = rows
+        make[key] = lambda b, it=it, rows=rows, n=m.shape[0]: source.block(it, b * rows, min((b + 1) * rows, n))
+    save_lazily(metas, make, out, progress=progress, chunk_rows=chunk_rows or None)
 
 
 def save_lazily(state: dict[str, Any], make: dict[str, Any], out: Path, *, progress: bool = True,
@@ -108,5 +121,10 @@ def dcp_source(conv: Converter, plan: Plan, dcp_dir: str | Path) -> Source:
             dcp.load(buf, storage_reader=dcp.FileSystemReader(str(d)), no_dist=True)
         return buf[prefix + key]
 
-    return StateSource(metas, load, plan, str(d), ignore)
+    def load_rows(key: str, start: int, stop: int) -> torch.Tensor:
+        from mm_convert.dcp_chunks import load_rows as load_stored_rows
+
+        return load_stored_rows(d, prefix + key, start, stop, metas[key])
+
+    return StateSource(metas, load, plan, str(d), ignore, load_rows=load_rows)
 

@@ -16,6 +16,7 @@ import torch
 
 from mm_convert.config import DcpToHfConfig, HfToDcpConfig, HfToMmConfig, MmToHfConfig, ResplitConfig
 from mm_convert.output import Progress, atomic_dir, check_target
+from mm_convert.stacks import BLOCK_MB, block_bytes, row_blocks, stack_rows
 from mm_core.checkpoint.errors import ConfigError, ConversionError
 from mm_core.checkpoint.hf import HFReader, HFWriter, copy_aux_files, from_canonical, load_hf_config
 from mm_core.checkpoint.mm_dir import (
@@ -98,8 +99,10 @@ def _layer_args(parallel: Any, modules: tuple[str, ...]) -> dict[str, Any]:
 
 
 def write_mm(plan: Plan, source: Source, out: Path, layout: Layout, *, progress: bool = True,
-             iteration: str | None = None) -> int:
-    """Every rank file of ``plan`` under ``out/<release|iter>``, tensor by tensor."""
+             iteration: str | None = None, block_mb: float = BLOCK_MB) -> int:
+    """Every rank file of ``plan`` under ``out/<release|iter>``, tensor by tensor (a stacked tensor
+    a block of at most ``block_mb`` MiB at a time)."""
+    budget = block_bytes(block_mb)
     pl = plan.placement
     tp = pl.tp_size
     it_name = "release" if iteration is None else iteration
@@ -130,6 +133,15 @@ def write_mm(plan: Plan, source: Source, out: Path, layout: Layout, *, progress:
                 for t, piece in enumerate(it.tp.split(ids, tp) if tp > 1 else [ids]):
                     bar.update(writers[(t, p, v)].copy(it.local_key, segments(piece, refs), source.fds))
                 continue
+            meta = source.meta(it)
+            rows_per = stack_rows(meta, it.rule.op, budget)
+            if rows_per is not None and (tp == 1 or it.tp.replicated or not it.tp.rows_only):
+                for a, b in row_blocks(meta.shape[0], rows_per):  # every rank's piece of a block is rows a..b
+                    block = source.block(it, a, b)
+                    for t, piece in enumerate(it.tp.split(block, tp) if tp > 1 else [block]):
+                        bar.update(writers[(t, p, v)].write_rows(it.local_key, piece, a))
+                    del block
+                continue
             full = source.full(it)
             pieces = it.tp.split(full, tp)
             for t in range(tp):
@@ -153,8 +165,10 @@ def write_mm(plan: Plan, source: Source, out: Path, layout: Layout, *, progress:
 
 
 def write_hf(plan: Plan, source: Source, out: Path, *, key_style: str, aliases: tuple[tuple[str, str], ...],
-             max_shard_bytes: int, progress: bool = True) -> int:
-    """HF shards (+ fresh index) from the full mm tensors of ``plan``."""
+             max_shard_bytes: int, progress: bool = True, block_mb: float = BLOCK_MB) -> int:
+    """HF shards (+ fresh index) from the full mm tensors of ``plan`` (a stacked tensor read a block
+    of at most ``block_mb`` MiB at a time)."""
+    budget = block_bytes(block_mb)
     items = [it for it in plan.items if not it.tied_copy]
     specs: dict[str, Spec] = {}
     for it in items:
@@ -174,6 +188,14 @@ def write_hf(plan: Plan, source: Source, out: Path, *, key_style: str, aliases: 
                 ids, refs = rows
                 for k, hf_ids in zip(it.hf_keys, it.rule.op.inverse(ids)):
                     bar.update(writer.copy(name(k), segments(hf_ids, refs), source.fds))
+                continue
+            op, meta = it.rule.op, source.meta(it)
+            rows_per = stack_rows(meta, op, budget)
+            if rows_per is not None:  # a few slices at a time, each to its own HF tensors
+                per = op.arity // op.blocks
+                for a, b in row_blocks(meta.shape[0], rows_per):
+                    for k, t in zip(it.hf_keys[a * per:b * per], op.sub(b - a).inverse(source.block(it, a, b))):
+                        bar.update(writer.write(name(k), t))
                 continue
             for k, t in zip(it.hf_keys, it.rule.op.inverse(source.full(it))):
                 bar.update(writer.write(name(k), t))
@@ -202,7 +224,7 @@ def hf_to_mm(conv: Converter, cfg: HfToMmConfig, progress: bool = True) -> None:
     layout = placement.layout(converter=conv.name, hf_key_style=reader.key_style)
     with atomic_dir(cfg.mm_dir, cfg.overwrite) as tmp:
         copy_aux_files(hf_dir, tmp)  # config.json and tokenizer files: the mm dir stands on its own
-        write_mm(plan, source, tmp, layout, progress=progress)
+        write_mm(plan, source, tmp, layout, progress=progress, block_mb=cfg.block_mb)
 
 
 def _dcp_dir_of(mm_dir: str | Path, iteration: str | None) -> Path | None:
@@ -219,7 +241,8 @@ def mm_to_hf(conv: Converter, cfg: MmToHfConfig, progress: bool = True) -> None:
     if dcp_dir is not None:  # a training checkpoint (save/iter_0000100): same as dcp_to_hf
         hf_dir = cfg.hf_config.hf_dir or str(_config_dir(cfg.mm_dir, dcp_dir, None))
         dcp_to_hf(conv, DcpToHfConfig(hf_dir=hf_dir, dcp_dir=str(dcp_dir), save_dir=cfg.save_hf_dir,
-                                      overwrite=cfg.overwrite, max_shard_size_gb=cfg.max_shard_size_gb), progress)
+                                      overwrite=cfg.overwrite, max_shard_size_gb=cfg.max_shard_size_gb,
+                                      block_mb=cfg.block_mb), progress)
         return
     hf_config, layout, plan, source = mm_plan(conv, cfg.mm_dir, cfg.iteration, cfg.hf_config.hf_dir)
     check_target(cfg.save_hf_dir, cfg.overwrite, "--cfg.overwrite")
@@ -227,7 +250,7 @@ def mm_to_hf(conv: Converter, cfg: MmToHfConfig, progress: bool = True) -> None:
         aux_src = Path(cfg.hf_config.hf_dir) if cfg.hf_config.hf_dir else Path(cfg.mm_dir)
         copy_aux_files(aux_src, tmp)
         write_hf(plan, source, tmp, key_style=layout.hf_key_style or "old", aliases=conv.hf_aliases,
-                 max_shard_bytes=int(cfg.max_shard_size_gb * 1024**3), progress=progress)
+                 max_shard_bytes=int(cfg.max_shard_size_gb * 1024**3), progress=progress, block_mb=cfg.block_mb)
 
 
 def resplit(conv: Converter, cfg: ResplitConfig, progress: bool = True) -> None:
@@ -244,7 +267,7 @@ def resplit(conv: Converter, cfg: ResplitConfig, progress: bool = True) -> None:
         src_root = Path(cfg.mm_dir)
         aux = src_root if (src_root / "config.json").is_file() else Path(cfg.hf_config.hf_dir or src_root)
         copy_aux_files(aux, tmp)
-        write_mm(plan, source, tmp, new_layout, progress=progress)
+        write_mm(plan, source, tmp, new_layout, progress=progress, block_mb=cfg.block_mb)
 
 
 def hf_to_dcp(conv: Converter, cfg: HfToDcpConfig, progress: bool = True) -> None:
@@ -252,7 +275,7 @@ def hf_to_dcp(conv: Converter, cfg: HfToDcpConfig, progress: bool = True) -> Non
 
     _, reader, placement, plan, source = hf_plan(conv, cfg.hf_dir, 1, {})
     with atomic_dir(cfg.save_dir, cfg.overwrite, "--overwrite") as tmp:
-        dcp.write_dcp(plan, source, tmp / "release", progress=progress)
+        dcp.write_dcp(plan, source, tmp / "release", progress=progress, block_mb=cfg.block_mb)
         write_latest(tmp, "release")
         (tmp / "mm_dcp.json").write_text(json.dumps({"converter": conv.name, "hf_key_style": reader.key_style,
                                                      "key_prefix": dcp.MODEL_PREFIX}, indent=1) + "\n")
@@ -275,4 +298,4 @@ def dcp_to_hf(conv: Converter, cfg: DcpToHfConfig, progress: bool = True) -> Non
     with atomic_dir(cfg.save_dir, cfg.overwrite, "--overwrite") as tmp:
         copy_aux_files(cfg.hf_dir, tmp)
         write_hf(plan, source, tmp, key_style=reader_style, aliases=conv.hf_aliases,
-                 max_shard_bytes=int(cfg.max_shard_size_gb * 1024**3), progress=progress)
+                 max_shard_bytes=int(cfg.max_shard_size_gb * 1024**3), progress=progress, block_mb=cfg.block_mb)

@@ -8,7 +8,9 @@ The Hub stores every expert's ``gate_proj``/``up_proj`` ``[I, H]`` and ``down_pr
   ``[gate_e; up_e]`` transposed (a row times it gives ``[gate | up]``);
 - :class:`StackDown`: HF ``down_0, down_1, ...`` -> ``[E, I, H]``, each transposed.
 
-These moves are transposes, not whole rows, so ``rows_only`` is False (the tensors are read whole).
+These moves are transposes, not whole rows, so ``rows_only`` is False. Each expert's slice depends on
+that expert's tensors alone, so both are stacks (``blocks`` = experts): a conversion fills or splits
+the stack a few experts at a time (``sub(n)``) and never holds a whole layer's experts.
 """
 
 from __future__ import annotations
@@ -29,15 +31,30 @@ def _same(shapes: Sequence[Shape], what: str) -> Shape:
 
 
 @dataclass(frozen=True)
-class StackGateUp(Transform):
-    """``2E`` HF tensors ``[I, H]`` (gate, up per expert) <-> ``[E, H, 2I]``."""
+class _ExpertStack(Transform):
+    """A stack over ``experts`` slices of dim 0, ``per_expert`` HF tensors each."""
 
     experts: int
     rows_only = False
+    per_expert = 1
 
     @property
     def arity(self) -> int:  # type: ignore[override]
-        return 2 * self.experts
+        return self.per_expert * self.experts
+
+    @property
+    def blocks(self) -> int:  # type: ignore[override]
+        return self.experts
+
+    def sub(self, n: int) -> Transform:
+        return type(self)(n)
+
+
+@dataclass(frozen=True)
+class StackGateUp(_ExpertStack):
+    """``2E`` HF tensors ``[I, H]`` (gate, up per expert) <-> ``[E, H, 2I]``."""
+
+    per_expert = 2
 
     def forward(self, hf: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack([torch.cat((hf[2 * e], hf[2 * e + 1])).t() for e in range(self.experts)])
@@ -62,15 +79,8 @@ class StackGateUp(Transform):
 
 
 @dataclass(frozen=True)
-class StackDown(Transform):
+class StackDown(_ExpertStack):
     """``E`` HF tensors ``[H, I]`` <-> ``[E, I, H]``."""
-
-    experts: int
-    rows_only = False
-
-    @property
-    def arity(self) -> int:  # type: ignore[override]
-        return self.experts
 
     def forward(self, hf: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack([t.t() for t in hf])

@@ -28,10 +28,21 @@ class Transform:
 
     ``rows_only``: the op only moves whole rows of dim 0 (cats, interleaves), so it can run on a
     1-D tensor of row ids and the result copied file to file without touching the data.
+
+    ``blocks``: the mm tensor is this many independent slices of dim 0 (a stack of experts), slice
+    ``b`` made from HF tensors ``[b * per, (b + 1) * per)`` alone (``per = arity // blocks``), so a
+    conversion can move a few slices at a time (:meth:`sub`) instead of the whole stack.
     """
 
     arity = 1
     rows_only = True
+    blocks = 1
+
+    def sub(self, n: int) -> Transform:
+        """This transform over ``n`` consecutive slices (only for stacks: ``blocks > 1``)."""
+        if self.blocks == 1 and n == 1:
+            return self
+        raise NotImplementedError(f"{type(self).__name__} is not a stack of slices")
 
     def forward(self, hf: Sequence[torch.Tensor]) -> torch.Tensor:
         (t,) = hf

@@ -140,6 +140,7 @@ class StreamingWriter:
         self._base = 8 + len(raw)
         self.total = self._base + offset
         self._pending = set(self._where)
+        self._rows: dict[str, list[tuple[int, int]]] = {}  # row ranges written so far (write_rows)
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._pwrite(struct.pack("<Q", len(raw)) + raw, 0)
         os.ftruncate(self._fd, self.total)
@@ -166,6 +167,25 @@ class StreamingWriter:
             self._pwrite(tensor_bytes(tensor), offset)
         self._pending.discard(name)
         return n
+
+    def write_rows(self, name: str, tensor: torch.Tensor, start: int) -> int:
+        """Write rows ``[start, start + len(tensor))`` of dim 0 of a planned tensor, so a large one
+        (a layer's stacked experts) is filled a block at a time; it counts as written once every
+        row was. Returns the bytes written."""
+        offset, n = self._check(name, None, None)
+        _, _, shape, dtype = self._where[name]
+        stop = start + (tensor.shape[0] if tensor.dim() else 0)
+        done = self._rows.setdefault(name, [])
+        if (tensor.dtype != dtype or not shape or tuple(tensor.shape[1:]) != shape[1:] or not 0 <= start < stop <= shape[0]
+                or any(a < stop and start < b for a, b in done)):
+            raise SafetensorsError(f"{self.path}: rows [{start}, {stop}) {tuple(tensor.shape)} {tensor.dtype} do not "
+                                   f"fit tensor {name}, planned {shape} {dtype}, rows written {sorted(done)}")
+        row = n // shape[0]
+        self._pwrite(tensor_bytes(tensor), offset + start * row)
+        done.append((start, stop))
+        if sum(b - a for a, b in done) == shape[0]:
+            self._pending.discard(name)
+        return (stop - start) * row
 
     def copy(self, name: str, segs: Sequence[tuple[Path, int, int]], fds: FdCache) -> int:
         """Fill a tensor from file runs (see :mod:`mm_core.checkpoint.rowcopy`), in the kernel."""

@@ -7,7 +7,7 @@ single tensor-parallel piece (read as little as possible).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from mm_core.checkpoint.hf import HFReader
 from mm_core.checkpoint.mm_dir import RankFile, rank_dir_name, rank_dirs
 from mm_core.checkpoint.rowcopy import FdCache, RowSource, read_segments, row_ids, segments
 from mm_core.checkpoint.rules import Item, Plan
-from mm_core.checkpoint.safetensors_io import TensorInfo
+from mm_core.checkpoint.safetensors_io import TensorInfo, read_tensor
 
 RowPlan = tuple[torch.Tensor, list[RowSource]]
 
@@ -53,6 +53,11 @@ class Source:
     def full(self, item: Item) -> torch.Tensor:
         raise NotImplementedError
 
+    def block(self, item: Item, start: int, stop: int) -> torch.Tensor:
+        """Slices ``[start, stop)`` of dim 0 of the full mm tensor (a few experts of a stack), read
+        without the rest where the source allows; this fallback makes the whole tensor."""
+        return self.full(item)[start:stop].clone()
+
     def piece(self, item: Item, tp: int, rank: int) -> torch.Tensor:
         t = item.tp.piece(self.full(item), tp, rank)
         return t.clone() if tp > 1 and not item.tp.replicated else t
@@ -86,6 +91,13 @@ class HFSource(Source):
 
     def full(self, item: Item) -> torch.Tensor:
         return item.rule.op.forward([self.reader.read(k) for k in item.hf_keys])
+
+    def block(self, item: Item, start: int, stop: int) -> torch.Tensor:
+        op = item.rule.op
+        if op.blocks == 1:
+            return super().block(item, start, stop)
+        per = op.arity // op.blocks  # only the HF tensors of these slices are read
+        return op.sub(stop - start).forward([self.reader.read(k) for k in item.hf_keys[start * per:stop * per]])
 
     def piece(self, item: Item, tp: int, rank: int) -> torch.Tensor:
         rows = self.rows(item) if item.tp.rows_only else None
@@ -182,6 +194,15 @@ class MMSource(Source):
     def full(self, item: Item) -> torch.Tensor:
         return self._gather(item)
 
+    def block(self, item: Item, start: int, stop: int) -> torch.Tensor:
+        src = self._src(item)
+        if src.tp.replicated or self.tp == 1:  # rank 0's file holds the whole tensor: read its rows
+            p, v = self.plan.placement.rank_of(src.stage)
+            info = self.files[(0, p)].info(src.local_key, v)
+            if info is not None:
+                return read_tensor(info, (start, stop))
+        return super().block(item, start, stop)
+
     def order(self, items: list[Item]) -> list[Item]:
         return sorted(items, key=lambda it: self._src(it).stage)
 
@@ -189,8 +210,10 @@ class MMSource(Source):
 class StateSource(Source):
     """Full tensors by global mm name (a DCP checkpoint's model state, or a dict in tests)."""
 
-    def __init__(self, metas: Mapping[str, torch.Tensor], load: Any, plan: Plan, where: str, ignore: set[str]):
-        self.metas, self.load, self.plan = metas, load, plan
+    def __init__(self, metas: Mapping[str, torch.Tensor], load: Any, plan: Plan, where: str, ignore: set[str],
+                 load_rows: Callable[[str, int, int], torch.Tensor] | None = None):
+        """``load(key)``: a whole tensor; ``load_rows(key, start, stop)``: rows of dim 0 only (optional)."""
+        self.metas, self.load, self.plan, self.load_rows = metas, load, plan, load_rows
         want = {it.mm_key for it in plan.items if not it.tied_copy}
         missing = sorted(want - set(metas))
         unexpected = sorted(set(metas) - want - ignore)
@@ -214,6 +237,11 @@ class StateSource(Source):
 
     def full(self, item: Item) -> torch.Tensor:
         return self.load(self._key(item))
+
+    def block(self, item: Item, start: int, stop: int) -> torch.Tensor:
+        if self.load_rows is None:
+            return super().block(item, start, stop)
+        return self.load_rows(self._key(item), start, stop)
 
 
 def check_shapes(plan: Plan, source: Source, tp_size: int, items: list[Item] | None = None) -> None:
