@@ -2,7 +2,8 @@
 
 Registered for device type ``cuda`` only; ``liger_kernel`` is imported by the availability check,
 which the registry runs only when a model asks for a ``cuda`` kernel, and the check says no where
-it does not import (it is an optional dependency; CPU CI never loads it). Each op keeps the
+it does not import (an optional dependency: ``pip install liger-kernel``; CPU CI never loads
+it, and it is imported by name, like ``torch_npu`` in ``npu.py``). Each op keeps the
 contract and the numerics of its twin in ``reference.py`` and hands the cases Liger's kernels
 do not cover to that twin:
 
@@ -32,6 +33,7 @@ import functools
 import importlib
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -64,6 +66,12 @@ def liger_importable() -> bool:
     return True
 
 
+@functools.cache
+def _liger(module: str, name: str) -> Any:
+    """``liger_kernel.<module>.<name>``, imported on first use (liger-kernel is an optional dependency)."""
+    return getattr(importlib.import_module(f"liger_kernel.{module}"), name)
+
+
 def availability(op: str) -> Callable[[], bool]:
     """The registry's availability check of ``op``: a CUDA device, liger-kernel, and not turned off."""
 
@@ -85,18 +93,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``reference.rms_norm`` through Liger's kernel when ``x`` and ``weight`` share a dtype."""
     if x.dtype != weight.dtype or not _plain(x, weight):
         return reference.rms_norm(x, weight, eps)
-    from liger_kernel.ops.rms_norm import LigerRMSNormFunction
-
-    return LigerRMSNormFunction.apply(x, weight, eps, 0.0, "llama", False)
+    return _liger("ops.rms_norm", "LigerRMSNormFunction").apply(x, weight, eps, 0.0, "llama", False)
 
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """``reference.swiglu`` (silu(gate) * up of a fused ``[gate; up]``) in one Liger kernel each way."""
     if gate_up.shape[-1] % 2 or not _plain(gate_up):
         return reference.swiglu(gate_up)
-    from liger_kernel.ops.swiglu import LigerFusedGateUpSiLUMulFunction
-
-    return LigerFusedGateUpSiLUMulFunction.apply(gate_up, False)
+    return _liger("ops.swiglu", "LigerFusedGateUpSiLUMulFunction").apply(gate_up, False)
 
 
 def _heads_first(x: torch.Tensor, cos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
@@ -117,15 +121,13 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     layout = _heads_first(x, cos)
     if layout is None or d % 2 or d > x.shape[-1] or sin.shape != cos.shape or not _plain(x, cos, sin):
         return reference.rotary(x, cos, sin)
-    from liger_kernel.ops.rope import LigerRopeFunction
-
     q, table, vision = layout
     sin_table = _heads_first(x, sin)[1]  # type: ignore[index]
     if q.transpose(1, 2).is_contiguous():  # Liger would rotate x's own memory: give it a copy
         q = q.clone()
     # the kernel rotates q and k together: k is one zero head of its own (a view of q could alias x), thrown away
     dummy_k = q.new_zeros(q.shape[0], 1, q.shape[2], q.shape[3])
-    out, _ = LigerRopeFunction.apply(q, dummy_k, table.float(), sin_table.float())
+    out, _ = _liger("ops.rope", "LigerRopeFunction").apply(q, dummy_k, table.float(), sin_table.float())
     return out.squeeze(0).transpose(0, 1) if vision else out
 
 
@@ -138,8 +140,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     weights (every loss type's common case) take Liger's sum path, whose gradients are computed in
     the forward; others its per-token path (the logits are recomputed in backward).
     """
-    from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
-
     from mm_core.losses.cross_entropy import compute_dtype
 
     if hidden.shape[0] == 0:
@@ -149,8 +149,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         h, w = hidden.to(cd), weight.to(cd)
         uniform = bool((weights == weights[0]).all())  # one host sync, like the loss's token selection
         reduction = "sum" if uniform else "none"
-        ce = LigerFusedLinearCrossEntropyFunction.apply(h, w, targets, None, None, IGNORE_INDEX, 0.0, 0.0,
-                                                        reduction, None, False, torch.float32)[0]
+        flce = _liger("ops.fused_linear_cross_entropy", "LigerFusedLinearCrossEntropyFunction")
+        ce = flce.apply(h, w, targets, None, None, IGNORE_INDEX, 0.0, 0.0, reduction, None, False, torch.float32)[0]
     if uniform:
         return ce.float() * weights[0].float()
     return (ce.float() * weights.float()).sum()
