@@ -6,11 +6,13 @@ against that expert's weight. ``x`` ``[T, K]`` holds the rows of expert 0 first,
 the experts (exact: each expert's rows are one ordinary matmul); device kernels (``torch_npu``'s
 grouped matmul on Ascend, registered by mm-glm) take the same arguments and must give the same result.
 
-``torch._grouped_mm`` (torch 2.8+) runs all experts in one call, without the loop's host sync on
-the counts. Its rules (torch 2.14, ``aten/src/ATen/native/cuda/Blas.cpp`` and the meta kernel):
+``torch._grouped_mm`` runs all experts in one call, without the loop's host sync on the counts
+(``native_available`` probes whether this torch runs it on the device). Its rules (torch 2.14: its
+meta kernel in ``torch/_meta_registrations.py`` and ``torch.nn.functional.grouped_mm``'s docs):
 offsets are the cumulative counts as int32; each operand's last two dimensions are row- or
 column-major (a transposed weight is fine) with the other stride a multiple of 16 bytes and the
-data on a 16-byte boundary; the result has the inputs' dtype. On CUDA its fast (CUTLASS) path is
+data on a 16-byte boundary; K and N not 0; fewer than 1024 groups for the bf16 CUDA kernel (SM 8.0+);
+the result has the inputs' dtype. On CUDA its fast (CUTLASS) path is
 bf16, so :func:`cuda_grouped_mm` takes it for bf16 and leaves other dtypes to the loop (cuBLAS,
 with the model's TF32 setting). On CPU it is a loop of the same matmuls inside ATen: bit-exact
 with the reference in fp32 and bf16, forward and backward, and about 2x faster for a layer's
@@ -70,8 +72,10 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 def _native_fits(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> bool:
+    """Shapes, dtype and layout ``torch._grouped_mm`` takes (its bf16 CUDA kernel: fewer than 1024
+    groups, K and N not 0)."""
     return (hasattr(torch, "_grouped_mm") and x.dim() == 2 and weight.dim() == 3 and x.shape[0] > 0
-            and x.shape[1] == weight.shape[1] and counts.numel() == weight.shape[0] and x.dtype == weight.dtype
+            and 0 < weight.shape[0] < 1024 and min(weight.shape[1:]) > 0 and x.shape[1] == weight.shape[1] and counts.numel() == weight.shape[0] and x.dtype == weight.dtype
             and x.device == weight.device and _layout_ok(x) and _layout_ok(weight)
             and weight.shape[2] * x.element_size() % 16 == 0)  # the result's rows on 16 bytes too
 
