@@ -27,30 +27,36 @@ def media(tmp_path_factory):
     return d
 
 
-def _transformers_generate(hf_dir, records, max_new_tokens):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+@pytest.fixture(scope="module")
+def processor(hf_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(hf_dir)
+
+
+def _transformers_generate(hf_dir, processor, records, max_new_tokens):
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from mm_core.cli.infer import prepare_batch, stop_token_ids
 
-    processor = AutoProcessor.from_pretrained(hf_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
     return greedy_replies(model, prepare_batch(processor, records), stop_token_ids(hf_dir, processor.tokenizer),
                           max_new_tokens)
 
 
-def test_single_prompt_with_image_matches_transformers(hf_dir, media, tmp_path, capsys):
+def test_single_prompt_with_image_matches_transformers(hf_dir, processor, media, tmp_path, capsys):
     out = tmp_path / "answers.jsonl"
     rc = main(["infer", "--model", str(hf_dir), "--image", str(media / "a.png"), "--prompt", "Describe this image.",
                "--max-new-tokens", "10", "--output", str(out)])
     assert rc == 0
     ours = [json.loads(line) for line in out.read_text().splitlines()]
     record = {"prompt": "Describe this image.", "images": [str(media / "a.png")], "videos": [], "system": None}
-    ref = _transformers_generate(hf_dir, [record], 10)
+    ref = _transformers_generate(hf_dir, processor, [record], 10)
     assert [r["token_ids"] for r in ours] == ref
     assert capsys.readouterr().out.strip() == ours[0]["answer"].strip()
 
 
-def test_batch_file_with_two_images_and_a_video_matches_transformers(hf_dir, media, tmp_path, capsys):
+def test_batch_file_with_two_images_and_a_video_matches_transformers(hf_dir, processor, media, tmp_path, capsys):
     records = [{"prompt": "Compare the two pictures.", "images": ["a.png", "b.png"]},
                {"prompt": "What happens?", "video": "v.mp4"},
                {"prompt": "Say hello."}]
@@ -60,17 +66,15 @@ def test_batch_file_with_two_images_and_a_video_matches_transformers(hf_dir, med
     ours = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     full = [{"prompt": r["prompt"], "images": [str(media / p) for p in r.get("images", [])],
              "videos": [str(media / r["video"])] if "video" in r else [], "system": None} for r in records]
-    ref = _transformers_generate(hf_dir, full, 8)
+    ref = _transformers_generate(hf_dir, processor, full, 8)
     assert [r["token_ids"] for r in ours] == ref
     assert len({tuple(r) for r in ref}) > 1  # the rows really differ: the check can fail
 
 
-def test_odd_frame_count_video_is_what_the_qwen_processor_makes_of_it(hf_dir, tmp_path):
+def test_odd_frame_count_video_is_what_the_qwen_processor_makes_of_it(processor, tmp_path):
     """infer hands the processor the 5 sampled frames; Qwen2.5-VL's pads them to its temporal patch (2)."""
-    from transformers import AutoProcessor
-
     write_video(tmp_path / "odd.mp4", frames=10, fps=4)  # 2.5 s at 2 fps: 5 frames, indices linspace(0, 9, 5)
-    ours = infer_video_matches_hf(AutoProcessor.from_pretrained(hf_dir), tmp_path / "odd.mp4", [0, 2, 4, 6, 9])
+    ours = infer_video_matches_hf(processor, tmp_path / "odd.mp4", [0, 2, 4, 6, 9])
     assert ours["video_grid_thw"][0, 0] == 3
 
 
