@@ -32,6 +32,7 @@ CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "examples").rgl
 # family and (vision blocks, LLM layers) of the published checkpoints the configs name
 REAL_MODELS = {"Qwen2.5-VL-3B-Instruct": ("qwen", (32, 36)), "Qwen2.5-VL-7B-Instruct": ("qwen", (32, 28)),
                "Qwen2.5-VL-72B-Instruct": ("qwen", (32, 80)), "GLM-4.1V-9B-Thinking": ("glm", (24, 40)),
+               "GLM-4.5V": ("glm45v", (24, 46)),
                "InternVL3-8B": ("internvl", (24, 28)), "InternVL3-78B": ("internvl", (45, 80)),
                "visualglm-6b-mm": ("visualglm", (39, 28))}
 
@@ -112,11 +113,12 @@ def _tiny_family_dir(family: str, path: Path) -> Path:
         cfg["image_token_id"] = TOKEN_IDS["<IMG_CONTEXT>"]  # the offline tokenizer's id, as in the real model
         (path / "config.json").write_text(json.dumps(cfg))
         return save_offline_processor(path, tile_size=56, image_seq_length=4)
-    if family == "glm":
+    if family in ("glm", "glm45v"):
         from mm_glm.testing_tokenizer import save_glm_processor
         from mm_glm.tiny import save_tiny_model as save_glm
+        from mm_glm.tiny_moe import save_tiny_model as save_glm45v
 
-        return save_glm_processor(save_glm(path))
+        return save_glm_processor((save_glm45v if family == "glm45v" else save_glm)(path))
     from mm_qwen.tiny import save_tiny_model
 
     return save_tiny_model(path, with_processor=True)
@@ -149,6 +151,8 @@ def workdir(tmp_path, monkeypatch, processor_files):
         if hf_dir and not (tmp_path / hf_dir).exists():
             family, layers = REAL_MODELS.get(Path(hf_dir).name, ("qwen", (4, 4)))
             _model_dir(tmp_path / hf_dir, processor_files(family), layers)
+        if (raw.get("output") or {}).get("load"):  # a checkpoint to start from (GLM-4.5V: hf_to_dcp's)
+            (tmp_path / raw["output"]["load"]).mkdir(parents=True, exist_ok=True)
         basic = (raw["data"].get("config") or {}).get("basic_parameters")
         if basic and "data_path" in basic:  # InternVL's names: records relative to the working dir
             _dataset(tmp_path / basic["data_folder"], tmp_path / basic["data_path"], internvl=True)

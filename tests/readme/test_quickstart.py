@@ -62,6 +62,10 @@ INTERNVL_PROGRAMS = ["make", "huggingface-cli", "huggingface-cli", "mm-run data 
 INTERNVL_LAYOUTS = {"[[6,8,8,6]]": "[[1,1,1,1]]", "[[24,0,0,0]]": "[[4,0,0,0]]", "[[40,40]]": "[[2,2]]",
                     "[[45,0]]": "[[3,0]]"}
 INTERNVL_FINETUNE_OVERRIDES = GLM_FINETUNE_OVERRIDES
+GLM45V_HEADING = "## Quick start on real models: GLM-4.5V"
+GLM45V_PROGRAMS = ["make", "huggingface-cli", "mm-run data llava-to-mllm", "mm-convert ExpertMergeDcpConverter hf_to_dcp",
+                   "mm-run finetune", "mm-convert ExpertMergeDcpConverter dcp_to_hf"]
+GLM45V_FINETUNE_OVERRIDES = ["--parallel.ep", "2", *TINY_RUN]
 QWEN_LAYOUTS = {"[32,0,0,0]": "[4,0,0,0]", "[1,10,10,7]": "[1,1,1,1]"}
 GLM_LAYOUTS = {"[[40]]": "[[4]]", "[[24]]": "[[4]]", "[[5,12,12,11]]": "[[1,1,1,1]]", "[[24,0,0,0]]": "[[4,0,0,0]]"}
 
@@ -184,17 +188,12 @@ def _run_block(workspace: Path, capsys, heading: str, programs: list[str], downl
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_readme_glm_quick_start_runs_as_written(workspace, capsys):
-    from mm_glm.testing_tokenizer import TOKEN_IDS, save_glm_processor
+    from mm_glm.testing_tokenizer import save_glm_processor
     from mm_glm.tiny import save_tiny_model
 
-    # the offline tokenizer has GLM-4's vocabulary size and ids: the tiny model's config names them
-    ids = {"vocab_size": 151552, "image_token_id": TOKEN_IDS["<|image|>"], "video_token_id": TOKEN_IDS["<|video|>"],
-           "image_start_token_id": TOKEN_IDS["<|begin_of_image|>"], "image_end_token_id": TOKEN_IDS["<|end_of_image|>"],
-           "video_start_token_id": TOKEN_IDS["<|begin_of_video|>"], "video_end_token_id": TOKEN_IDS["<|end_of_video|>"]}
-
     def download(target: Path, repo: str) -> None:
-        save_glm_processor(save_tiny_model(target, vision_depth=4, text_layers=4, vocab=ids, hidden=64, seed=1,
-                                           std=0.2))
+        save_glm_processor(save_tiny_model(target, vision_depth=4, text_layers=4, vocab=_glm_vocab(), hidden=64,
+                                           seed=1, std=0.2))
 
     outputs = _run_block(workspace, capsys, GLM_HEADING, GLM_PROGRAMS, download, GLM_LAYOUTS, GLM_FINETUNE_OVERRIDES)
     assert "usable: 5" in outputs["mm-run data inspect"] and "bad records: none" in outputs["mm-run data inspect"]
@@ -203,6 +202,67 @@ def test_readme_glm_quick_start_runs_as_written(workspace, capsys):
     assert (workspace / "save_dir/glm4_1v_9b_pp4/iter_0000002").is_dir()
     assert any((workspace / "ckpt/hf_path/GLM-4.1V-9B-finetuned").glob("*.safetensors"))
     assert outputs["mm-run infer"].strip(), "infer printed no answer"
+
+
+def _glm_vocab() -> dict[str, int]:
+    """The offline GLM tokenizer's vocabulary size and ids (GLM-4's), for a tiny model's config."""
+    from mm_glm.testing_tokenizer import TOKEN_IDS
+
+    return {"vocab_size": 151552, "image_token_id": TOKEN_IDS["<|image|>"], "video_token_id": TOKEN_IDS["<|video|>"],
+            "image_start_token_id": TOKEN_IDS["<|begin_of_image|>"], "image_end_token_id": TOKEN_IDS["<|end_of_image|>"],
+            "video_start_token_id": TOKEN_IDS["<|begin_of_video|>"], "video_end_token_id": TOKEN_IDS["<|end_of_video|>"]}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_readme_glm45v_quick_start_runs_as_written(workspace, capsys):
+    """The GLM-4.5V block (convert -> finetune -> convert back) on a tiny GLM-4.5V (3 LLM layers, 4
+    experts, the offline processor). Substitutions: the 8-node launch line runs here alone
+    (``--nnodes``/``--node-rank``/``--master-addr`` dropped, 2 processes, expert parallel 2, the tiny
+    run's overrides); after ``hf_to_dcp`` the HF dir's weights are replaced by another seed's, so the
+    trained weights can only have come from the converted checkpoint; ``dcp_to_hf`` reads the
+    iteration the 2-step run saved. The HF output must hold the trained weights bit-exactly, the
+    frozen vision tower the original's, and every other tensor stay within 2 AdamW steps of it
+    (``mm_glm.seed_flow_checks``)."""
+    import shutil
+
+    import yaml
+
+    from mm_glm.seed_flow_checks import check_seed_flow, hf_tensors
+    from mm_glm.testing_tokenizer import save_glm_processor
+    from mm_glm.tiny_moe import save_tiny_model
+
+    def tiny(target: Path, seed: int) -> Path:
+        return save_glm_processor(save_tiny_model(target, vision_depth=2, text_layers=3, vocab=_glm_vocab(), hidden=64,
+                                                  seed=seed, std=0.2))
+
+    commands = readme_commands(heading=GLM45V_HEADING)
+    assert [_program(w) for w in commands] == GLM45V_PROGRAMS, "the README's GLM-4.5V block changed: update this test"
+    original: dict = {}
+    for words in commands:
+        name = _program(words)
+        if name == "make":
+            continue
+        if name == "huggingface-cli":
+            hf = workspace / words[words.index("--local-dir") + 1]
+            original = hf_tensors(tiny(hf, seed=1))
+            continue
+        if name == "mm-run finetune":
+            for flag in ("--nnodes", "--node-rank", "--master-addr"):
+                i = words.index(flag)
+                words = words[:i] + words[i + 2:]
+            words = [*_set(words, "--nproc-per-node", "2"), *GLM45V_FINETUNE_OVERRIDES]
+        elif name.endswith("dcp_to_hf"):
+            words = _set(words, "--dcp_dir", re.sub(r"iter_\d{7}$", "iter_0000002", words[words.index("--dcp_dir") + 1]))
+        _run(words, capsys)
+        if name.endswith("hf_to_dcp"):  # the finetune must take its weights from the converted checkpoint
+            other = tiny(workspace / "other_seed", seed=2)
+            (hf / "model.safetensors").unlink()  # a new file: never rewritten under a reader's memory map
+            shutil.copy(other / "model.safetensors", hf / "model.safetensors")
+    config = yaml.safe_load((ROOT / "examples/glm4_5v/finetune_106b.yaml").read_text())
+    changed = check_seed_flow(workspace / "ckpt/hf_path/GLM-4.5V-finetuned", workspace / "save_dir/glm4_5v_106b/iter_0000002",
+                              original, ("model.visual.",), config["training"]["lr"], steps=2)
+    assert any(".mlp.experts." in k for k in changed)
 
 
 @pytest.mark.slow

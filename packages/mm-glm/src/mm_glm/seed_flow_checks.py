@@ -22,13 +22,13 @@ import torch
 
 
 def hf_tensors(d: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of an HF directory's safetensors files."""
+    """Every tensor of an HF directory's safetensors files (copies: the files may be replaced later)."""
     from safetensors import safe_open
 
     out = {}
     for f in sorted(Path(d).glob("*.safetensors")):
         with safe_open(str(f), "pt") as s:
-            out.update({k: s.get_tensor(k) for k in s.keys()})
+            out.update({k: s.get_tensor(k).clone() for k in s.keys()})
     return out
 
 
