@@ -1,15 +1,18 @@
-"""Build this rank's pipeline stage(s): construct, initialise or load, freeze, tp plan, FSDP2."""
+"""Build this rank's pipeline stage(s): construct (on the meta device), freeze, tp plan, expert
+parallel, LoRA, FSDP2, then materialise and load only this rank's shards."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -20,6 +23,7 @@ from mm_core.engine.mesh import Parallel
 from mm_core.engine.names import StageNames
 from mm_core.engine.pipeline_grads import grad_anchor
 from mm_core.engine.row_order import gated_parameters
+from mm_core.engine.sharded_load import DataShard, StreamTensor
 from mm_core.errors import ConfigError
 from mm_core.specs import ModelSpec
 
@@ -208,7 +212,7 @@ def _recomputed(forward: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def compile_layers(model: nn.Module, backend: str) -> int:
+def compile_layers(model: nn.Module, backend: str, device_type: str | None = None) -> int:
     """``torch.compile`` every layer of the model's layer lists in place (``Module.compile`` keeps
     the module, its names and its parameters, so tp, FSDP2 and checkpoints see no difference).
     Layers are the unit because they repeat: one graph serves them all. Returns how many."""
@@ -216,9 +220,10 @@ def compile_layers(model: nn.Module, backend: str) -> int:
     from mm_core.kernels.registry import resolve_kernels
 
     quiet_cuda_home_warning()  # inductor's import of cpp_extension would warn about CUDA_HOME on CPU
-    devices = {p.device.type for p in model.parameters()}
-    for device_type in devices:
-        resolve_kernels(device_type)  # compiled code reads the chosen kernels, never the plugin lookup
+    # a meta-built model is compiled before it is materialised: the device it will run on decides
+    devices = {device_type} if device_type is not None else {p.device.type for p in model.parameters()}
+    for kind in devices:
+        resolve_kernels(kind)  # compiled code reads the chosen kernels, never the plugin lookup
     n = 0
     for layers in _layer_lists(model):
         for layer in layers:
@@ -227,18 +232,19 @@ def compile_layers(model: nn.Module, backend: str) -> int:
     return n
 
 
-def _apply_fsdp(stage: EngineStage, cfg: FinetuneConfig, par: Parallel) -> None:
+def _apply_fsdp(stage: EngineStage, cfg: FinetuneConfig, par: Parallel) -> DeviceMesh | None:
     """FSDP2 over the data-parallel mesh (x cp, flattened, under context parallel; each decoder/ViT
     layer a unit), with its mixed precision.
 
     With one data-parallel rank there is nothing to shard: the stage stays a plain module
     (``parallel.fsdp auto``) and a lower compute precision comes from ``torch.autocast``; the
     fp32 result is the same as under FSDP2 (tested), without its per-layer bookkeeping.
+    Returns the mesh it sharded over (None: not sharded).
     """
     dtype = DTYPES[cfg.training.dtype]
     if par.dp * par.cp == 1 and cfg.parallel.fsdp == "auto":
         stage.autocast = None if dtype == torch.float32 else (par.device.type, dtype)
-        return
+        return None
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     mesh = par.data_mesh if par.data_mesh is not None else par.mesh["dp"]  # dp x cp under context parallel
     ignored = expert_params(stage) or None  # sharded by expert parallel instead
@@ -249,6 +255,7 @@ def _apply_fsdp(stage: EngineStage, cfg: FinetuneConfig, par: Parallel) -> None:
                             ignored_params=ignored)
     fully_shard(stage, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.parallel.reshard_after_forward,
                 ignored_params=ignored)
+    return mesh
 
 
 def random_full_state(spec: ModelSpec, hf_config: dict[str, Any], vit_total: int, llm_total: int,
@@ -279,12 +286,38 @@ def _stage_from_full(model: nn.Module, names: StageNames, full: dict[str, torch.
     model.load_state_dict(weights, strict=True)
 
 
+@contextlib.contextmanager
+def _checkpoint_stream(cfg: FinetuneConfig, spec: ModelSpec, layout: Layout, stage: int,
+                       par: Parallel) -> Iterator[tuple[list[StreamTensor], str, str]]:
+    """This (tp rank, stage)'s tensors in the HF dir (through the converter) or the mm dir, not yet
+    read, with a description of the source and the fix for a mismatch."""
+    from mm_core.checkpoint.api import open_hf_rank
+    from mm_core.nn.pretrained import check_mm_layout, layout_flags, mm_stage_tensors, rank_and_chunk
+
+    assert spec.converter is not None
+    vit, llm = (cfg.model.vit_pp_layers, cfg.model.llm_pp_layers) if layout.pp > 1 else (None, None)
+    if cfg.model.mm_dir:
+        fix = check_mm_layout(cfg.model.mm_dir, spec.converter, tp_size=par.tp, vit_pp_layers=vit, llm_pp_layers=llm)
+        yield (mm_stage_tensors(cfg.model.mm_dir, tp_rank=par.tp_rank, stage=stage, vit_pp_layers=vit,
+                                llm_pp_layers=llm),
+               f"mm checkpoint {cfg.model.mm_dir} (tp rank {par.tp_rank}, pp stage {stage})", fix)
+        return
+    rank, chunk = rank_and_chunk(stage, vit, llm)
+    with open_hf_rank(spec.converter, cfg.model.hf_dir, tp_size=par.tp, tp_rank=par.tp_rank, vit_pp_layers=vit,
+                      llm_pp_layers=llm, pp_rank=rank) as stream:
+        yield (stream.chunks[chunk or 0],
+               f"HF checkpoint {cfg.model.hf_dir} (tp rank {par.tp_rank}/{par.tp}, pp stage {stage})",
+               f"check that {cfg.model.hf_dir}/config.json belongs to these weights and that the layout "
+               f"({layout_flags(par.tp, vit, llm)}) matches the model you built")
+
+
 def load_stage_model(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, Any], layout: Layout,
                      stage: int, par: Parallel) -> tuple[nn.Module, dict[str, int]]:
-    """Build stage ``stage`` on the meta device, apply the tp plan, then load only this tp rank's
-    shards from the HF dir (streamed through the converter) or the mm dir, so no rank ever holds
-    more than its tensor-parallel share. Returns the model and its gated parameters."""
-    from mm_core.nn.pretrained import load_hf_weights, load_mm_weights
+    """Stage ``stage`` built on the meta device with the tp plan applied, holding this tp rank's
+    shards read from the HF dir (through the converter) or the mm dir, tensor by tensor (the
+    tensor-parallel inference path: no FSDP2). Returns the model and its gated parameters."""
+    from mm_core.engine.sharded_load import check_buffers, fill, regions
+    from mm_core.nn.state import check_state
 
     if spec.converter is None:
         raise ConfigError(f"model '{spec.name}' registers no converter, so weights cannot be loaded; "
@@ -295,54 +328,116 @@ def load_stage_model(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, 
     freeze(model, spec, cfg.model.freeze)
     gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel,
                       rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
-    # the config's own (possibly nested) lists: the converter maps stage -> (pp rank, chunk) itself
-    kw: dict[str, Any] = dict(vit_pp_layers=cfg.model.vit_pp_layers, llm_pp_layers=cfg.model.llm_pp_layers) \
-        if layout.pp > 1 else {}
-    kw.update(tp_size=par.tp, tp_rank=par.tp_rank, pp_rank=stage)
-    if cfg.model.mm_dir:
-        load_mm_weights(model, cfg.model.mm_dir, spec.converter, **kw)
-    else:
-        load_hf_weights(model, cfg.model.hf_dir, spec.converter, **kw)
-    return model.to(device=par.device, dtype=torch.float32), gated
+    with _checkpoint_stream(cfg, spec, layout, stage, par) as (stream, source, fix):
+        check_state(model, {t.key: t.meta for t in stream}, source=source, fix=fix)
+        before = regions(model)
+        model.to_empty(device=par.device)
+        check_buffers(model, f"model '{spec.name}'")
+        fill(model, stream, before, None, set(), source=source)
+    return model, gated
+
+
+def _reads_weights(cfg: FinetuneConfig) -> bool:
+    """False when ``output.load`` names a checkpoint that will overwrite every weight (DCP loads
+    straight into the sharded parameters); with LoRA it holds only the adapters."""
+    from mm_core.engine.trainer import _resume_path
+
+    return cfg.lora is not None or _resume_path(cfg) is None
+
+
+def _parallelise(model: nn.Module, cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, Any], par: Parallel,
+                 names: StageNames, gated: dict[str, tuple[int, int]], tokens: Any, num_stages: int,
+                 stage: int) -> EngineStage:
+    """Expert parallel, LoRA, recomputation, compilation and FSDP2 on a tensor-parallel stage (real
+    or on the meta device), in that order."""
+    if cfg.parallel.ep > 1:  # experts sharded over the data mesh, before FSDP2 (engine/expert_parallel.py)
+        shard_stage_experts(model, par.data_mesh if par.data_mesh is not None else par.mesh["dp"], tokens,
+                            f"model '{spec.name}'")
+    if cfg.lora is not None:  # adapters: after the tp plan, before FSDP2 (mm_core.lora)
+        from mm_core.lora.engine import attach_to_stage
+
+        attach_to_stage(model, cfg, spec, hf_config, names, gated)
+    if cfg.training.recompute == "full":
+        recompute_layers(model, cfg.training.recompute_num_layers)
+    if cfg.training.compile:
+        compile_layers(model, cfg.training.compile_backend, par.device.type)
+    es = EngineStage(model, stage, num_stages, names)
+    es.gated = gated
+    return es
+
+
+def _materialise(es: EngineStage, cfg: FinetuneConfig, spec: ModelSpec, par: Parallel,
+                 stream: list[StreamTensor] | None, source: str) -> None:
+    """FSDP2 on the meta stage, then ``to_empty`` and each rank's own shards filled from ``stream``
+    (None: a checkpoint from ``output.load`` fills them later) and the LoRA adapters' start."""
+    from mm_core.engine.sharded_load import (
+        check_buffers,
+        fill,
+        lora_indices_on_cpu,
+        lora_indices_to,
+        lora_start,
+        regions,
+    )
+
+    model = es.model
+    lora_indices_on_cpu(model, es.gated)
+    before = regions(model)
+    ep = expert_params(model)
+    sharded = {n for n, p in model.named_parameters() if p not in ep}
+    mesh = _apply_fsdp(es, cfg, par)
+    es.to_empty(device=par.device)
+    lora_indices_to(model, par.device)
+    check_buffers(model, f"model '{spec.name}'")
+    if stream is None:
+        return
+    shard = DataShard(mesh.get_local_rank(), mesh.size()) if mesh is not None else None
+    fill(model, itertools.chain(stream, lora_start(model, cfg.training.seed, before)), before, shard, sharded,
+         source=source)
 
 
 def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: ModelSpec,
                  hf_config: dict[str, Any]) -> Stages:
-    """Construct, load, freeze, tensor- and data-parallelise this rank's stages."""
+    """Construct, load, freeze, tensor- and data-parallelise this rank's stages.
+
+    From a checkpoint, a stage is built and parallelised on the meta device and each rank then
+    reads only the shards it holds (``mm_core.engine.sharded_load``), so no rank ever holds the
+    whole model, nor a whole tp piece of its stage. ``model.random_init`` builds the whole model
+    from the seed (the same values on every layout) and shards it as before.
+    """
     from mm_core.engine.config import model_layer_counts
+    from mm_core.nn.state import check_state
 
     indices = [v * layout.pp + par.pp_rank for v in range(layout.virtual)]
     full = None
     if cfg.model.random_init:
         full = random_full_state(spec, hf_config, *model_layer_counts(hf_config), cfg.training.seed)
+    elif spec.converter is None:
+        raise ConfigError(f"model '{spec.name}' registers no converter, so weights cannot be loaded; "
+                          "set model.random_init true")
+    reads = full is None and _reads_weights(cfg)
     modules = []
     tokens = ep_group(par) if cfg.parallel.ep > 1 else None  # expert parallel's all-to-all group
     for stage in indices:
         names = StageNames(spec.pipeline_modules, layout.placement, stage)
+        device = par.device if full is not None else torch.device("meta")
+        model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
+                             pp_rank=stage, device=device, dtype=torch.float32)
+        require(model, StageModel, f"model '{spec.name}'")
         if full is not None:
-            model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
-                                 pp_rank=stage, device=par.device, dtype=torch.float32)
-            require(model, StageModel, f"model '{spec.name}'")
             _stage_from_full(model, names, full, stage)
-            freeze(model, spec, cfg.model.freeze)
-            gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel,
-                              rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
-        else:
-            model, gated = load_stage_model(cfg, spec, hf_config, layout, stage, par)
-        if cfg.parallel.ep > 1:  # experts sharded over the data mesh, before FSDP2 (engine/expert_parallel.py)
-            shard_stage_experts(model, par.data_mesh if par.data_mesh is not None else par.mesh["dp"], tokens,
-                                f"model '{spec.name}'")
-        if cfg.lora is not None:  # adapters: after the tp plan, before FSDP2 (mm_core.lora)
-            from mm_core.lora.engine import attach_to_stage
-
-            attach_to_stage(model, cfg, spec, hf_config, names, gated)
-        if cfg.training.recompute == "full":
-            recompute_layers(model, cfg.training.recompute_num_layers)
-        if cfg.training.compile:
-            compile_layers(model, cfg.training.compile_backend)
-        es = EngineStage(model, stage, layout.num_stages, names)
-        es.gated = gated
-        _apply_fsdp(es, cfg, par)
+        freeze(model, spec, cfg.model.freeze)
+        gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel,
+                          rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
+        with contextlib.ExitStack() as stack:
+            stream, source = None, ""
+            if reads:  # names and shapes checked before anything is sharded or read
+                stream, source, fix = stack.enter_context(_checkpoint_stream(cfg, spec, layout, stage, par))
+                check_state(model, {t.key: t.meta for t in stream}, source=source, fix=fix)
+            es = _parallelise(model, cfg, spec, hf_config, par, names, gated, tokens, layout.num_stages, stage)
+            if full is not None:
+                _apply_fsdp(es, cfg, par)
+            else:
+                _materialise(es, cfg, spec, par, stream, source)
         modules.append(es)
     del full
     return Stages(modules, indices, spec)

@@ -8,6 +8,7 @@ through the conversion rules, or reads the rank's ``mp_rank`` file of an mm chec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def layout_flags(tp_size: int, vit_pp_layers: Sequence | None, llm_pp_layers: Se
     return " ".join(flags)
 
 
-def _rank_and_chunk(stage: int, vit_pp_layers: Sequence | None, llm_pp_layers: Sequence | None
+def rank_and_chunk(stage: int, vit_pp_layers: Sequence | None, llm_pp_layers: Sequence | None
                     ) -> tuple[int, int | None]:
     """Flattened stage -> (pp rank, virtual chunk or None): chunk v of rank p is stage ``v * pp + p``."""
     layers = llm_pp_layers if llm_pp_layers is not None else vit_pp_layers
@@ -68,7 +69,7 @@ def load_hf_weights(model: nn.Module, hf_dir: str | Path, converter_name: str, *
     from mm_core.plugins import get_plugin_manager
 
     converter = get_plugin_manager().converter(converter_name).factory()
-    rank, chunk = _rank_and_chunk(pp_rank, vit_pp_layers, llm_pp_layers)
+    rank, chunk = rank_and_chunk(pp_rank, vit_pp_layers, llm_pp_layers)
     state = _api().hf_to_mm_rank(converter, hf_dir, tp_size=tp_size, tp_rank=tp_rank, vit_pp_layers=vit_pp_layers,
                                  llm_pp_layers=llm_pp_layers, pp_rank=rank)
     state = state[chunk] if chunk is not None else state
@@ -77,15 +78,13 @@ def load_hf_weights(model: nn.Module, hf_dir: str | Path, converter_name: str, *
                      f"({layout_flags(tp_size, vit_pp_layers, llm_pp_layers)}) matches the model you built")
 
 
-def load_mm_weights(model: nn.Module, mm_dir: str | Path, converter_name: str, *, tp_size: int = 1,
-                    tp_rank: int = 0, vit_pp_layers: Sequence | None = None,
-                    llm_pp_layers: Sequence | None = None, pp_rank: int = 0,
-                    iteration: int | str | None = None) -> None:
-    """Read this rank's ``mp_rank`` file of an mm checkpoint into ``model``."""
-    api = _api()
+def check_mm_layout(mm_dir: str | Path, converter_name: str, *, tp_size: int = 1,
+                    vit_pp_layers: Sequence | None = None, llm_pp_layers: Sequence | None = None) -> str:
+    """Refuse an mm checkpoint written for another tp size or stage split (naming both); returns
+    the resplit command that fixes a mismatch (for later errors)."""
     fix = (f"re-split the checkpoint for this layout: mm-convert {converter_name} resplit --cfg.mm_dir {mm_dir} "
            f"--cfg.save_dir <new mm dir> {layout_flags(tp_size, vit_pp_layers, llm_pp_layers)}")
-    layout = api.read_mm_layout(mm_dir)
+    layout = _api().read_mm_layout(mm_dir)
     get = (lambda k: layout.get(k)) if isinstance(layout, Mapping) else (lambda k: getattr(layout, k, None))
     saved_tp, saved_pp = get("tp_size"), get("pp_size")
     layers = llm_pp_layers if llm_pp_layers is not None else vit_pp_layers
@@ -102,10 +101,51 @@ def load_mm_weights(model: nn.Module, mm_dir: str | Path, converter_name: str, *
             raise CheckpointMismatchError(
                 f"{mm_dir} was written with {key}={_compact(saved)} but the model is built with "
                 f"{_compact(want)}.\n  fix: {fix}")
-    rank, chunk = _rank_and_chunk(pp_rank, vit_pp_layers, llm_pp_layers)
-    state, _ = api.read_mm_rank(mm_dir, tp_rank=tp_rank, pp_rank=rank, iteration=iteration)
+    return fix
+
+
+def load_mm_weights(model: nn.Module, mm_dir: str | Path, converter_name: str, *, tp_size: int = 1,
+                    tp_rank: int = 0, vit_pp_layers: Sequence | None = None,
+                    llm_pp_layers: Sequence | None = None, pp_rank: int = 0,
+                    iteration: int | str | None = None) -> None:
+    """Read this rank's ``mp_rank`` file of an mm checkpoint into ``model``."""
+    fix = check_mm_layout(mm_dir, converter_name, tp_size=tp_size, vit_pp_layers=vit_pp_layers,
+                          llm_pp_layers=llm_pp_layers)
+    rank, chunk = rank_and_chunk(pp_rank, vit_pp_layers, llm_pp_layers)
+    state, _ = _api().read_mm_rank(mm_dir, tp_rank=tp_rank, pp_rank=rank, iteration=iteration)
     state = state[chunk] if chunk is not None else state
     assign_state(model, state, source=f"mm checkpoint {mm_dir} (tp rank {tp_rank}, pp stage {pp_rank})", fix=fix)
+
+
+@dataclass
+class FileTensor:
+    """One tensor of an mm rank file, read on demand (whole, or rows of dim 0 only)."""
+
+    key: str
+    file: Any  # mm_core.checkpoint.mm_dir.RankFile
+    chunk: int
+
+    @property
+    def meta(self) -> torch.Tensor:
+        return self.file.meta(self.key, self.chunk)
+
+    def read(self, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        from mm_core.checkpoint.safetensors_io import read_tensor
+
+        info = self.file.info(self.key, self.chunk)
+        if info is not None:
+            return read_tensor(info, rows)
+        whole = self.file.read(self.key, self.chunk)
+        return whole if rows is None else whole[rows[0]:rows[1]]
+
+
+def mm_stage_tensors(mm_dir: str | Path, *, tp_rank: int, stage: int, vit_pp_layers: Sequence | None,
+                     llm_pp_layers: Sequence | None) -> list[FileTensor]:
+    """The tensors of stage ``stage`` in this tp rank's file of an mm checkpoint (not yet read)."""
+    rank, chunk = rank_and_chunk(stage, vit_pp_layers, llm_pp_layers)
+    f, _ = _api().open_mm_rank(mm_dir, tp_rank=tp_rank, pp_rank=rank)
+    v = chunk or 0
+    return [FileTensor(k, f, v) for k in sorted(f.keys(v))]
 
 
 def resolve_hf_config(path: str | Path, hf_config: Any = None) -> tuple[dict[str, Any], Path | None]:
