@@ -75,6 +75,36 @@ def test_every_verb_moves_the_stacks_one_expert_at_a_time_bit_exact(hf: Path, tm
     assert_same_hf_dirs(hf, tmp_path / "back2")
 
 
+def test_a_source_without_row_reads_makes_each_stack_once(hf: Path, tmp_path: Path) -> None:
+    """The fallback of ``Source.block`` (a source that can only give whole tensors): one-expert
+    blocks still give the HF tensors bit-exact, and each stack is made once, not once per block."""
+    from collections import Counter
+
+    from mm_convert.engine import write_hf
+    from mm_core.checkpoint import api
+    from mm_core.checkpoint.hf import HFReader, load_hf_config
+    from mm_core.checkpoint.sources import HFSource, StateSource
+
+    conv = api.get_converter(CONV)
+    cfg = load_hf_config(hf)
+    plan = conv.plan(cfg, conv.placement(cfg, 1, {}), present_hf=None)
+    hf_source, by_key = HFSource(HFReader(hf)), plan.by_mm_key()
+    made: Counter[str] = Counter()
+
+    def load(key: str) -> torch.Tensor:
+        made[key] += 1
+        return hf_source.full(by_key[key])
+
+    metas = {it.mm_key: hf_source.meta(it) for it in plan.items}
+    (tmp_path / "out").mkdir()
+    write_hf(plan, StateSource(metas, load, plan, "a dict", set()), tmp_path / "out", key_style="old", aliases=(),
+             max_shard_bytes=1 << 30, progress=False, block_mb=float(ONE_EXPERT))
+    (tmp_path / "out" / "config.json").write_bytes((hf / "config.json").read_bytes())
+    assert_same_hf_dirs(hf, tmp_path / "out")
+    stacks = [k for k in made if k.endswith(("experts.weight1", "experts.weight2"))]
+    assert len(stacks) == 4 and set(made.values()) == {1}, made
+
+
 def test_rows_written_in_pieces_make_the_tensor_and_bad_pieces_are_refused(tmp_path: Path) -> None:
     t = torch.arange(12, dtype=torch.float32).reshape(4, 3)
     w = StreamingWriter(tmp_path / "x.safetensors", {"stack": ((4, 3), torch.float32)})

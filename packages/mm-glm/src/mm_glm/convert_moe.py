@@ -6,7 +6,10 @@
 - MoE layers: ``mlp.gate.weight`` -> ``mlp.router.weight``; ``mlp.gate.e_score_correction_bias``
   -> ``mlp.router.expert_bias`` (kept fp32); the per-expert Hub tensors stacked into
   ``mlp.experts.weight1`` ``[E, H, 2I]`` / ``weight2`` ``[E, I, H]`` (``mm_core.checkpoint.expert_ops``);
-  the shared expert as the decoder's SwiGLU MLP (``[gate; up]`` fused).
+  the shared expert as the decoder's SwiGLU MLP (``[gate; up]`` fused). The two stacks are declared
+  stacks (``Transform.blocks``), so every verb moves them a block of experts at a time
+  (``--cfg.block_mb`` / ``--block_mb``, ``mm_convert.stacks``): GLM-4.5V's 2.95 GB a layer never
+  exists whole in memory.
 
 Tensor parallel: attention and the shared expert split as the decoder's rules say (heads in
 whole GQA groups, gated column / row); router and routed experts are replicated on every tp rank

@@ -36,6 +36,7 @@ def meta(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
 
 class Source:
     fds: FdCache
+    _whole: tuple[Item, torch.Tensor] | None = None  # block()'s fallback: the last item made whole
 
     def meta(self, item: Item) -> torch.Tensor:
         raise NotImplementedError
@@ -46,6 +47,7 @@ class Source:
         return None
 
     def close(self) -> None:
+        self._whole = None
         fds = getattr(self, "fds", None)
         if fds is not None:
             fds.close()
@@ -55,8 +57,12 @@ class Source:
 
     def block(self, item: Item, start: int, stop: int) -> torch.Tensor:
         """Slices ``[start, stop)`` of dim 0 of the full mm tensor (a few experts of a stack), read
-        without the rest where the source allows; this fallback makes the whole tensor."""
-        return self.full(item)[start:stop].clone()
+        without the rest where the source allows; this fallback makes the whole tensor once per item
+        (kept until another item's block is asked for) and slices it."""
+        if self._whole is None or self._whole[0] is not item:
+            self._whole = None  # the previous item's tensor is freed before this one is made
+            self._whole = (item, self.full(item))
+        return self._whole[1][start:stop]
 
     def piece(self, item: Item, tp: int, rank: int) -> torch.Tensor:
         t = item.tp.piece(self.full(item), tp, rank)
