@@ -134,18 +134,18 @@ def _check_file(path: str, where: str) -> None:
 def load_media(record: dict[str, Any], where: str, *, video_fps: float, max_video_frames: int) -> Media:
     """Decode the record's images and videos, or raise :class:`ItemError` naming the file and why."""
     from mm_core.data.bad_records import BadRecord
-    from mm_core.data.media import load_image, load_video
-    from mm_core.data.video_times import video_seconds
+    from mm_core.data.media import load_image
+    from mm_core.inference.video_frames import sampled_video
 
     media = Media()
     for path in record["images"] + record["videos"]:
         _check_file(path, where)
     try:
         media.images = [load_image(p, where) for p in record["images"]]
-        for p in record["videos"]:
-            v = load_video(p, video_fps, max_video_frames, where)
-            media.videos.append((v.frames, v.sample_fps))
-            media.video_seconds.append(video_seconds(v, video_fps, max_video_frames))
+        for p in record["videos"]:  # unpadded: the family's processor pads to its temporal patch
+            frames, rate, seconds = sampled_video(p, where, video_fps, max_video_frames)
+            media.videos.append((frames, rate))
+            media.video_seconds.append(seconds)
     except BadRecord as e:
         raise ItemError(f"{where}: {_one_line(e.detail)}") from None
     return media

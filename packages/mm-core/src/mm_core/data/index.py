@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from mm_core.data.bad_records import BadRecord
 from mm_core.data.config import DataConfig
-from mm_core.data.records import RawRecord, dataset_files, parse_record
+from mm_core.data.records import RawRecord, dataset_files, parse_for
 
 logger = logging.getLogger("mm.data")
 INDEX_VERSION = 1
@@ -75,7 +75,7 @@ class _Chunks(Dataset):
         out: list[tuple[int, str | None, str | None]] = []
         for raw in self.raws[k * self.size:(k + 1) * self.size]:
             try:
-                sample = parse_record(raw, self.config.attr, self.config.basic_parameters.dataset_dir)
+                sample = parse_for(raw, self.config, self.formatter)
                 out.append((len(self.formatter.encode(sample, pixels=False)["input_ids"]), None, None))
             except BadRecord as e:
                 out.append((-1, e.reason, e.detail))

@@ -13,7 +13,7 @@ from mm_core.data.bad_records import BadRecord, BadRecordStats
 from mm_core.data.config import DataConfig
 from mm_core.data.index import build_index
 from mm_core.data.packing import pack_rows, packing_efficiency
-from mm_core.data.records import iter_all_raw_records, parse_record
+from mm_core.data.records import iter_all_raw_records, parse_for
 
 
 def inspect_data(config: DataConfig, formatter: Any, *, seq_len: int | None = None, bins: int = 10,
@@ -41,7 +41,7 @@ def inspect_data(config: DataConfig, formatter: Any, *, seq_len: int | None = No
     for i, n in enumerate(index.lengths):
         if n < 0 or (seq_len is not None and n > seq_len):
             continue
-        sample = parse_record(raws[i], config.attr, config.basic_parameters.dataset_dir)
+        sample = parse_for(raws[i], config, formatter)
         n_images, n_videos = n_images + len(sample.images), n_videos + len(sample.videos)
         if (sample.images or sample.videos) and vision_ids:
             vision_tokens += sum(t in vision_ids for t in formatter.encode(sample, pixels=False)["input_ids"])

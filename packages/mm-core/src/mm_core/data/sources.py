@@ -19,7 +19,7 @@ from mm_core.batch import Batch
 from mm_core.data.bad_records import BadRecord
 from mm_core.data.collate import collate
 from mm_core.data.config import DataConfig
-from mm_core.data.records import RawRecord, iter_all_raw_records, parse_record
+from mm_core.data.records import RawRecord, iter_all_raw_records, parse_for
 
 
 def identity(x: Any) -> Any:
@@ -31,7 +31,7 @@ def worker_init(_: int) -> None:
 
 
 def encode_record(raw: RawRecord, config: DataConfig, formatter: Any) -> dict[str, Any]:
-    return formatter.encode(parse_record(raw, config.attr, config.basic_parameters.dataset_dir))
+    return formatter.encode(parse_for(raw, config, formatter))
 
 
 class MapMicroBatches(Dataset):
