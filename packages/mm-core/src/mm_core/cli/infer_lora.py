@@ -30,8 +30,9 @@ def attach_adapters(model: Any, adapters: str | Path, model_dir: Path, *, mm: bo
         found = weights_fingerprint(model_dir, mm=mm)
         if found != meta.get("base_fingerprint"):
             raise ConfigError(f"--lora {adapters}: these adapters were trained on base {meta.get('base_fingerprint')} "
-                              f"({meta.get('base')}), but --model {model_dir} is {found}; load that base, or pass "
-                              "--no-check-base if it is the same weights in another layout")
+                              f"({meta.get('base')}), but --model {model_dir} is {found}; load that base (an HF dir and its mm-convert "
+                              "copies agree), or pass --no-check-base if the adapters were saved before the "
+                              "fingerprint covered weight values (older releases)")
     spec = get_plugin_manager().model(meta["model"])
     apply_lora(model, lora_config_of(meta), spec, load_hf_config(model_dir))
     try:
