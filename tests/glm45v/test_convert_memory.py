@@ -105,6 +105,14 @@ def test_a_source_without_row_reads_makes_each_stack_once(hf: Path, tmp_path: Pa
     assert len(stacks) == 4 and set(made.values()) == {1}, made
 
 
+def test_a_block_size_that_cannot_progress_is_refused_by_name(hf: Path, tmp_path: Path, capsys) -> None:
+    from mm_convert.cli import main
+
+    assert main([CONV, "hf_to_mm", "--cfg.hf_config.hf_dir", str(hf), "--cfg.mm_dir", str(tmp_path / "mm"),
+                 "--cfg.block_mb", "0"]) == 1
+    assert "block_mb (--cfg.block_mb" in capsys.readouterr().err and not (tmp_path / "mm").exists()
+
+
 def test_rows_written_in_pieces_make_the_tensor_and_bad_pieces_are_refused(tmp_path: Path) -> None:
     t = torch.arange(12, dtype=torch.float32).reshape(4, 3)
     w = StreamingWriter(tmp_path / "x.safetensors", {"stack": ((4, 3), torch.float32)})

@@ -216,6 +216,7 @@ def write_hf(plan: Plan, source: Source, out: Path, *, key_style: str, aliases: 
 
 
 def hf_to_mm(conv: Converter, cfg: HfToMmConfig, progress: bool = True) -> None:
+    block_bytes(cfg.block_mb)  # a bad flag is refused before any work
     hf_dir = cfg.hf_config.hf_dir
     if not hf_dir:
         raise ConfigError("--cfg.hf_config.hf_dir is required for hf_to_mm")
@@ -237,6 +238,7 @@ def _dcp_dir_of(mm_dir: str | Path, iteration: str | None) -> Path | None:
 
 
 def mm_to_hf(conv: Converter, cfg: MmToHfConfig, progress: bool = True) -> None:
+    block_bytes(cfg.block_mb)
     dcp_dir = _dcp_dir_of(cfg.mm_dir, cfg.iteration)
     if dcp_dir is not None:  # a training checkpoint (save/iter_0000100): same as dcp_to_hf
         hf_dir = cfg.hf_config.hf_dir or str(_config_dir(cfg.mm_dir, dcp_dir, None))
@@ -254,6 +256,7 @@ def mm_to_hf(conv: Converter, cfg: MmToHfConfig, progress: bool = True) -> None:
 
 
 def resplit(conv: Converter, cfg: ResplitConfig, progress: bool = True) -> None:
+    block_bytes(cfg.block_mb)
     hf_config, layout, src_plan, source = mm_plan(conv, cfg.mm_dir, cfg.iteration, cfg.hf_config.hf_dir)
     par = cfg.parallel_config
     placement = conv.placement(hf_config, par.tp_size, _layer_args(par, conv.modules))
@@ -273,6 +276,7 @@ def resplit(conv: Converter, cfg: ResplitConfig, progress: bool = True) -> None:
 def hf_to_dcp(conv: Converter, cfg: HfToDcpConfig, progress: bool = True) -> None:
     from mm_convert import dcp
 
+    block_bytes(cfg.block_mb)
     _, reader, placement, plan, source = hf_plan(conv, cfg.hf_dir, 1, {})
     with atomic_dir(cfg.save_dir, cfg.overwrite, "--overwrite") as tmp:
         dcp.write_dcp(plan, source, tmp / "release", progress=progress, block_mb=cfg.block_mb)
@@ -284,6 +288,7 @@ def hf_to_dcp(conv: Converter, cfg: HfToDcpConfig, progress: bool = True) -> Non
 def dcp_to_hf(conv: Converter, cfg: DcpToHfConfig, progress: bool = True) -> None:
     from mm_convert import dcp
 
+    block_bytes(cfg.block_mb)
     hf_config = load_hf_config(cfg.hf_dir)
     placement = conv.placement(hf_config, 1, {})
     plan = conv.plan(hf_config, placement, present_hf=None)

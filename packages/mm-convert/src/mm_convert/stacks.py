@@ -18,7 +18,8 @@ BLOCK_MB = 64.0  # default budget of one block (GLM-4.5V: two experts of gate/up
 def block_bytes(block_mb: float) -> int:
     """The ``block_mb`` flag in bytes (refused when not positive: it would mean no progress)."""
     if not block_mb > 0:
-        raise ConfigError(f"block_mb must be a positive number of MiB, got {block_mb}")
+        raise ConfigError(f"block_mb (--cfg.block_mb; --block_mb for hf_to_dcp / dcp_to_hf) must be a positive "
+                          f"number of MiB, got {block_mb}")
     return int(block_mb * 1024**2)
 
 
