@@ -5,7 +5,10 @@ come from mm-internvl's ``bench_shapes`` (the ``-hf`` layout). GLM-4.1V-9B's com
 config values and its state dict gives the names ``save_pretrained`` writes (for Glm4v the saved
 names equal the module names) and every shape, so nothing here can drift from the real model.
 
-For GLM-4.1V and InternVL3 ``scale`` shrinks the layer counts only, so every tensor keeps its real shape and the
+GLM-4.5V's come the same way from ``Glm4vMoeForConditionalGeneration``, its 3-D expert tensors
+written per expert as the Hub stores them (``save_pretrained`` does the same).
+
+For GLM-4.1V, GLM-4.5V and InternVL3 ``scale`` shrinks the layer counts only, so every tensor keeps its real shape and the
 peak memory of a streaming conversion (one tensor at a time) is the real model's; quick runs
 (scale < 0.1) also shrink the vocabulary so they take seconds. Qwen2.5-VL-3B keeps its earlier
 meaning (layers and vocabulary scale together), so its stored figures stay comparable.
@@ -29,6 +32,9 @@ class BenchModel:
     config: Callable[[float], dict]
     shapes: Callable[[dict], dict[str, tuple[int, ...]]]
     counts: Callable[[dict], tuple[int, int]]  # (vision, text) layers of a built config
+    tp: int = 2  # hf_to_mm's tp size (pp is 2); 1 for MoE models, whose experts every tp rank repeats
+    expert_merge: bool = False  # also time ExpertMergeDcpConverter hf_to_dcp / dcp_to_hf (GLM-4.5V)
+    naive: bool = True  # the load-everything baseline (off where two copies of the model would not fit in memory)
 
 
 def _scaled(n: int, scale: float) -> int:
@@ -122,6 +128,49 @@ def glm_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(t.shape) for k, t in model.state_dict().items()}
 
 
+# -- GLM-4.5V (106B-A12B MoE) ------------------------------------------------------------------------
+
+GLM45_TEXT = {**GLM_TEXT, "num_hidden_layers": 46, "num_attention_heads": 96, "num_key_value_heads": 8, "head_dim": 128,
+              "intermediate_size": 10944, "moe_intermediate_size": 1408, "n_routed_experts": 128,
+              "num_experts_per_tok": 8, "n_shared_experts": 1, "first_k_dense_replace": 1, "norm_topk_prob": True,
+              "routed_scaling_factor": 1.0, "n_group": 1, "topk_group": 1, "router_aux_loss_coef": 1e-4}
+
+
+def glm45v_config(scale: float) -> dict:
+    """GLM-4.5V's config.json values (reference/glm-and-visualglm.md B) at real widths and vocabulary;
+    ``scale`` shrinks the layer counts only (layer 0 dense, then MoE layers: 0.065 keeps 2 of them, 0.04 one)."""
+    cfg = glm_config(1.0)
+    v, t = cfg["vision_config"], dict(GLM45_TEXT)
+    v["depth"], v["intermediate_size"] = _scaled(24, scale), 10944  # the merger's SwiGLU width
+    t["num_hidden_layers"] = 46 if scale >= 1 else max(2, round(46 * scale))
+    return {**cfg, "architectures": ["Glm4vMoeForConditionalGeneration"], "model_type": "glm4v_moe",
+            "text_config": t, "image_token_id": 151363, "video_token_id": 151364}
+
+
+def glm45v_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """transformers' Glm4vMoeForConditionalGeneration on the meta device, with each layer's 3-D expert
+    tensors written per expert as ``save_pretrained`` (and the Hub) store them."""
+    import re
+
+    from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Glm4vMoeForConditionalGeneration(Glm4vMoeConfig(**cfg))
+    out: dict[str, tuple[int, ...]] = {}
+    for k, t in model.state_dict().items():
+        stacked = re.fullmatch(r"(.*\.mlp\.experts\.)(gate_up_proj|down_proj)", k)
+        if stacked is None:
+            out[k] = tuple(t.shape)
+            continue
+        e, rows, cols = t.shape  # [E, 2I, H] / [E, H, I]
+        for x in range(e):
+            if stacked.group(2) == "gate_up_proj":
+                out.update({f"{stacked.group(1)}{x}.{p}_proj.weight": (rows // 2, cols) for p in ("gate", "up")})
+            else:
+                out[f"{stacked.group(1)}{x}.down_proj.weight"] = (rows, cols)
+    return out
+
+
 # -- InternVL3-8B (the family's own shape helper: either checkpoint layout, transformers-derived) --------
 
 def internvl_config(scale: float) -> dict:
@@ -147,6 +196,9 @@ MODELS: dict[str, BenchModel] = {
                                 lambda c: (c["vision_config"]["depth"], c["num_hidden_layers"])),
     "glm4_1v_9b": BenchModel("GLM-4.1V-9B", "GlmConverter", (24, 40), glm_config, glm_shapes,
                              lambda c: (c["vision_config"]["depth"], c["text_config"]["num_hidden_layers"])),
+    "glm4_5v": BenchModel("GLM-4.5V", "GlmConverter", (24, 46), glm45v_config, glm45v_shapes,
+                          lambda c: (c["vision_config"]["depth"], c["text_config"]["num_hidden_layers"]),
+                          tp=1, expert_merge=True, naive=False),
     "internvl3_8b": BenchModel("InternVL3-8B", "InternVLConverter", (24, 28), internvl_config, internvl_shapes,
                                internvl_counts),
 }
