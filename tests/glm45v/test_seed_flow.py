@@ -59,3 +59,32 @@ def test_a_checkpoint_dir_given_as_output_load_is_refused_with_its_parent(tmp_pa
     (release / ".metadata").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="give the directory above it"):
         latest_iteration(release)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_foreign_sources_fill_weights_by_formula_and_name_what_is_missing(tmp_path: Path) -> None:
+    """mm_core's reader on its own: a fused q/k/v (group-interleaved) and a merged expert tensor viewed
+    as a stack come out as the formula says; a missing stored tensor and an impossible view are named."""
+    import torch.distributed.checkpoint as dcp
+
+    from mm_core.checkpoint.ops import GroupInterleave
+    from mm_core.engine.foreign_checkpoint import StoredSource, load_foreign
+    from mm_core.errors import ConfigError
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(8, 3, generator=g), torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    merged = torch.randn(4 * 5, 6, generator=g)  # 4 experts of [5, 6]
+    dcp.save({"model": {"q": q, "k": k, "v": v, "m": merged}}, checkpoint_id=str(tmp_path), no_dist=True)
+    op = GroupInterleave(groups=2, q_rows=4, kv_rows=2)
+    sources = {"qkv": StoredSource(("model.q", "model.k", "model.v"), op),
+               "w": StoredSource(("model.m",), views=((4, 5, 6),))}
+    targets = {"qkv": torch.zeros(16, 3), "w": torch.zeros(4, 5, 6, dtype=torch.float64)}
+    load_foreign(tmp_path, targets, sources, "test layout")
+    want = torch.cat([q[:4], k[:2], v[:2], q[4:], k[2:], v[2:]])  # [q_g0, k_g0, v_g0, q_g1, k_g1, v_g1]
+    assert torch.equal(targets["qkv"], want)
+    assert torch.equal(targets["w"], merged.double().view(4, 5, 6))
+    with pytest.raises(FileNotFoundError, match=r"missing tensors \['model.gone'\]"):
+        load_foreign(tmp_path, {"x": torch.zeros(8, 3)}, {"x": StoredSource(("model.gone",))}, "test layout")
+    with pytest.raises(ConfigError, match="cannot be viewed as"):
+        load_foreign(tmp_path, {"w": torch.zeros(4, 5, 5)}, {"w": StoredSource(("model.m",), views=((4, 5, 5),))},
+                     "test layout")
