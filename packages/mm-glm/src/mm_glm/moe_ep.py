@@ -10,15 +10,17 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from mm_glm.moe import GroupedExperts
 
 
-def shard_experts(model: nn.Module, group: dist.ProcessGroup, mesh=None) -> int:  # noqa: ANN001
+def shard_experts(model: nn.Module, group: dist.ProcessGroup, mesh: DeviceMesh | None = None) -> int:
     """Keep this rank's experts of every MoE layer in ``model`` and route over ``group``; returns the
-    layers sharded. Experts must be divisible by the group size. With ``mesh`` (1-D, over the same
-    ranks: the engine's), the kept experts are DTensors ``Shard(0)`` of the whole, tagged for the engine."""
-    from mm_core.engine.expert_parallel import EP_TAG
+    layers sharded. Experts must be divisible by the group size. With ``mesh`` (the engine's expert
+    mesh, its last dimension over the ranks of ``group``), the kept experts are DTensors sharded
+    over that dimension and replicated over the others. Meta tensors stay meta (nothing is copied)."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
 
     ep, rank = dist.get_world_size(group), dist.get_rank(group)
     done = 0
@@ -26,23 +28,20 @@ def shard_experts(model: nn.Module, group: dist.ProcessGroup, mesh=None) -> int:
         if not isinstance(m, GroupedExperts):
             continue
         if m.num_experts % ep:
-            raise ValueError(f"{name}: {m.num_experts} experts cannot be sharded over ep {ep}; choose an ep that "
-                             "divides text_config.n_routed_experts")
+            raise ValueError(f"{name}: {m.num_experts} experts cannot be sharded over parallel.ep {ep}; choose an "
+                             "ep that divides text_config.n_routed_experts")
         local = m.num_experts // ep
         part = slice(rank * local, (rank + 1) * local)
         with torch.no_grad():
             for attr in ("weight1", "weight2"):
                 old = getattr(m, attr)
-                kept = old[part].clone()
+                whole = old.to_local() if isinstance(old, DTensor) else old  # tp: replicated, whole on every rank
+                kept = whole[part].clone()
                 if mesh is not None:
-                    from torch.distributed.tensor import DTensor, Shard
-
-                    kept = DTensor.from_local(kept, mesh, [Shard(0)], run_check=False, shape=old.shape,
-                                              stride=old.stride())
-                new = nn.Parameter(kept, requires_grad=old.requires_grad)
-                if mesh is not None:
-                    setattr(new, EP_TAG, True)
-                setattr(m, attr, new)
+                    placements = [Replicate()] * (mesh.ndim - 1) + [Shard(0)]
+                    kept = DTensor.from_local(kept, mesh, placements, run_check=False, shape=whole.shape,
+                                              stride=whole.stride())
+                setattr(m, attr, nn.Parameter(kept, requires_grad=old.requires_grad))
         m.ep_group = group
         done += 1
     return done

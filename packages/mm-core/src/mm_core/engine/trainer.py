@@ -15,6 +15,7 @@ from mm_core.engine.config import FinetuneConfig, load_hf_config, validate
 from mm_core.engine.context_parallel import ContextParallel, cp_multiple
 from mm_core.engine.data import build_data, pad_batch, padded_length
 from mm_core.engine.expert_load import step_expert_load
+from mm_core.engine.expert_parallel import reduce_expert_grads
 from mm_core.engine.loss import LossComputer, prepare_window
 from mm_core.engine.mesh import build_mesh, init_distributed, shutdown  # noqa: F401  (shutdown: re-exported)
 from mm_core.engine.metrics import MetricsLogger, peak_flops, peak_memory_gb
@@ -87,6 +88,7 @@ class Trainer:
         self.hf_config = load_hf_config(cfg)
         self.layout = validate(cfg, world, self.hf_config)
         self.par = build_mesh(device_type, self.layout.pp, self.layout.tp, self.layout.cp)
+        self.par.ep = cfg.parallel.ep  # type: ignore[attr-defined]  # read by expert_parallel.ep_group
         torch.manual_seed(t.seed)
         self.spec = resolve_spec(cfg, self.hf_config)
         self.stages = build_stages(cfg, self.layout, self.par, self.spec, self.hf_config)
@@ -178,6 +180,8 @@ class Trainer:
             self.cp.split_micro_batches(mbs)
         lr = self.schedule.apply(self.optimizers, self.step)
         self._forward_backward(mbs)
+        if self.cfg.parallel.ep > 1:  # experts: summed over their replicas, FSDP2's mean over data ranks
+            reduce_expert_grads(self.stages.modules)
         if self.tied is not None:
             self.tied.sync_grads()
         grad_norm = clip_grad_norm(self.stages.modules, self.cfg.training.clip_grad,
