@@ -27,7 +27,12 @@ covers the whole step on both sides (the data, forward, backward and optimizer).
 Runs are interleaved: each round runs every arm once, in alternating order (ABBA), each in its own
 process. A run's figure is its real (non-padding) input tokens over the wall clock of its timed
 steps (after one warm-up step); a setting's ratio is the mean of the rounds' ratios, ± their
-standard deviation. Prints a one-line summary and writes JSON (default bench/results/peer_step.json).
+standard deviation. Where both arms are the engine ((c)-(e)), one more untimed run of each counts
+the FLOPs of the same timed steps (``FlopCounterMode``: matmuls, plus attention through
+``mm_core.kernels.attention_flops``, which torch does not count on CPU): the baseline's FLOPs over
+ours is the setting's ceiling, what the ratio would be if a step's time followed its FLOPs. Prints
+a one-line summary and writes JSON (default bench/results/peer_step.json). ``--settings`` runs some
+settings only (``--settings length_mix_wide --rounds 3``).
 """
 
 from __future__ import annotations
@@ -160,6 +165,30 @@ def hf_worker(cfg_file: str, result: str, lf_defaults: bool) -> None:
     Path(result).write_text(json.dumps({"steps": rows}))
 
 
+def flops_worker(cfg_file: str, result: str) -> None:
+    """FLOPs of an engine arm's timed steps (the warm-up step uncounted): all, and attention's share."""
+    torch.set_num_threads(THREADS)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mm_core.engine.config import parse_finetune_config
+    from mm_core.engine.trainer import Trainer, shutdown
+    from mm_core.kernels.attention_flops import flop_formulas
+
+    formulas = flop_formulas()
+    trainer = Trainer(parse_finetune_config(["--config", cfg_file]))
+    try:
+        trainer.train_step()
+        counter = FlopCounterMode(display=False, custom_mapping=formulas)
+        with counter:
+            while trainer.step < trainer.total_steps:
+                trainer.train_step()
+    finally:
+        shutdown()
+    counts = counter.get_flop_counts()["Global"]
+    Path(result).write_text(json.dumps({"flops": sum(counts.values()),
+                                        "attention_flops": sum(n for op, n in counts.items() if op in formulas)}))
+
+
 # -- runs --------------------------------------------------------------------------------------------
 
 def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -172,6 +201,13 @@ def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
             "timed_steps": len(timed)}
 
 
+def _child_env() -> dict[str, str]:
+    """The engine without torchrun (1 process), 2 threads."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = str(THREADS)
+    return env
+
+
 def run_arm(arm: str, cfg_file: Path, tmp: Path) -> dict[str, Any]:
     """One run of an arm in its own process with 2 threads (the engine without torchrun: 1 process)."""
     result = tmp / f"{arm}.result.json"
@@ -179,12 +215,20 @@ def run_arm(arm: str, cfg_file: Path, tmp: Path) -> dict[str, Any]:
         cmd = [sys.executable, __file__, "--hf-worker", str(cfg_file), str(result), str(int("lf_" in arm))]
     else:
         cmd = [sys.executable, __file__, "--engine-worker", str(cfg_file), str(result), str(THREADS)]
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = str(THREADS)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
     if proc.returncode:
         raise RuntimeError(f"{arm} run failed:\n{proc.stderr[-3000:]}")
     return summarize(json.loads(result.read_text())["steps"])
+
+
+def count_flops(arm: str, cfg_file: Path, tmp: Path) -> dict[str, Any]:
+    """An engine arm's FLOPs over its timed steps (``flops_worker``, its own process)."""
+    result = tmp / f"{arm}.flops.json"
+    proc = subprocess.run([sys.executable, __file__, "--flops-worker", str(cfg_file), str(result)],
+                          capture_output=True, text=True, env=_child_env())
+    if proc.returncode:
+        raise RuntimeError(f"{arm} FLOP count failed:\n{proc.stderr[-3000:]}")
+    return json.loads(result.read_text())
 
 
 def rounds(arms: list[str], n: int, configs: dict[str, Path], tmp: Path) -> dict[str, list[dict[str, Any]]]:
@@ -195,6 +239,17 @@ def rounds(arms: list[str], n: int, configs: dict[str, Path], tmp: Path) -> dict
             runs[arm].append(run_arm(arm, configs[arm], tmp))
             print(f"  round {r + 1}/{n} {arm}: {runs[arm][-1]['real_tokens_per_s']:.0f} real tokens/s", flush=True)
     return runs
+
+
+def ceiling(flops: dict[str, dict[str, Any]], ours: str, base: str) -> dict[str, Any]:
+    """The baseline's FLOPs over ours: the ratio a step time proportional to its FLOPs would give; also
+    without attention (what torch's counter alone reports on CPU, so an overstatement)."""
+    o, b = flops[ours], flops[base]
+    return {"ceiling": b["flops"] / o["flops"],
+            "ceiling_without_attention": (b["flops"] - b["attention_flops"]) / (o["flops"] - o["attention_flops"]),
+            "ours_flops": o["flops"], "baseline_flops": b["flops"],
+            "ours_attention_share": o["attention_flops"] / o["flops"],
+            "baseline_attention_share": b["attention_flops"] / b["flops"]}
 
 
 def compare(runs: dict[str, list[dict[str, Any]]], ours: str, base: str, goal: float) -> dict[str, Any]:
@@ -213,8 +268,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller images and vocabulary, 1 round (about a minute)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 1)")
+    p.add_argument("--settings", default=",".join(name for name, *_ in SETTINGS),
+                   help="comma-separated settings to run (default: all): " + ", ".join(n for n, *_ in SETTINGS))
     p.add_argument("--out", default=str(HERE / "results" / "peer_step.json"))
     args = p.parse_args()
+    chosen = [s for s in SETTINGS if s[0] in args.settings.split(",")]
+    unknown = set(args.settings.split(",")) - {name for name, *_ in SETTINGS}
+    if unknown:
+        p.error(f"--settings: unknown {', '.join(sorted(unknown))}; valid: {', '.join(n for n, *_ in SETTINGS)}")
     import yaml
 
     work = workload(args.quick)
@@ -225,7 +286,7 @@ def main() -> None:
     wide_params = parameter_count(wide_config(work))
     print(f"peer model: {params / 1e6:.2f}M parameters (hidden 96, ViT 192, 4+4 layers, vocab {work['vocab']}, tied); "
           f"(e)'s wider model: {wide_params / 1e6:.2f}M")
-    arms = list(dict.fromkeys(a for _, ours, base, _ in SETTINGS for a in (ours, base)))
+    arms = list(dict.fromkeys(a for _, ours, base, _ in chosen for a in (ours, base)))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -233,19 +294,29 @@ def main() -> None:
         for arm in arms:
             configs[arm] = tmp / f"{arm}.yaml"
             configs[arm].write_text(yaml.safe_dump(arm_config(arm, hf, work, tmp)))
+        flops = {}
+        for arm in dict.fromkeys(a for _, ours, base, _ in chosen if base.startswith("engine") for a in (ours, base)):
+            flops[arm] = count_flops(arm, configs[arm], tmp)
+            print(f"  {arm}: {flops[arm]['flops'] / 1e9:.1f} GFLOP over the timed steps "
+                  f"({flops[arm]['attention_flops'] / flops[arm]['flops']:.0%} attention)", flush=True)
         runs = rounds(arms, work["rounds"], configs, tmp)
-    settings = {name: compare(runs, ours, base, goal) for name, ours, base, goal in SETTINGS}
+    settings = {name: compare(runs, ours, base, goal) for name, ours, base, goal in chosen}
+    for name, ours, base, _ in chosen:
+        if ours in flops and base in flops:
+            settings[name].update(ceiling(flops, ours, base))
     res = {"config": {"quick": args.quick, "params": params, "wide_params": wide_params,
                       "threads_per_side": THREADS, "dtype": "fp32",
                       "image_tokens": (work["image_px"] // 28) ** 2, "global_batch": 2, **work,
                       "seconds": round(time.perf_counter() - t0, 1)},
            "basis": "real (non-padding) input tokens per second of wall clock over the timed steps, "
                     "2 threads on each side, the same samples in the same order",
-           "settings": settings, "runs": runs}
+           "ceiling_basis": "the baseline's FLOPs over ours on the same timed steps (FlopCounterMode; attention "
+                            "counted by mm_core.kernels.attention_flops, causal pairs only)",
+           "settings": settings, "runs": runs, "flops": flops}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
-    parts = [f"{n} {s['ratio']:.2f}x ± {s['ratio_std']:.2f} (goal {s['goal']:g}, {'met' if s['goal_met'] else 'MISSED'})"
-             for n, s in settings.items()]
+    parts = [f"{n} {s['ratio']:.2f}x ± {s['ratio_std']:.2f} (goal {s['goal']:g}, {'met' if s['goal_met'] else 'MISSED'}"
+             + (f"; ceiling {s['ceiling']:.2f}x by FLOPs)" if "ceiling" in s else ")") for n, s in settings.items()]
     print(f"peer_step ({params / 1e6:.2f}M params, real tokens/s, {THREADS} threads each, {work['rounds']} "
           f"round(s), {res['config']['seconds']:.0f} s): " + "; ".join(parts) + f" -> {args.out}")
 
@@ -257,5 +328,7 @@ if __name__ == "__main__":
         engine_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--hf-worker":
         hf_worker(sys.argv[2], sys.argv[3], sys.argv[4] == "1")
+    elif len(sys.argv) > 1 and sys.argv[1] == "--flops-worker":
+        flops_worker(sys.argv[2], sys.argv[3])
     else:
         main()
