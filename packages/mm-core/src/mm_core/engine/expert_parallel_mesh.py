@@ -67,14 +67,18 @@ def ep_group(par) -> dist.ProcessGroup:  # noqa: ANN001 - mm_core.engine.mesh.Pa
     return mine
 
 
-_MESHES: dict[tuple[DeviceMesh, int], DeviceMesh] = {}
+# (data mesh object, ep) -> (that mesh, kept alive so its id stays its own; its expert mesh): one per
+# mesh object, not per equal-looking mesh, since a later run's groups may be new ones
+_MESHES: dict[tuple[int, int], tuple[DeviceMesh, DeviceMesh]] = {}
 
 
 def expert_mesh(data_mesh: DeviceMesh, ep: int) -> DeviceMesh:
-    """The 2-D ``(ep_replica, ep)`` mesh of ``data_mesh`` (made once per layout: all ranks call this)."""
-    if (data_mesh, ep) not in _MESHES:
-        _MESHES[data_mesh, ep] = data_mesh._unflatten(0, (data_mesh.size() // ep, ep), (REPLICA_DIM, EP_DIM))
-    return _MESHES[data_mesh, ep]
+    """The 2-D ``(ep_replica, ep)`` mesh of ``data_mesh``, made once for all the stages of a rank
+    (every rank calls this: it creates process groups)."""
+    key = (id(data_mesh), ep)
+    if key not in _MESHES:
+        _MESHES[key] = data_mesh, data_mesh._unflatten(0, (data_mesh.size() // ep, ep), (REPLICA_DIM, EP_DIM))
+    return _MESHES[key][1]
 
 
 def shard_stage_experts(model: torch.nn.Module, mesh: DeviceMesh, group: dist.ProcessGroup, what: str) -> int:
