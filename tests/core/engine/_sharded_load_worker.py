@@ -100,6 +100,9 @@ def _check(name: str, hf_dir: str, rank: int) -> dict:
 
 
 def main(out_dir: str, hf_dir: str, *layouts: str) -> None:
+    from mm_core.engine import sharded_load
+
+    sharded_load.BLOCK_BYTES = 1024  # a few rows (one expert) a read: the block loop runs on every tensor
     _count_reads()
     init_distributed("cpu")
     rank = dist.get_rank()

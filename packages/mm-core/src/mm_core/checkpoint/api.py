@@ -68,6 +68,15 @@ class RankTensor:
     tp_size: int
     tp_rank: int
 
+    @property
+    def partial(self) -> bool:
+        """Whether :meth:`read` of some rows costs only those rows (else it builds the piece)."""
+        it = self.item
+        whole = self.tp_size == 1 or it.tp.replicated
+        if (whole or it.tp.rows_only) and self.source.rows(it) is not None:
+            return True
+        return whole and hasattr(self.source, "block") and it.rule.op.blocks > 1
+
     def read(self, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The piece, or only its rows ``[start, stop)`` of dim 0. Rows are read from disk alone
         when the converter's rule moves whole rows (a copy, a cat), or, for a stack of experts, from

@@ -23,9 +23,12 @@ from torch import nn
 
 from mm_core.nn.state import CheckpointMismatchError, checkpoint_tensors
 
+BLOCK_BYTES = 64 * 2**20  # rows read and copied at a time
+
 
 class StreamTensor(Protocol):
-    """One tensor of a rank's checkpoint piece (``mm_core.checkpoint.api.RankTensor``)."""
+    """One tensor of a rank's checkpoint piece (``mm_core.checkpoint.api.RankTensor``); one with a
+    true ``partial`` attribute reads some rows at the cost of those rows alone."""
 
     key: str
     meta: torch.Tensor
@@ -90,6 +93,18 @@ def _window(name: str, piece: tuple[int, ...], region: Region, target: tuple[int
     return [(s, s + n) for s, n in zip(starts, target)]
 
 
+def _copy_rows(t: StreamTensor, win: list[tuple[int, int]], dst: torch.Tensor) -> None:
+    """Rows ``win[0]`` of ``t`` (and ``win[1:]`` of the other dims) into ``dst``: a block of about
+    ``BLOCK_BYTES`` at a time where the stream reads rows alone (``partial``), so the transient is a
+    block (a few experts of a stack) rather than the rank's whole share of the tensor."""
+    (a, b), rest = win[0], tuple(slice(x, y) for x, y in win[1:])
+    row_bytes = max(1, math.prod(t.meta.shape[1:]) * t.meta.element_size())
+    step = max(1, BLOCK_BYTES // row_bytes) if getattr(t, "partial", False) else b - a
+    for start in range(a, b, step):
+        stop = min(b, start + step)
+        dst[start - a:stop - a].copy_(t.read((start, stop))[(slice(None), *rest)])
+
+
 def fill(model: nn.Module, tensors: Iterable[StreamTensor], before: Mapping[str, Region],
          fsdp: DataShard | None, fsdp_params: set[str], *, source: str) -> None:
     """Copy into each checkpoint tensor of the materialised ``model`` the part this rank holds.
@@ -115,9 +130,9 @@ def fill(model: nn.Module, tensors: Iterable[StreamTensor], before: Mapping[str,
                 src = t.read()
                 src = padding.pad_piece(src) if padding is not None else src
                 src = src[tuple(slice(a, b) for a, b in win)] if piece else src
+                dst.copy_(src)
             else:
-                src = t.read(win[0])[(slice(None), *(slice(a, b) for a, b in win[1:]))]
-            dst.copy_(src)
+                _copy_rows(t, win, dst)
             done.add(t.key)
     left = sorted(set(targets) - done)
     if left:

@@ -129,6 +129,10 @@ class FileTensor:
     def meta(self) -> torch.Tensor:
         return self.file.meta(self.key, self.chunk)
 
+    @property
+    def partial(self) -> bool:  # rows of our safetensors files are read alone; a .pt file is loaded whole
+        return self.file.info(self.key, self.chunk) is not None
+
     def read(self, rows: tuple[int, int] | None = None) -> torch.Tensor:
         from mm_core.checkpoint.safetensors_io import read_tensor
 
