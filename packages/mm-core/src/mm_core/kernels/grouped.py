@@ -39,8 +39,8 @@ def grouped_mm(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> t
         raise ValueError(f"grouped_mm: counts {sizes} must give one row count per expert ({weight.shape[0]}) "
                          f"summing to the {x.shape[0]} rows of x")
     parts = [rows @ weight[e] for e, rows in enumerate(x.split(sizes)) if sizes[e]]
-    if not parts:
-        return x.new_zeros(0, weight.shape[2])
+    if not parts:  # no rows: still on the graph (x and weight get zero gradients), as the rows' case is
+        return x @ weight[0]
     return torch.cat(parts)
 
 
