@@ -13,18 +13,10 @@ import torch
 import torch.distributed as dist
 
 from mm_core.checkpoint import api
-from mm_core.engine.config import (
-    DataConfig,
-    FinetuneConfig,
-    ModelConfig,
-    ParallelConfig,
-    TrainingConfig,
-    load_hf_config,
-    validate,
-)
+from mm_core.engine.config import DataConfig, FinetuneConfig, ModelConfig, ParallelConfig, TrainingConfig
 from mm_core.engine.expert_parallel import expert_params
-from mm_core.engine.mesh import build_mesh, init_distributed
-from mm_core.engine.model_setup import build_stages, resolve_spec
+from mm_core.engine.mesh import init_distributed
+from mm_core.engine.model_setup import stages_for
 from mm_core.nn.state import _fitted, checkpoint_tensors
 
 LAYOUTS = {  # name -> parallel settings (2 ranks)
@@ -58,13 +50,9 @@ def _check(name: str, hf_dir: str, rank: int) -> dict:
                         vit_pp_layers=[2, 0] if pp > 1 else None)
     cfg = FinetuneConfig(model=model, data=DataConfig(source="synthetic"), parallel=ParallelConfig(device="cpu", **par_kw),
                          training=TrainingConfig(dtype="fp32", global_batch_size=2, train_iters=1))
-    hf_config = load_hf_config(cfg)
-    layout = validate(cfg, dist.get_world_size(), hf_config)
-    par = build_mesh("cpu", layout.pp, layout.tp, layout.cp)
-    par.ep = cfg.parallel.ep  # as the trainer does (read by expert_parallel.ep_group)
-    spec = resolve_spec(cfg, hf_config)
     READ.clear()
-    stages = build_stages(cfg, layout, par, spec, hf_config)
+    par, _, stages = stages_for(cfg)
+    spec = stages.spec
     read = sum(READ)
     es = stages.modules[0]
     if mm_dir is not None:  # the rank file as mm-convert wrote it

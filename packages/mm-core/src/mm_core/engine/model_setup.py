@@ -441,3 +441,17 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
         modules.append(es)
     del full
     return Stages(modules, indices, spec)
+
+
+def stages_for(cfg: FinetuneConfig) -> tuple[Parallel, Layout, Stages]:
+    """What the trainer builds before data and optimizers: the process group (joined if not yet),
+    the mesh and this rank's stages, for tests and benchmarks of loading alone."""
+    from mm_core.engine.config import load_hf_config, validate
+    from mm_core.engine.mesh import build_mesh, init_distributed
+
+    device_type, _, world = init_distributed(cfg.parallel.device)
+    hf_config = load_hf_config(cfg)
+    layout = validate(cfg, world, hf_config)
+    par = build_mesh(device_type, layout.pp, layout.tp, layout.cp)
+    par.ep = cfg.parallel.ep  # type: ignore[attr-defined]  # as the trainer sets it (expert_parallel.ep_group)
+    return par, layout, build_stages(cfg, layout, par, resolve_spec(cfg, hf_config), hf_config)
