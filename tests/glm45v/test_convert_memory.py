@@ -75,6 +75,31 @@ def test_every_verb_moves_the_stacks_one_expert_at_a_time_bit_exact(hf: Path, tm
     assert_same_hf_dirs(hf, tmp_path / "back2")
 
 
+@pytest.mark.parametrize("stored", ["per_expert", "whole"])
+def test_dcp_stacks_are_read_in_blocks_no_smaller_than_their_stored_chunks(stored: str, hf: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read inside a stored DCP chunk loads the whole chunk: a stack that hf_to_dcp wrote one expert
+    a chunk is read an expert at a time, one stored whole (an unsharded training save) once."""
+    from mm_convert import dcp_chunks
+
+    _cli("hf_to_dcp", "--hf_dir", str(hf), "--save_dir", str(tmp_path / "dcp"), "--block_mb",
+         ONE_EXPERT if stored == "per_expert" else "1024")
+    reads: list[tuple[str, int, int]] = []
+    real = dcp_chunks.load_rows
+
+    def counted(d: Path, fqn: str, start: int, stop: int, meta: torch.Tensor) -> torch.Tensor:
+        reads.append((fqn, start, stop))
+        return real(d, fqn, start, stop, meta)
+
+    monkeypatch.setattr(dcp_chunks, "load_rows", counted)
+    _cli("dcp_to_hf", "--hf_dir", str(hf), "--dcp_dir", str(tmp_path / "dcp"), "--save_dir", str(tmp_path / "back"),
+         "--block_mb", ONE_EXPERT)
+    assert_same_hf_dirs(hf, tmp_path / "back")
+    blocks = sorted((a, b) for fqn, a, b in reads if fqn.endswith("layers.1.mlp.experts.weight1"))
+    assert blocks == ([(e, e + 1) for e in range(4)] if stored == "per_expert" else [(0, 4)])
+    assert len(reads) == 4 * len(blocks)  # two stacks in each of the two MoE layers
+
+
 def test_a_source_without_row_reads_makes_each_stack_once(hf: Path, tmp_path: Path) -> None:
     """The fallback of ``Source.block`` (a source that can only give whole tensors): one-expert
     blocks still give the HF tensors bit-exact, and each stack is made once, not once per block."""

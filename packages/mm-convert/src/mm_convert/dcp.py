@@ -63,7 +63,7 @@ def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True, b
     for it in (it for it in plan.items if not it.tied_copy):
         key = MODEL_PREFIX + it.mm_key
         metas[key] = m = source.meta(it)
-        rows = stack_rows(m, it.rule.op, budget)
+        rows = stack_rows(m, it.rule.op, budget, source.block_rows(it))
         if rows is None:
             make[key] = lambda it=it: source.full(it)
             continue
@@ -126,5 +126,9 @@ def dcp_source(conv: Converter, plan: Plan, dcp_dir: str | Path) -> Source:
 
         return load_stored_rows(d, prefix + key, start, stop, metas[key])
 
-    return StateSource(metas, load, plan, str(d), ignore, load_rows=load_rows)
+    # a read inside a stored chunk loads all of it: blocks are never smaller (a trainer's unsharded save
+    # holds a layer's experts in one chunk, read once; hf_to_dcp's row chunks are read a block at a time)
+    stored = {k[len(prefix):]: max(c.sizes[0] for c in v.chunks) for k, v in tensors.items()
+              if k.startswith(prefix) and len(v.size) and v.chunks}
+    return StateSource(metas, load, plan, str(d), ignore, load_rows=load_rows, stored_rows=stored)
 

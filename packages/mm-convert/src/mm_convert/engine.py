@@ -134,7 +134,7 @@ def write_mm(plan: Plan, source: Source, out: Path, layout: Layout, *, progress:
                     bar.update(writers[(t, p, v)].copy(it.local_key, segments(piece, refs), source.fds))
                 continue
             meta = source.meta(it)
-            rows_per = stack_rows(meta, it.rule.op, budget)
+            rows_per = stack_rows(meta, it.rule.op, budget, source.block_rows(it))
             if rows_per is not None and (tp == 1 or it.tp.replicated or not it.tp.rows_only):
                 for a, b in row_blocks(meta.shape[0], rows_per):  # every rank's piece of a block is rows a..b
                     block = source.block(it, a, b)
@@ -190,7 +190,7 @@ def write_hf(plan: Plan, source: Source, out: Path, *, key_style: str, aliases: 
                     bar.update(writer.copy(name(k), segments(hf_ids, refs), source.fds))
                 continue
             op, meta = it.rule.op, source.meta(it)
-            rows_per = stack_rows(meta, op, budget)
+            rows_per = stack_rows(meta, op, budget, source.block_rows(it))
             if rows_per is not None:  # a few slices at a time, each to its own HF tensors
                 per = op.arity // op.blocks
                 for a, b in row_blocks(meta.shape[0], rows_per):

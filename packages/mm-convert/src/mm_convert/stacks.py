@@ -23,13 +23,14 @@ def block_bytes(block_mb: float) -> int:
     return int(block_mb * 1024**2)
 
 
-def stack_rows(meta: torch.Tensor, op: Transform, budget: int) -> int | None:
+def stack_rows(meta: torch.Tensor, op: Transform, budget: int, least: int = 1) -> int | None:
     """Slices of dim 0 per block of a stacked tensor (``meta``: its shape and dtype) within ``budget``
-    bytes, at least one; None for a tensor that is not a stack (moved whole)."""
+    bytes, but at least ``least`` (the source's stored chunk: ``Source.block_rows``) and one; None for
+    a tensor that is not a stack (moved whole)."""
     if op.blocks == 1 or meta.dim() == 0 or meta.shape[0] == 0:
         return None
     row = meta[0].numel() * meta.element_size()
-    return max(1, min(meta.shape[0], budget // max(1, row)))
+    return min(meta.shape[0], max(1, least, budget // max(1, row)))
 
 
 def row_blocks(n: int, rows: int) -> list[tuple[int, int]]:

@@ -64,6 +64,11 @@ class Source:
             self._whole = (item, self.full(item))
         return self._whole[1][start:stop]
 
+    def block_rows(self, item: Item) -> int:
+        """The fewest slices of dim 0 worth reading at once: a stored chunk (a DCP shard) is read
+        whole by any read inside it, so a block smaller than it would read it again and again."""
+        return 1
+
     def piece(self, item: Item, tp: int, rank: int) -> torch.Tensor:
         t = item.tp.piece(self.full(item), tp, rank)
         return t.clone() if tp > 1 and not item.tp.replicated else t
@@ -217,9 +222,12 @@ class StateSource(Source):
     """Full tensors by global mm name (a DCP checkpoint's model state, or a dict in tests)."""
 
     def __init__(self, metas: Mapping[str, torch.Tensor], load: Any, plan: Plan, where: str, ignore: set[str],
-                 load_rows: Callable[[str, int, int], torch.Tensor] | None = None):
-        """``load(key)``: a whole tensor; ``load_rows(key, start, stop)``: rows of dim 0 only (optional)."""
+                 load_rows: Callable[[str, int, int], torch.Tensor] | None = None,
+                 stored_rows: Mapping[str, int] | None = None):
+        """``load(key)``: a whole tensor; ``load_rows(key, start, stop)``: rows of dim 0 only (optional);
+        ``stored_rows``: the rows of a tensor's largest stored chunk (see :meth:`Source.block_rows`)."""
         self.metas, self.load, self.plan, self.load_rows = metas, load, plan, load_rows
+        self.stored_rows = dict(stored_rows or {})
         want = {it.mm_key for it in plan.items if not it.tied_copy}
         missing = sorted(want - set(metas))
         unexpected = sorted(set(metas) - want - ignore)
@@ -243,6 +251,9 @@ class StateSource(Source):
 
     def full(self, item: Item) -> torch.Tensor:
         return self.load(self._key(item))
+
+    def block_rows(self, item: Item) -> int:
+        return self.stored_rows.get(self._key(item), 1)
 
     def block(self, item: Item, start: int, stop: int) -> torch.Tensor:
         if self.load_rows is None:
