@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py               # full sizes (the convert benchmark writes ~15 GB, minutes)
     .venv/bin/python bench/run_all.py --quick       # reduced sizes, a few minutes in all (not stored)
-    .venv/bin/python bench/run_all.py --only demo   # some of: convert, convert_glm4_1v, convert_internvl3, qwen_step, data, train_step, peer_step, lora, long_context, demo, gpu_train, packed_attention
+    .venv/bin/python bench/run_all.py --only demo   # some of: convert, convert_glm4_1v, convert_internvl3, qwen_step, data, train_step, peer_step, lora, long_context, load_memory, demo, gpu_train, packed_attention
     .venv/bin/python bench/run_all.py --no-run      # only rebuild RESULTS.md from bench/measured/*.json
     .venv/bin/python bench/run_all.py --no-run --record train_step   # store a direct run's results/train_step.json
 
@@ -64,6 +64,7 @@ BENCHES: dict[str, dict[str, Any]] = {
     "peer_step": {"cmd": _script("peer_step", ["--quick"])},
     "lora": {"cmd": _script("lora", ["--quick"])},
     "long_context": {"cmd": _script("long_context", ["--quick"])},
+    "load_memory": {"cmd": _script("load_memory", ["--quick"])},
     "demo": {"cmd": _demo_command},
     "gpu_train": {"cmd": _script("gpu_train", ["--quick"]), "needs_cuda": True},
     "packed_attention": {"cmd": _script("packed_attention", []), "needs_cuda": True},

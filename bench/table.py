@@ -211,6 +211,22 @@ def _long_context_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _load_memory_rows(r: dict[str, Any]) -> list[Row]:
+    m = _get(r, "model", {})
+    shape = (f"GLM-4.5V widths, {m.get('first_k_dense_replace')} dense + "
+             f"{(m.get('num_hidden_layers') or 0) - (m.get('first_k_dense_replace') or 0)} MoE layers of "
+             f"{m.get('n_routed_experts')} experts, vocabulary {m.get('vocab_size')}, {_get(r, 'world')} ranks "
+             f"{_get(r, 'layout')}")
+    per_rank = _get(r, "model_fp32_gb_per_rank")
+    growth = _get(r, "max_load_growth_gb")
+    return [
+        (f"peak RSS growth per rank while loading from the HF dir ({shape})", _f(growth, ".2f", " GB"),
+         f"model / world {_f(per_rank, '.2f', ' GB')} (fp32)", _ratio(growth / per_rank if growth and per_rank else None)),
+        ("same, peak RSS per rank (with the interpreter and torch)", _f(_get(r, "max_load_peak_rss_gb"), ".2f", " GB"),
+         f"whole model {_f(_get(r, 'model_fp32_gb'), '.2f', ' GB')} (fp32)", "-"),
+    ]
+
+
 def _packed_attention_rows(r: dict[str, Any]) -> list[Row]:
     return [(f"packed attention fwd+bwd ({_get(r, 'device')}, {_get(r, 'rows')}x{_get(r, 'seq')} tokens, "
              f"{_get(r, 'samples_per_row')} samples/row)", _f(_get(r, "flash_varlen_ms"), ".2f", " ms"),
@@ -229,6 +245,7 @@ READERS: dict[str, tuple[str, Any]] = {
                   "LLaMA-Factory, CPU", _peer_step_rows),
     "lora": ("LoRA vs full fine-tuning (small Qwen2.5-VL)", _lora_rows),
     "long_context": ("Long context: memory per rank with context parallel (small Qwen2.5-VL)", _long_context_rows),
+    "load_memory": ("Sharded loading: host memory per rank (GLM-4.5V shapes, CPU, gloo)", _load_memory_rows),
     "demo": ("`mm-run demo` (tiny Qwen2.5-VL from random init, CPU)", _demo_rows),
     "gpu_train": ("One-GPU training step (needs CUDA)", _gpu_train_rows),
     "packed_attention": ("Packed-row attention (needs CUDA)", _packed_attention_rows),
