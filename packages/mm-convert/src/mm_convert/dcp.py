@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from mm_convert.output import Progress
-from mm_convert.stacks import BLOCK_MB, block_bytes, stack_rows
+from mm_convert.stacks import BLOCK_MB, block_bytes, large_rows, stack_rows
 from mm_core.checkpoint.mm_dir import resolve_dcp_dir
 from mm_core.checkpoint.rules import Plan
 from mm_core.checkpoint.sources import Source, StateSource
@@ -54,8 +54,9 @@ class _LazyPlanner(DefaultSavePlanner):
 
 
 def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True, block_mb: float = BLOCK_MB) -> None:
-    """The model state of ``plan`` as DCP; a stacked tensor (experts) is written as row chunks of at
-    most ``block_mb`` MiB, each made only when the writer asks for it."""
+    """The model state of ``plan`` as DCP; a stacked tensor (experts), and a larger than ``block_mb``
+    one the source reads by rows, is written as row chunks of at most ``block_mb`` MiB, each made
+    only when the writer asks for it."""
     budget = block_bytes(block_mb)
     metas: dict[str, torch.Tensor] = {}
     make: dict[str, Any] = {}
@@ -64,6 +65,8 @@ def write_dcp(plan: Plan, source: Source, out: Path, *, progress: bool = True, b
         key = MODEL_PREFIX + it.mm_key
         metas[key] = m = source.meta(it)
         rows = stack_rows(m, it.rule.op, budget, source.block_rows(it))
+        if rows is None and source.rows(it) is not None:  # readable by rows (HF): a large one goes in blocks
+            rows = large_rows(m, budget)
         if rows is None:
             make[key] = lambda it=it: source.full(it)
             continue

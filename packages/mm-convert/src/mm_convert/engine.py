@@ -16,7 +16,7 @@ import torch
 
 from mm_convert.config import DcpToHfConfig, HfToDcpConfig, HfToMmConfig, MmToHfConfig, ResplitConfig
 from mm_convert.output import Progress, atomic_dir, check_target
-from mm_convert.stacks import BLOCK_MB, block_bytes, row_blocks, stack_rows
+from mm_convert.stacks import BLOCK_MB, block_bytes, large_rows, row_blocks, stack_rows
 from mm_core.checkpoint.errors import ConfigError, ConversionError
 from mm_core.checkpoint.hf import HFReader, HFWriter, copy_aux_files, from_canonical, load_hf_config
 from mm_core.checkpoint.mm_dir import (
@@ -28,6 +28,7 @@ from mm_core.checkpoint.mm_dir import (
     resolve_iteration_dir,
     write_latest,
 )
+from mm_core.checkpoint.ops import Transform
 from mm_core.checkpoint.rowcopy import segments
 from mm_core.checkpoint.rules import Plan, check_keys
 from mm_core.checkpoint.safetensors_io import StreamingWriter, nbytes_of
@@ -196,6 +197,11 @@ def write_hf(plan: Plan, source: Source, out: Path, *, key_style: str, aliases: 
                 for a, b in row_blocks(meta.shape[0], rows_per):
                     for k, t in zip(it.hf_keys[a * per:b * per], op.sub(b - a).inverse(source.block(it, a, b))):
                         bar.update(writer.write(name(k), t))
+                continue
+            rows_per = large_rows(meta, budget, source.block_rows(it)) if type(op) is Transform else None
+            if rows_per is not None:  # a large renamed tensor stored in row chunks (DCP): a block at a time
+                for a, b in row_blocks(meta.shape[0], rows_per):
+                    bar.update(writer.write_rows(name(it.hf_keys[0]), source.block(it, a, b), a))
                 continue
             for k, t in zip(it.hf_keys, it.rule.op.inverse(source.full(it))):
                 bar.update(writer.write(name(k), t))

@@ -2,7 +2,8 @@
 
 GLM-4.5V's stacked gate/up is 2.95 GB a layer in bf16: every verb fills or splits such a tensor a
 few experts at a time (at most ``block_mb`` MiB, at least one expert), so it never exists whole in
-memory. Other tensors are moved whole (or file to file) as before.
+memory. Other tensors are moved whole or file to file, except through DCP, where a plain tensor
+larger than a block (the 1.24 GB word embedding) is written and read back in row blocks too.
 """
 
 from __future__ import annotations
@@ -36,3 +37,12 @@ def stack_rows(meta: torch.Tensor, op: Transform, budget: int, least: int = 1) -
 def row_blocks(n: int, rows: int) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges of ``rows`` slices covering ``n``."""
     return [(a, min(a + rows, n)) for a in range(0, n, rows)]
+
+
+def large_rows(meta: torch.Tensor, budget: int, least: int = 1) -> int | None:
+    """Rows per block of a plain tensor larger than ``budget`` bytes (at least ``least``), None for a
+    smaller one or when the blocks would be the whole tensor."""
+    if meta.dim() == 0 or meta.shape[0] == 0 or meta.numel() * meta.element_size() <= budget:
+        return None
+    rows = max(1, least, budget // max(1, meta[0].numel() * meta.element_size()))
+    return rows if rows < meta.shape[0] else None

@@ -143,6 +143,9 @@ class HFWriter:
     def write(self, key: str, tensor: torch.Tensor) -> int:
         return self.writers[key].write(key, tensor)
 
+    def write_rows(self, key: str, tensor: torch.Tensor, start: int) -> int:
+        return self.writers[key].write_rows(key, tensor, start)
+
     def copy(self, key: str, segs: list, fds: FdCache) -> int:
         return self.writers[key].copy(key, segs, fds)
 

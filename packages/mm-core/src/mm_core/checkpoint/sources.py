@@ -105,20 +105,26 @@ class HFSource(Source):
 
     def block(self, item: Item, start: int, stop: int) -> torch.Tensor:
         op = item.rule.op
-        if op.blocks == 1:
+        if op.blocks > 1:
+            per = op.arity // op.blocks  # only the HF tensors of these slices are read
+            return op.sub(stop - start).forward([self.reader.read(k) for k in item.hf_keys[start * per:stop * per]])
+        rows = self.rows(item)
+        if rows is None:
             return super().block(item, start, stop)
-        per = op.arity // op.blocks  # only the HF tensors of these slices are read
-        return op.sub(stop - start).forward([self.reader.read(k) for k in item.hf_keys[start * per:stop * per]])
+        ids, refs = rows  # only these rows leave the disk (a block of the word embedding)
+        return self._read_rows(item, ids[start:stop], refs)
+
+    def _read_rows(self, item: Item, ids: torch.Tensor, refs: list[RowSource]) -> torch.Tensor:
+        meta = self.meta(item)
+        out = torch.empty((ids.numel(), *meta.shape[1:]), dtype=meta.dtype)
+        return read_segments(segments(ids, refs), out, self.fds)
 
     def piece(self, item: Item, tp: int, rank: int) -> torch.Tensor:
         rows = self.rows(item) if item.tp.rows_only else None
         if rows is None:
             return super().piece(item, tp, rank)
         ids, refs = rows  # only this rank's rows leave the disk
-        mine = item.tp.piece(ids, tp, rank)
-        meta = self.meta(item)
-        out = torch.empty((mine.numel(), *meta.shape[1:]), dtype=meta.dtype)
-        return read_segments(segments(mine, refs), out, self.fds)
+        return self._read_rows(item, item.tp.piece(ids, tp, rank), refs)
 
     def order(self, items: list[Item]) -> list[Item]:
         return sorted(items, key=lambda it: min(self._pos.get(k, 1 << 60) for k in it.hf_keys))
