@@ -32,7 +32,7 @@ def test_every_registered_value_is_listed(capsys):
     assert all(k in loss for k in pm.losses.keys()) and "per_token_loss" in loss
     template = _field(text, "--data.config CONFIG")
     assert all(k in template for k in pm.formatters.keys()) and "qwen2vl" in template
-    freeze = _field(text, "--model.freeze [ITEM,...], --model.freeze+ [ITEM,...]")
+    freeze = _field(text, "--model.freeze FREEZE, --model.freeze+ FREEZE")
     for spec in pm.models:  # no model configured: the groups of each
         assert f"{spec.name}: {', '.join(spec.module_groups)}" in freeze
     assert "cuda: attention=flash_varlen" in _field(text, "--parallel.device {auto,cpu,cuda,npu}")
@@ -62,7 +62,7 @@ def test_the_configured_model_s_freeze_groups_and_template(capsys, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"hf_config": tiny_config_dict(vision_depth=1, text_layers=1)}}))
     text = _help(capsys, "--config", str(cfg), "--nproc-per-node", "2")  # launcher flags are ignored
-    freeze = _field(text, "--model.freeze [ITEM,...], --model.freeze+ [ITEM,...]")
+    freeze = _field(text, "--model.freeze FREEZE, --model.freeze+ FREEZE")
     assert "module groups of model 'qwen2_5_vl': vision_encoder, vision_projector, text_decoder" in freeze
     assert "internvl" not in freeze
     assert "model 'qwen2_5_vl' uses 'qwen2vl'" in _field(text, "--data.config CONFIG")
@@ -71,5 +71,5 @@ def test_the_configured_model_s_freeze_groups_and_template(capsys, tmp_path):
 def test_help_prints_even_when_the_config_is_broken(capsys, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {nonsense_key: 1}\n")
-    freeze = _field(_help(capsys, "--config", str(bad)), "--model.freeze [ITEM,...], --model.freeze+ [ITEM,...]")
+    freeze = _field(_help(capsys, "--config", str(bad)), "--model.freeze FREEZE, --model.freeze+ FREEZE")
     assert "module groups per registered model" in freeze

@@ -43,7 +43,7 @@ class Glm4vMoeModel(Glm4vModel):
         return [(self.plan.llm_first + i, layer.mlp) for i, layer in enumerate(self.text_decoder.decoder.layers)
                 if isinstance(layer.mlp, MoeMLP)]
 
-    def shard_experts(self, mesh, group) -> int:  # noqa: ANN001 - a 1-D DeviceMesh, its ranks' token group
+    def shard_experts(self, mesh, group) -> int:  # noqa: ANN001 - the experts' 2-D (replica, ep) DeviceMesh, the ep token group
         """Expert parallel (``parallel.ep``): keep this rank's experts as DTensors on ``mesh``, route over ``group``."""
         from mm_glm.moe_ep import shard_experts
 

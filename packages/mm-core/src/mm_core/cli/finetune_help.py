@@ -39,7 +39,9 @@ def configured_model(argv: Sequence[str]) -> Any | None:
 
 def _freeze_groups(pm: Any, model: Any | None) -> str:
     if model is not None:
-        return f"module groups of model '{model.name}': {_names(model.module_groups, ordered=True)}"
+        default = ", ".join(model.default_freeze) or "nothing"
+        return (f"module groups of model '{model.name}': {_names(model.module_groups, ordered=True)}; "
+                f"unset freezes the model's default ({default}), [] trains everything")
     per_model = "; ".join(f"{s.name}: {_names(s.module_groups, ordered=True)}" for s in sorted(pm.models, key=lambda s: s.name))
     return f"module groups per registered model (set the model to see only its own): {per_model or 'none'}"
 

@@ -32,7 +32,9 @@ class ModelConfig:
     mm_dir: str | None = None  # mm directory (from mm-convert hf_to_mm) to load the weights from
     hf_config: dict[str, Any] | None = None  # inline HF-style config (tests, tiny models)
     random_init: bool = False  # initialise weights from the seed instead of loading them
-    freeze: list[str] = field(default_factory=list)  # module groups: vision_encoder, vision_projector, text_decoder
+    # module groups: vision_encoder, vision_projector, text_decoder; unset = the model's default
+    # (nothing for most; GLM-4.5V: vision_encoder and vision_projector), [] = train everything
+    freeze: list[str] | None = None
     vit_pp_layers: list[Any] | None = None  # vision layers per pp stage; nested = virtual chunks
     llm_pp_layers: list[Any] | None = None  # LLM layers per pp stage; nested = virtual chunks
 
@@ -71,7 +73,7 @@ class ParallelConfig:
     # context parallel: the text decoder's sequence split over cp ranks (mm_core.engine.context_parallel);
     # sequences are padded to a multiple of 2 x cp (x tp with sequence parallel)
     cp: int = 1
-    # expert parallel: MoE experts sharded over the data-parallel ranks (ep = dp), tokens sent to their
+    # expert parallel: MoE experts sharded over groups of ep data-parallel ranks (ep divides dp x cp), tokens sent to their
     # expert's rank by all-to-all (mm_core.engine.expert_parallel)
     ep: int = 1
     pp_schedule: Literal["1F1B", "Interleaved1F1B", "GPipe"] = "1F1B"
@@ -311,7 +313,7 @@ def validate(cfg: FinetuneConfig, world_size: int, hf_config: dict[str, Any] | N
         pm.loss(t.loss_type)
     except Exception as e:
         raise ConfigError(f"training.loss_type: {e}") from None
-    for g in m.freeze:
+    for g in m.freeze or ():
         if g not in FREEZABLE:
             raise ConfigError(f"model.freeze: unknown module group '{g}'; valid: {', '.join(FREEZABLE)}")
     if not m.random_init and m.hf_dir is None and m.mm_dir is None:

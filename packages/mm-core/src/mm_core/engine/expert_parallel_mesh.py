@@ -48,10 +48,10 @@ def check_expert_parallel(ep: int, dp: int, tp: int, cp: int) -> None:
 
 
 def ep_group(par) -> dist.ProcessGroup:  # noqa: ANN001 - mm_core.engine.mesh.Parallel
-    """This rank's ep group (``par.ep`` consecutive ranks of its data mesh; the trainer sets
-    ``par.ep`` from ``parallel.ep``), for the token all-to-alls only, so that they never share one
+    """This rank's ep group (``par.ep`` consecutive ranks of its data mesh; ``build_mesh``
+    takes it from ``parallel.ep``), for the token all-to-alls only, so that they never share one
     channel (and its order) with FSDP2's asynchronous all-gathers and reduce-scatters on the data group."""
-    ep = getattr(par, "ep", 1)
+    ep = par.ep
     if ep < 2:
         raise ConfigError(f"parallel.ep: {ep} on the engine's Parallel (par.ep); expert parallel needs ep >= 2")
     grid = par.mesh.mesh  # ranks [pp, dp, cp, tp]

@@ -51,6 +51,9 @@ class Parallel:
     # what FSDP2 shards over and reduces gradients on: ``dp``, or ``dp x cp`` flattened under
     # context parallel (cp ranks hold replicas whose gradients are partial sums)
     data_mesh: DeviceMesh | None = None
+    # expert parallel (``parallel.ep``): MoE experts split over groups of ep consecutive data ranks
+    # (engine/expert_parallel_mesh.py); 1 = every rank holds every expert
+    ep: int = 1
 
     @property
     def is_last_stage_rank(self) -> bool:
@@ -80,7 +83,7 @@ def init_distributed(device_name: str) -> tuple[str, int, int]:
     return device_type, rank, world
 
 
-def build_mesh(device_type: str, pp: int, tp: int, cp: int = 1) -> Parallel:
+def build_mesh(device_type: str, pp: int, tp: int, cp: int = 1, ep: int = 1) -> Parallel:
     """One mesh ``(pp, dp, cp, tp)``: tp innermost (fastest links), then cp, pp outermost."""
     world = dist.get_world_size()
     dp = world // (pp * cp * tp)
@@ -91,7 +94,7 @@ def build_mesh(device_type: str, pp: int, tp: int, cp: int = 1) -> Parallel:
     device = torch.device(device_type, local) if device_type != "cpu" else torch.device("cpu")
     data_mesh = mesh["dp"] if cp == 1 else mesh["dp", "cp"]._flatten("dp_cp")
     return Parallel(mesh, device, dist.get_rank(), world, pp, dp, tp, coords[0], coords[1], coords[3],
-                    cp=cp, cp_rank=coords[2], data_mesh=data_mesh)
+                    cp=cp, cp_rank=coords[2], data_mesh=data_mesh, ep=ep)
 
 
 def shutdown(finished: bool = False) -> None:

@@ -134,6 +134,12 @@ def _layer_lists(model: nn.Module) -> list[nn.Module]:
     return [m for name, m in model.named_modules() if name.endswith("layers") and isinstance(m, nn.ModuleList)]
 
 
+def frozen_groups(cfg: FinetuneConfig, spec: ModelSpec) -> list[str]:
+    """``model.freeze`` when the config gives it (``[]`` trains everything), else the model's own
+    default (``ModelSpec.default_freeze``: what its reference recipe freezes, e.g. GLM-4.5V's vision)."""
+    return list(cfg.model.freeze) if cfg.model.freeze is not None else list(spec.default_freeze)
+
+
 def freeze(model: nn.Module, spec: ModelSpec, groups: list[str]) -> int:
     """requires_grad=False for the parameters of the named module groups; returns how many."""
     prefixes = []
@@ -325,7 +331,7 @@ def load_stage_model(cfg: FinetuneConfig, spec: ModelSpec, hf_config: dict[str, 
     model = spec.builder(hf_config, vit_pp_layers=layout.vit_pp_layers, llm_pp_layers=layout.llm_pp_layers,
                          pp_rank=stage, device="meta", dtype=torch.float32)
     require(model, StageModel, f"model '{spec.name}'")
-    freeze(model, spec, cfg.model.freeze)
+    freeze(model, spec, frozen_groups(cfg, spec))
     gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel,
                       rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
     with _checkpoint_stream(cfg, spec, layout, stage, par) as (stream, source, fix):
@@ -425,7 +431,7 @@ def build_stages(cfg: FinetuneConfig, layout: Layout, par: Parallel, spec: Model
         require(model, StageModel, f"model '{spec.name}'")
         if full is not None:
             _stage_from_full(model, names, full, stage)
-        freeze(model, spec, cfg.model.freeze)
+        freeze(model, spec, frozen_groups(cfg, spec))
         gated = _apply_tp(model, spec, par, cfg.parallel.sequence_parallel,
                           rules_tp_plan(cfg, spec, hf_config, stage, par.tp)) if par.tp > 1 else {}
         with contextlib.ExitStack() as stack:
@@ -452,6 +458,5 @@ def stages_for(cfg: FinetuneConfig) -> tuple[Parallel, Layout, Stages]:
     device_type, _, world = init_distributed(cfg.parallel.device)
     hf_config = load_hf_config(cfg)
     layout = validate(cfg, world, hf_config)
-    par = build_mesh(device_type, layout.pp, layout.tp, layout.cp)
-    par.ep = cfg.parallel.ep  # type: ignore[attr-defined]  # as the trainer sets it (expert_parallel.ep_group)
+    par = build_mesh(device_type, layout.pp, layout.tp, layout.cp, cfg.parallel.ep)
     return par, layout, build_stages(cfg, layout, par, resolve_spec(cfg, hf_config), hf_config)

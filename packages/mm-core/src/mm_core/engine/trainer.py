@@ -87,8 +87,7 @@ class Trainer:
         device_type, _, world = init_distributed(cfg.parallel.device)
         self.hf_config = load_hf_config(cfg)
         self.layout = validate(cfg, world, self.hf_config)
-        self.par = build_mesh(device_type, self.layout.pp, self.layout.tp, self.layout.cp)
-        self.par.ep = cfg.parallel.ep  # type: ignore[attr-defined]  # read by expert_parallel.ep_group
+        self.par = build_mesh(device_type, self.layout.pp, self.layout.tp, self.layout.cp, cfg.parallel.ep)
         torch.manual_seed(t.seed)
         self.spec = resolve_spec(cfg, self.hf_config)
         self.stages = build_stages(cfg, self.layout, self.par, self.spec, self.hf_config)
