@@ -13,7 +13,8 @@ each in its own process so peak RSS is that step's alone:
   2. ``hf_to_mm`` with tp 2 (tp 1 for GLM-4.5V: every tp rank would repeat the experts), pp 2
      (vit [32,0], llm [16,20] at full size);
   3. ``mm_to_hf`` back (the layout read from the mm dir), then a bit-exact comparison;
-  4. for GLM-4.5V, ``ExpertMergeDcpConverter`` ``hf_to_dcp`` and ``dcp_to_hf`` back, bit-exact too;
+  4. for GLM-4.5V, ``ExpertMergeDcpConverter`` ``hf_to_dcp`` and ``dcp_to_hf`` back, then the same
+     two verbs of the model's own converter (``dcp``), each bit-exact too;
   5. a naive baseline: load the whole state dict, rename every key, save it (what the reference
      tools do); by default at a reduced size (``--naive-scale``) so it fits in memory beside
      other work; its figures are reported per GB, and the ratio against ours per GB too (not for
@@ -87,6 +88,10 @@ def step(name: str, model: BenchModel, a: list[str]) -> dict:
                                            parallel_config=ParallelSection(model.tp, vit, llm)), progress=False)
     elif name == "mm_to_hf":
         engine.mm_to_hf(conv, MmToHfConfig(mm_dir=a[0], save_hf_dir=a[1]), progress=False)
+    elif name == "hf_to_dcp":
+        conv.hf_to_dcp(hf_dir=a[0], save_dir=a[1])
+    elif name == "dcp_to_hf":
+        conv.dcp_to_hf(hf_dir=a[0], dcp_dir=a[1], save_dir=a[2])
     elif name == "merge_hf_to_dcp":
         api.get_converter("ExpertMergeDcpConverter").hf_to_dcp(hf_dir=a[0], save_dir=a[1])
     elif name == "merge_dcp_to_hf":
@@ -153,15 +158,16 @@ def run_steps(work: Path, name: str, model: BenchModel, args: argparse.Namespace
     shutil.rmtree(work / "mm")
     res["bit_exact"] = bool(child("verify", name, str(work / "hf"), str(work / "back")))
     shutil.rmtree(work / "back")
-    if model.expert_merge:
-        r = child("merge_hf_to_dcp", name, str(work / "hf"), str(work / "dcp"))
-        merge = {"hf_to_dcp": dict(r, bytes_written=dir_bytes(work / "dcp"))}
-        r = child("merge_dcp_to_hf", name, str(work / "hf"), str(work / "dcp" / "release"), str(work / "back"))
-        merge["dcp_to_hf"] = dict(r, bytes_written=dir_bytes(work / "back"))
-        shutil.rmtree(work / "dcp")
-        merge["bit_exact"] = bool(child("verify", name, str(work / "hf"), str(work / "back")))
-        shutil.rmtree(work / "back")
-        res["expert_merge"] = merge
+    if model.expert_merge:  # the DCP verbs: the reference's merged layout, then the converter's own
+        for prefix, key in (("merge_", "expert_merge"), ("", "dcp")):
+            r = child(f"{prefix}hf_to_dcp", name, str(work / "hf"), str(work / "dcp"))
+            out = {"hf_to_dcp": dict(r, bytes_written=dir_bytes(work / "dcp"))}
+            r = child(f"{prefix}dcp_to_hf", name, str(work / "hf"), str(work / "dcp" / "release"), str(work / "back"))
+            out["dcp_to_hf"] = dict(r, bytes_written=dir_bytes(work / "back"))
+            shutil.rmtree(work / "dcp")
+            out["bit_exact"] = bool(child("verify", name, str(work / "hf"), str(work / "back")))
+            shutil.rmtree(work / "back")
+            res[key] = out
     res["cp_seconds_runs"].append(timed_cp(work))  # again, after: the load of the machine varies
     res["cp_seconds"] = sum(res["cp_seconds_runs"]) / 2
     if model.naive:
@@ -181,8 +187,8 @@ def rates(res: dict, model: BenchModel, size: int) -> None:
     gb = size / 1e9
     cp_gbs = gb / res["cp_seconds"]
     res["cp_gb_per_s"] = cp_gbs
-    timed = [res["hf_to_mm"], res["mm_to_hf"], *[res["expert_merge"][k] for k in ("hf_to_dcp", "dcp_to_hf")
-                                                 if "expert_merge" in res]]
+    timed = [res["hf_to_mm"], res["mm_to_hf"], *[res[d][k] for d in ("expert_merge", "dcp") if d in res
+                                                 for k in ("hf_to_dcp", "dcp_to_hf")]]
     for r in timed:
         r["gb_per_s"] = gb / r["seconds"]
         r["vs_cp"] = r["gb_per_s"] / cp_gbs
@@ -195,7 +201,8 @@ def rates(res: dict, model: BenchModel, size: int) -> None:
     if res["layers"] != res["real_layers"]:
         full = sum(torch.Size(s).numel() * 2 for s in model.shapes(model.config(1.0)).values())
         steps = {"hf_to_mm": res["hf_to_mm"], "mm_to_hf": res["mm_to_hf"]}
-        steps.update({f"expert_merge_{k}": v for k, v in res.get("expert_merge", {}).items() if isinstance(v, dict)})
+        steps.update({f"{d}_{k}": v for d in ("expert_merge", "dcp") for k, v in res.get(d, {}).items()
+                      if isinstance(v, dict)})
         res["full_model"] = {
             "label": f"extrapolated from {res['layers']} to {res['real_layers']} layers at the measured GB/s; peak RSS "
                      "as measured (streamed tensor by tensor, experts a block at a time: it does not grow with layers)",
@@ -208,12 +215,13 @@ def summary(res: dict, model: BenchModel, size: int) -> str:
     gib, r = 1024**3, res
     parts = [f"convert {model.title} {size / 1e9:.2f} GB (scale {r['scale']}, tp{r['tp']} pp2)"]
     steps = [("hf_to_mm", r["hf_to_mm"]), ("mm_to_hf", r["mm_to_hf"])]
-    steps += [(f"merge {k}", r["expert_merge"][k]) for k in ("hf_to_dcp", "dcp_to_hf") if "expert_merge" in r]
+    steps += [(f"{'merge ' if d == 'expert_merge' else ''}{k}", r[d][k]) for d in ("expert_merge", "dcp") if d in r
+              for k in ("hf_to_dcp", "dcp_to_hf")]
     parts += [f"{k} {v['seconds']:.1f}s {v['gb_per_s']:.2f} GB/s rss {v['peak_rss_bytes'] / gib:.2f} GiB" for k, v in steps]
     parts.append(f"cp {r['cp_gb_per_s']:.2f} GB/s")
     if "naive" in r:
         parts.append(f"naive {r['naive']['gb_per_s']:.2f} GB/s rss {r['naive']['peak_rss_per_model_byte']:.2f}x model")
-    exact = r["bit_exact"] and r.get("expert_merge", {}).get("bit_exact", True)
+    exact = r["bit_exact"] and all(r.get(d, {}).get("bit_exact", True) for d in ("expert_merge", "dcp"))
     parts.append(f"bit-exact {exact}")
     if "full_model" in r:
         f = r["full_model"]
