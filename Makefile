@@ -19,7 +19,7 @@ demo: setup
 	$(VENV)/bin/mm-run demo
 
 test: setup
-	$(PY) -m pytest tests -n 2
+	$(PY) -m pytest tests -n 2 --durations=15
 
 # The suite against another torch in a second environment (.venv-torch<version>), e.g. the declared
 # minimum: make test-compat TORCH=2.11.0 [TORCH_INDEX=<CPU wheel index>] [PYTEST_ARGS="-n 2"].
