@@ -21,7 +21,7 @@
 #   3. bench/gpu_train.py --full-depth       Qwen2.5-VL-3B depth (32+36, tied): engine, transformers,
 #                                            transformers+Liger, one run each                            (100 s)
 #   4. bench/gpu_train.py --shape qwen2_5_vl_7b   7B shapes, frozen ViT, full recompute: engine         (80 s)
-#   5. tests/cuda/test_cuda.py               the rest of the CUDA suite                                   (60 s)
+#   5. tests/cuda (all but Liger's)         the rest of the CUDA suite, grouped_mm included              (60 s)
 #
 # gpu_train.py rewrites its JSON after every run, so a part stopped at its limit keeps the runs it
 # finished. With set-up (~20 s) the limits add up to about 460 s, inside timeout_s 480.
@@ -102,7 +102,7 @@ part slice 150 "$PY" bench/gpu_train.py --profile --profile-steps 2 --steps 8 --
 part full_depth 100 "$PY" bench/gpu_train.py --full-depth --steps 4 --repeats 1 --sides engine,transformers,liger \
     --out "$OUT/gpu_train_full_depth.json"
 part 7b 80 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$PY" bench/gpu_train.py --shape qwen2_5_vl_7b --steps 4 --repeats 1 --out "$OUT/gpu_train_7b.json"
-part cuda_tests 60 "$PY" -m pytest tests/cuda/test_cuda.py -q -p no:xdist
+part cuda_tests 60 "$PY" -m pytest tests/cuda -q -p no:xdist --ignore=tests/cuda/test_liger_kernels.py
 
 # -- summary ---------------------------------------------------------------------------------------
 "$PY" - "$OUT" 2>&1 <<'EOF' | tee -a "$SUMMARY"
