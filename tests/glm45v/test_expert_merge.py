@@ -99,8 +99,9 @@ print(status("VmHWM:") - base)
 """
 
 
-def _expert_dir(path: Path, e: int, h: int, i: int) -> dict[str, torch.Tensor]:
-    """config.json and one MoE layer's per-expert tensors (what the converter moves)."""
+def _expert_dir(path: Path, e: int, h: int, i: int, vocab: int) -> dict[str, torch.Tensor]:
+    """config.json, one MoE layer's per-expert tensors (what the converter merges) and a word
+    embedding of ``vocab`` rows (moved as is, but in row blocks when large)."""
     from safetensors.torch import save_file
 
     from mm_glm.tiny_moe import tiny_moe_config_dict
@@ -110,7 +111,7 @@ def _expert_dir(path: Path, e: int, h: int, i: int) -> dict[str, torch.Tensor]:
                                                                       text_layers=2)))
     g = torch.Generator().manual_seed(0)
     prefix = "model.language_model.layers.1.mlp.experts."
-    tensors = {}
+    tensors = {"model.language_model.embed_tokens.weight": torch.randn(vocab, h, generator=g)}
     for x in range(e):
         tensors[f"{prefix}{x}.gate_proj.weight"] = torch.randn(i, h, generator=g)
         tensors[f"{prefix}{x}.up_proj.weight"] = torch.randn(i, h, generator=g)
@@ -120,14 +121,15 @@ def _expert_dir(path: Path, e: int, h: int, i: int) -> dict[str, torch.Tensor]:
 
 
 def test_merged_experts_never_exist_whole_in_memory(tmp_path: Path) -> None:
-    """One MoE layer of 64 experts (merged gate/up: 128 MiB): both directions grow the peak RSS by
-    far less than one merged tensor (they move one expert, 2 MiB, or one read block at a time)."""
+    """One MoE layer of 64 experts (merged gate/up: 128 MiB) and a 64 MiB word embedding: both
+    directions grow the peak RSS by far less than either (they move one expert, 2 MiB, or one read
+    block at a time; the embedding in 2 MiB row blocks, as GLM-4.5V's 1.24 GB one in 64 MiB)."""
     import subprocess
     import sys
 
     e, h, i = 64, 1024, 256
-    tensors = _expert_dir(tmp_path / "big" / "hf", e, h, i)
-    _expert_dir(tmp_path / "small" / "hf", 2, 64, 16)
+    tensors = _expert_dir(tmp_path / "big" / "hf", e, h, i, vocab=16384)
+    _expert_dir(tmp_path / "small" / "hf", 2, 64, 16, vocab=8)
     merged = e * h * 2 * i * 4
 
     def peak_growth(verb: str, *args: str) -> int:
@@ -137,7 +139,7 @@ def test_merged_experts_never_exist_whole_in_memory(tmp_path: Path) -> None:
         return int(proc.stdout.strip().splitlines()[-1])
 
     big = tmp_path / "big"
-    grow_in = peak_growth("hf_to_dcp", "--hf_dir", str(big / "hf"), "--save_dir", str(big / "dcp"))
+    grow_in = peak_growth("hf_to_dcp", "--hf_dir", str(big / "hf"), "--save_dir", str(big / "dcp"), "--block_mb", "2")
     grow_out = peak_growth("dcp_to_hf", "--hf_dir", str(big / "hf"), "--dcp_dir", str(big / "dcp"), "--save_dir",
                            str(big / "out"), "--block_mb", "2")
     assert grow_in < merged / 4 and grow_out < merged / 4, (grow_in, grow_out, merged)

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from mm_convert.stacks import BLOCK_MB, block_bytes, large_rows, row_blocks
 from mm_core.checkpoint.errors import ConfigError, ConversionError
 from mm_core.checkpoint.expert_ops import StackDown, StackGateUp
 
@@ -57,7 +58,8 @@ class ExpertMergeDcpConverter:
 
     name = "ExpertMergeDcpConverter"
 
-    def hf_to_dcp(self, hf_dir: str, save_dir: str, overwrite: bool = False, trust_remote_code: bool = False) -> None:
+    def hf_to_dcp(self, hf_dir: str, save_dir: str, overwrite: bool = False, trust_remote_code: bool = False,
+                  block_mb: float = BLOCK_MB) -> None:
         """Write the HF checkpoint as a DCP checkpoint with merged experts (``save_dir/release``).
 
         Args:
@@ -65,6 +67,7 @@ class ExpertMergeDcpConverter:
             save_dir: output directory (gets latest_checkpointed_iteration.txt and release/)
             overwrite: replace a non-empty save_dir
             trust_remote_code: accepted for the reference's command line; nothing runs model code
+            block_mb: the largest row chunk a plain tensor is written in (the word embedding)
         """
         from mm_convert.dcp import save_lazily
         from mm_convert.output import atomic_dir
@@ -88,10 +91,18 @@ class ExpertMergeDcpConverter:
             one = type(op)(1)  # the same transform for a single expert
             make[fqn] = lambda block, parts=parts, per=per, one=one: one.forward(
                 [reader.read(p) for p in parts[block * per:(block + 1) * per]])[0].contiguous()
+        budget = block_bytes(block_mb)
         for key in reader.order:
             if not EXPERT.match(key):
-                metas[DCP_PREFIX + key] = reader.infos[key].meta()
-                make[f"{STATE_KEY}.{DCP_PREFIX}{key}"] = lambda key=key: reader.read(key)
+                fqn = f"{STATE_KEY}.{DCP_PREFIX}{key}"
+                metas[DCP_PREFIX + key] = m = reader.infos[key].meta()
+                rows = large_rows(m, budget)
+                if rows is None:
+                    make[fqn] = lambda key=key: reader.read(key)
+                    continue
+                chunk_rows[fqn] = rows  # the word embedding / output layer (1.24 GB): row blocks, never whole
+                make[fqn] = lambda block, key=key, rows=rows, n=m.shape[0]: reader.read(
+                    key, (block * rows, min(n, (block + 1) * rows)))
         with atomic_dir(save_dir, overwrite, "--overwrite") as tmp:
             save_lazily({STATE_KEY: metas, "checkpoint_version": CHECKPOINT_VERSION}, make, tmp / "release",
                         chunk_rows=chunk_rows)
@@ -111,7 +122,7 @@ class ExpertMergeDcpConverter:
             max_shard_size_gb: largest safetensors shard (a tensor is never cut)
             block_mb: how much of a merged expert tensor is read at a time
         """
-        block_bytes = int(block_mb * 1024**2)
+        budget = block_bytes(block_mb)
         from mm_convert.output import atomic_dir, check_target
         from mm_core.checkpoint.hf import HFWriter, copy_aux_files
 
@@ -148,12 +159,20 @@ class ExpertMergeDcpConverter:
             writer = HFWriter(tmp, specs, max_shard_bytes=int(max_shard_size_gb * 1024**3))
             try:
                 for key, op, names in plan:
-                    if op is None:
-                        writer.write(names[0], source.load(key))
-                        continue
                     meta = source.meta(key)
+                    if op is None:
+                        rows_per = large_rows(meta, budget, source.block_rows(key))
+                        if rows_per is None:  # small, or stored in one chunk (a read inside it loads it all)
+                            writer.write(names[0], source.load(key))
+                            continue
+                        for a, b in row_blocks(meta.shape[0], rows_per):  # the word embedding a block at a time
+                            writer.write_rows(names[0], source.load_rows(key, a, b), a)
+                        continue
                     rows = meta.shape[0] // experts
-                    group = max(1, min(experts, block_bytes // max(1, rows * meta.shape[1] * meta.element_size())))
+                    # at least the stored chunk's experts: a read inside a chunk loads all of it
+                    least = -(-source.block_rows(key) // rows)
+                    group = max(1, least, min(experts, budget // max(1, rows * meta.shape[1] * meta.element_size())))
+                    group = min(experts, group)
                     per = len(names) // experts
                     for first in range(0, experts, group):  # a few experts at a time, never the merged tensor
                         n = min(group, experts - first)
@@ -224,6 +243,8 @@ class _DcpTensors:
         self.stored = {k[len(head):]: k for k, v in md.state_dict_metadata.items()
                        if isinstance(v, TensorStorageMetadata) and k.startswith(head)}
         self.metas = {k: md.state_dict_metadata[v] for k, v in self.stored.items()}
+        self.chunk = {k: max((c.sizes[0] for c in m.chunks), default=0) if len(m.size) else 0
+                      for k, m in self.metas.items()}  # rows of the largest stored chunk
         if not self.stored:
             raise ConversionError(f"{self.dir}: no tensors named '{head}...' (ExpertMergeDcpConverter's layout) "
                                   "nor mm names (a checkpoint of mm's trainer); it is not a GLM checkpoint")
@@ -234,6 +255,10 @@ class _DcpTensors:
     def meta(self, key: str) -> torch.Tensor:
         m = self.metas[key]
         return torch.empty(tuple(m.size), dtype=m.properties.dtype, device="meta")
+
+    def block_rows(self, key: str) -> int:
+        """Rows of ``key``'s largest stored chunk: reading fewer still loads all of them."""
+        return max(1, self.chunk[key])
 
     def load(self, key: str) -> torch.Tensor:
         import warnings
