@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py               # full sizes (the convert benchmark writes ~15 GB, minutes)
     .venv/bin/python bench/run_all.py --quick       # reduced sizes, a few minutes in all (not stored)
-    .venv/bin/python bench/run_all.py --only demo   # some of: convert, convert_glm4_1v, convert_internvl3, qwen_step, data, train_step, peer_step, lora, long_context, load_memory, demo, gpu_train, packed_attention
+    .venv/bin/python bench/run_all.py --only demo   # some of: convert, convert_glm4_1v, convert_internvl3, convert_glm4_5v, qwen_step, data, train_step, peer_step, lora, long_context, load_memory, demo, gpu_train, packed_attention
     .venv/bin/python bench/run_all.py --no-run      # only rebuild RESULTS.md from bench/measured/*.json
     .venv/bin/python bench/run_all.py --no-run --record train_step   # store a direct run's results/train_step.json
 
@@ -58,6 +58,8 @@ BENCHES: dict[str, dict[str, Any]] = {
                                           "--scale", "0.05" if q else "0.25"]},
     "convert_internvl3": {"cmd": lambda q: [sys.executable, str(HERE / "convert.py"), "--model", "internvl3_8b",
                                             "--scale", "0.05" if q else "0.25"]},
+    "convert_glm4_5v": {"cmd": lambda q: [sys.executable, str(HERE / "convert.py"), "--model", "glm4_5v",
+                                          "--scale", "0.04" if q else "0.065"]},
     "qwen_step": {"cmd": _script("qwen_step", ["--quick"])},
     "data": {"cmd": _script("data", ["--quick"])},
     "train_step": {"cmd": _script("train_step", ["--quick"])},

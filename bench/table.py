@@ -56,6 +56,35 @@ def _convert_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _gib(x: Any) -> str:
+    return _f(x / 2**30 if x else None, ".2f", " GiB")
+
+
+def _convert_moe_rows(r: dict[str, Any]) -> list[Row]:
+    """GLM-4.5V: GlmConverter's mm verbs (tp 1: tp ranks would repeat the experts), then both
+    converters' DCP verbs against the 2 GiB goal, then the full model's times, extrapolated."""
+    cp = f"`cp` {_f(_get(r, 'cp_gb_per_s'), '.2f', ' GB/s')}"
+    layout = f"tp{_get(r, 'tp')} pp{_get(r, 'pp')}"
+    rows: list[Row] = []
+    steps = [("hf_to_mm", f"GlmConverter hf_to_mm {layout} ({_convert_size(r)})", "hf_to_mm"),
+             ("mm_to_hf", f"GlmConverter mm_to_hf (bit-exact: {_get(r, 'bit_exact')})", "mm_to_hf")]
+    for d, who in (("dcp", "GlmConverter"), ("expert_merge", "ExpertMergeDcpConverter")):
+        exact = _get(r, f"{d}.bit_exact")
+        steps += [(f"{d}.hf_to_dcp", f"{who} hf_to_dcp", f"{d}_hf_to_dcp"),
+                  (f"{d}.dcp_to_hf", f"{who} dcp_to_hf (bit-exact: {exact})", f"{d}_dcp_to_hf")]
+    full = _get(r, "full_model") or {}
+    for path, label, full_key in steps:
+        rows.append((label, _f(_get(r, f"{path}.gb_per_s"), ".2f", " GB/s"), cp, _ratio(_get(r, f"{path}.vs_cp"))))
+        rss = _get(r, f"{path}.peak_rss_bytes")
+        rows.append((f"{label.split(' (')[0]} peak RSS", _gib(rss), "goal 2 GiB", _ratio(rss / 2**31 if rss else None)))
+        secs = full.get(f"{full_key}_seconds_extrapolated")
+        if secs is not None:
+            rows.append((f"{label.split(' (')[0]}, full {full['layers']['text']}-layer model "
+                         f"({full['model_bytes'] / 1e9:.0f} GB), **extrapolated**", _f(secs / 60, ".0f", " min"),
+                         "-", "-"))
+    return rows
+
+
 def _qwen_step_rows(r: dict[str, Any]) -> list[Row]:
     basis = _get(r, "tokens_per_s_basis", "")
     return [
@@ -238,6 +267,7 @@ READERS: dict[str, tuple[str, Any]] = {
     "convert": ("Conversion (Qwen2.5-VL-3B shapes, bf16)", _convert_rows),
     "convert_glm4_1v": ("Conversion (GLM-4.1V-9B shapes, bf16)", _convert_rows),
     "convert_internvl3": ("Conversion (InternVL3-8B shapes, bf16)", _convert_rows),
+    "convert_glm4_5v": ("Conversion (GLM-4.5V shapes, bf16, reduced layers)", _convert_moe_rows),
     "qwen_step": ("Model step (mm Qwen2.5-VL vs transformers)", _qwen_step_rows),
     "data": ("Data pipeline", _data_rows),
     "train_step": ("Training step and loss memory", _train_step_rows),

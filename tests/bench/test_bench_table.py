@@ -58,3 +58,17 @@ def test_store_stamps_provenance_and_refuses_quick_runs(tmp_path):
     prov = json.loads(out.read_text())["provenance"]
     assert prov["command"] == "python bench/train_step.py"
     assert prov["date"].endswith("UTC") and prov["machine"] and prov["git_commit"]
+
+
+def test_glm4_5v_convert_rows_show_both_converters_memory_and_the_extrapolation():
+    res = json.loads((Path(__file__).parent / "fixtures" / "convert_glm4_5v.json").read_text())
+    rows = [r for r in table.markdown({"convert_glm4_5v": {"provenance": PROV, "results": res}}).splitlines()
+            if r.startswith("| ") and ("Converter" in r or "GLM-4.5V" in r)]
+    assert "GlmConverter hf_to_mm tp1 pp2" in rows[0] and "0.17 GB/s" in rows[0]  # tp 1, not the dense rows' tp2
+    rss = {r.split(" | ")[1]: r.split(" | ")[2] for r in rows if r.split(" | ")[1].endswith("peak RSS")}
+    assert rss == {"GlmConverter hf_to_mm tp1 pp2 peak RSS": "0.85 GiB", "GlmConverter mm_to_hf peak RSS": "0.79 GiB",
+                   "GlmConverter hf_to_dcp peak RSS": "0.88 GiB", "GlmConverter dcp_to_hf peak RSS": "1.01 GiB",
+                   "ExpertMergeDcpConverter hf_to_dcp peak RSS": "2.12 GiB",
+                   "ExpertMergeDcpConverter dcp_to_hf peak RSS": "3.74 GiB"}
+    full = [r for r in rows if "full 46-layer model (215 GB), **extrapolated**" in r]
+    assert len(full) == 6 and "| 43 min |" in next(r for r in full if "ExpertMergeDcpConverter hf_to_dcp" in r)
