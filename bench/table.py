@@ -143,7 +143,9 @@ def _goal_ratio(s: dict[str, Any]) -> str:
     if ratio is None:
         return "n/a"
     met = "met" if ratio >= goal else "**missed**"
-    return f"{ratio:.2f}x ± {_get(s, 'ratio_std', 0):.2f}; goal >= {goal:.2f}x: {met}"
+    ceiling = _get(s, "ceiling")  # peer_step: the baseline's FLOPs over ours, what time following FLOPs would give
+    bound = f"; ceiling {ceiling:.2f}x by FLOPs" if ceiling is not None else ""
+    return f"{ratio:.2f}x ± {_get(s, 'ratio_std', 0):.2f}; goal >= {goal:.2f}x: {met}{bound}"
 
 
 def _peer_step_rows(r: dict[str, Any]) -> list[Row]:
