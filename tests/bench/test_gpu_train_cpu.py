@@ -11,6 +11,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import gpu_train  # noqa: E402
+import liger_baseline  # noqa: E402
 import profile_summary  # noqa: E402
 
 
@@ -74,8 +75,8 @@ def test_op_by_op_patch_keeps_the_loss():
         return wrapped
 
     rope = next(iter(before.values()))
-    with gpu_train.restored(*gpu_train.liger_modules()):
-        loss_fn = gpu_train.patch_ops(
+    with liger_baseline.restored(*liger_baseline.liger_modules()):
+        loss_fn = liger_baseline.patch_ops(
             model, modeling, rms_norm=count("norm", reference.rms_norm),
             silu_mul=count("mlp", lambda a, b: F.silu(a) * b), rope=count("rope", rope), mrope=count("rope", rope),
             linear_ce=count("ce", lambda w, h, y: F.cross_entropy(h @ w.t(), y, ignore_index=-100)))
