@@ -26,9 +26,10 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from rss import sampled_rss
 
 HERE = Path(__file__).resolve().parent
 WORLD = 4
@@ -89,11 +90,6 @@ def write_checkpoint(hf: Path, cfg: dict) -> int:
     return writer.total
 
 
-def _rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
-
-
 def worker(hf: str, result_prefix: str) -> None:
     """One rank: build the engine's stage from ``hf`` under ep 4 = dp 4 and measure."""
     from mm_core.engine.config import (
@@ -113,26 +109,15 @@ def worker(hf: str, result_prefix: str) -> None:
                          parallel=ParallelConfig(device="cpu", ep=world),
                          training=TrainingConfig(global_batch_size=world, train_iters=1))
     resolve_spec(cfg, load_hf_config(cfg))  # the family's modules imported before the baseline
-    before = _rss_gb()
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.002):
-            peak[0] = max(peak[0], _rss_gb())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
-    par, _, stages = stages_for(cfg)  # the mesh's process groups are made here too (small, in the growth)
-    seconds = time.perf_counter() - t0
-    done.set()
-    sampler.join()
-    peak[0] = max(peak[0], _rss_gb())
+    with sampled_rss() as rss:
+        t0 = time.perf_counter()
+        par, _, stages = stages_for(cfg)  # the mesh's process groups are made here too (small, in the growth)
+        seconds = time.perf_counter() - t0
+    before = rss.before
     held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() * 4 for p in stages.modules[0].parameters())
     total = sum(p.numel() * 4 for p in stages.modules[0].parameters())  # DTensor numel: the whole
-    out = {"rank": par.rank, "rss_before_gb": before, "load_peak_rss_gb": peak[0],
-           "load_growth_gb": peak[0] - before, "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    out = {"rank": par.rank, "rss_before_gb": before, "load_peak_rss_gb": rss.peak,
+           "load_growth_gb": rss.peak - before, "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "held_param_gb": held / 2**30, "model_fp32_gb": total / 2**30, "load_seconds": seconds}
     Path(f"{result_prefix}{par.rank}.json").write_text(json.dumps(out))
     shutdown(True)

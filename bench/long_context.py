@@ -20,9 +20,10 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from rss import sampled_rss
 
 HERE = Path(__file__).resolve().parent
 IMAGE_PX = 112  # 8 x 8 patches -> 16 image tokens (+ vision start/end)
@@ -52,11 +53,6 @@ def config(hf: dict, seq: int, cp: int) -> dict:
     }
 
 
-def _rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
-
-
 def worker(cfg_file: str, result_prefix: str) -> None:
     from mm_core.engine.config import parse_finetune_config
     from mm_core.engine.trainer import Trainer, shutdown
@@ -66,24 +62,14 @@ def worker(cfg_file: str, result_prefix: str) -> None:
         t0 = time.perf_counter()
         losses = [trainer.train_step()["loss"]]  # creates the optimizer state
         first = time.perf_counter() - t0
-        before = _rss_gb()
-        peak_step = [before]
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(0.002):
-                peak_step[0] = max(peak_step[0], _rss_gb())
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        t0 = time.perf_counter()
-        losses.append(trainer.train_step()["loss"])
-        second = time.perf_counter() - t0
-        done.set()
-        sampler.join()
+        with sampled_rss() as rss:
+            t0 = time.perf_counter()
+            losses.append(trainer.train_step()["loss"])
+            second = time.perf_counter() - t0
+        before = rss.before
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         out = {"rank": trainer.par.rank, "peak_rss_gb": peak, "step2_rss_before_gb": before,
-               "step2_peak_rss_gb": peak_step[0], "sequence_gb": peak_step[0] - before, "losses": losses,
+               "step2_peak_rss_gb": rss.peak, "sequence_gb": rss.peak - before, "losses": losses,
                "step_seconds": [first, second]}
         Path(f"{result_prefix}{trainer.par.rank}.json").write_text(json.dumps(out))
     finally:
