@@ -46,9 +46,19 @@ def build_hf_model(config: dict[str, Any], *, seed: int = 0, std: float = 0.05):
     return model
 
 
-def save_tiny_model(path: str | Path, *, seed: int = 0, std: float = 0.05, **config_overrides: Any) -> Path:
-    """Write a tiny random HF GLM-4.5V directory with ``save_pretrained``; returns it."""
+def save_tiny_model(path: str | Path, *, seed: int = 0, std: float = 0.05, with_processor: bool = False,
+                    **config_overrides: Any) -> Path:
+    """Write a tiny random HF GLM-4.5V directory with ``save_pretrained``; returns it.
+    ``with_processor``: the offline GLM processor files and their ids, as ``mm_glm.tiny.save_tiny_model``."""
+    from mm_glm.tiny import PROCESSOR_PIXELS, processor_config_overrides
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if with_processor:
+        config_overrides = {**processor_config_overrides(), **config_overrides}
     build_hf_model(tiny_moe_config_dict(**config_overrides), seed=seed, std=std).save_pretrained(path)
+    if with_processor:
+        from mm_glm.testing_tokenizer import save_glm_processor
+
+        save_glm_processor(path, **PROCESSOR_PIXELS)
     return path
